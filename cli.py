@@ -1,0 +1,60 @@
+"""The ``tregpd`` command line.
+
+Subcommands are contributed by modules listed in :data:`COMMAND_MODULES`; each defines
+``register(subparsers)`` that adds its parsers and sets ``func`` (a callable taking the parsed ``args`` and
+returning an exit code). User errors (:class:`TregpdError`) print one line naming the problem and exit with
+status 2, without a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from tregpd.model.errors import TregpdError
+
+COMMAND_MODULES = (
+    "tregpd.model.cli",
+    "tregpd.fitting.cli",
+    "tregpd.scenarios.cli",
+    "tregpd.scenarios.scale_cli",
+    "tregpd.pipeline",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from tregpd import __version__
+    parser = argparse.ArgumentParser(
+        prog="tregpd",
+        description="Th17/Treg PK/PD simulator for refractory SLE under low-dose IL-2 and rapamycin.")
+    parser.add_argument("--version", action="version", version=f"tregpd {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            mod = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name == name:  # subcommand module not present in this build
+                continue
+            raise
+        mod.register(sub)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 1
+    try:
+        return int(args.func(args) or 0)
+    except TregpdError as exc:
+        print(f"tregpd {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"tregpd {args.command}: interrupted; no partial output was written", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,479 @@
+"""Dosing regimens as data, compiled to sorted event tables; NONMEM-style event files in and out.
+
+A :class:`DoseSchedule` is one drug given at a fixed interval in repeated courses ("5 daily doses every
+28 days, 6 courses"). A :class:`Regimen` is a named set of schedules. :meth:`Regimen.events` compiles it to an
+:class:`EventTable`: dose times (days), compartments and amounts, sorted, which the solver integrates segment
+by segment (a dose is a jump at a known time, never searched for).
+
+Compartments (NONMEM ``CMT``), shared with the 8-state ODE form of the model:
+
+=====  ==========================  =====
+CMT    compartment                 unit
+=====  ==========================  =====
+1      IL-2 s.c. depot             IU
+2      IL-2 central                IU
+3      sirolimus gut               mg
+4      sirolimus central           mg
+5      sirolimus peripheral        mg
+6      naive CD4                   cells/uL
+7      Treg                        cells/uL
+8      Th17                        cells/uL
+=====  ==========================  =====
+
+IL-2 doses go to CMT 1 (``route="sc"``, bioavailability applied) or CMT 2 (``route="iv"``); sirolimus doses
+go to CMT 3 (``route="oral"``; apparent CL/F and V/F already include bioavailability).
+
+NONMEM files use ``TIME`` in **days** (the model's time unit) and ``AMT`` in IU (IL-2) or mg (sirolimus);
+the unit is written in the file's header comment.
+"""
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from .errors import RegimenError
+
+CMT_IL2_DEPOT, CMT_IL2_CENTRAL, CMT_RAPA_GUT, CMT_RAPA_CENTRAL, CMT_RAPA_PERIPH = 1, 2, 3, 4, 5
+CMT_NAIVE, CMT_TREG, CMT_TH17 = 6, 7, 8
+DOSABLE_CMTS = (CMT_IL2_DEPOT, CMT_IL2_CENTRAL, CMT_RAPA_GUT)
+
+DRUGS = ("il2", "sirolimus")
+#: route -> dosing compartment, per drug
+ROUTES = {"il2": {"sc": CMT_IL2_DEPOT, "iv": CMT_IL2_CENTRAL}, "sirolimus": {"oral": CMT_RAPA_GUT}}
+#: amount unit -> factor to the model unit (IU for IL-2, mg for sirolimus)
+AMOUNT_UNITS = {"il2": {"MIU": 1e6, "WIU": 1e4, "IU": 1.0}, "sirolimus": {"mg": 1.0, "ug": 1e-3}}
+MODEL_AMOUNT_UNIT = {"il2": "IU", "sirolimus": "mg"}
+DRUG_OF_CMT = {CMT_IL2_DEPOT: "il2", CMT_IL2_CENTRAL: "il2", CMT_RAPA_GUT: "sirolimus"}
+
+
+def _number(value, fieldname: str, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise RegimenError(f"{where}: field {fieldname!r} must be a number, got {value!r}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise RegimenError(f"{where}: field {fieldname!r} must be finite, got {value!r}")
+    return value
+
+
+def _count(value, fieldname: str, where: str, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise RegimenError(f"{where}: field {fieldname!r} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+@dataclass(frozen=True)
+class DoseSchedule:
+    """One drug given repeatedly.
+
+    Doses are at ``start_day + c * course_interval_day + k * interval_day`` for course ``c`` in
+    ``range(n_courses)`` and dose ``k`` in ``range(doses_per_course)``, dropping any at or after
+    ``stop_day`` (if given).
+
+    Parameters
+    ----------
+    drug : {"il2", "sirolimus"}
+    amount : float
+        Dose amount in ``unit`` (> 0).
+    unit : str
+        "MIU", "WIU" (10^4 IU, Chinese labelling) or "IU" for IL-2; "mg" or "ug" for sirolimus.
+    interval_day : float
+        Time between doses within a course, days (> 0; ignored if ``doses_per_course == 1``).
+    doses_per_course : int
+    n_courses : int
+    course_interval_day : float or None
+        Time from the start of one course to the start of the next, days; must exceed the course's own
+        span. Required when ``n_courses > 1``.
+    start_day : float
+    stop_day : float or None
+    route : str
+        "sc" or "iv" for IL-2, "oral" for sirolimus.
+    """
+
+    drug: str
+    amount: float
+    unit: str
+    interval_day: float = 1.0
+    doses_per_course: int = 1
+    n_courses: int = 1
+    course_interval_day: float | None = None
+    start_day: float = 0.0
+    stop_day: float | None = None
+    route: str | None = None
+
+    def __post_init__(self) -> None:
+        where = f"dose schedule ({self.drug!r})"
+        if self.drug not in DRUGS:
+            raise RegimenError(f"dose schedule: field 'drug' must be one of {DRUGS}, got {self.drug!r}")
+        route = self.route if self.route is not None else next(iter(ROUTES[self.drug]))
+        if route not in ROUTES[self.drug]:
+            raise RegimenError(
+                f"{where}: field 'route' must be one of {tuple(ROUTES[self.drug])}, got {route!r}")
+        object.__setattr__(self, "route", route)
+        if self.unit not in AMOUNT_UNITS[self.drug]:
+            raise RegimenError(
+                f"{where}: field 'unit' must be one of {tuple(AMOUNT_UNITS[self.drug])}, got {self.unit!r}")
+        amount = _number(self.amount, "amount", where)
+        if amount <= 0:
+            raise RegimenError(f"{where}: field 'amount' must be > 0, got {amount!r}")
+        object.__setattr__(self, "amount", amount)
+        interval = _number(self.interval_day, "interval_day", where)
+        if interval <= 0:
+            raise RegimenError(f"{where}: field 'interval_day' must be > 0, got {interval!r}")
+        object.__setattr__(self, "interval_day", interval)
+        object.__setattr__(self, "doses_per_course", _count(self.doses_per_course, "doses_per_course", where))
+        object.__setattr__(self, "n_courses", _count(self.n_courses, "n_courses", where))
+        start = _number(self.start_day, "start_day", where)
+        if start < 0:
+            raise RegimenError(f"{where}: field 'start_day' must be >= 0, got {start!r}")
+        object.__setattr__(self, "start_day", start)
+        span = (self.doses_per_course - 1) * interval
+        if self.n_courses > 1:
+            if self.course_interval_day is None:
+                raise RegimenError(f"{where}: field 'course_interval_day' is required when n_courses > 1")
+            ci = _number(self.course_interval_day, "course_interval_day", where)
+            if ci <= span:
+                raise RegimenError(
+                    f"{where}: field 'course_interval_day' ({ci} d) must exceed the course span "
+                    f"({span} d = (doses_per_course - 1) x interval_day); courses would overlap")
+            object.__setattr__(self, "course_interval_day", ci)
+        elif self.course_interval_day is not None:
+            object.__setattr__(self, "course_interval_day",
+                               _number(self.course_interval_day, "course_interval_day", where))
+        if self.stop_day is not None:
+            stop = _number(self.stop_day, "stop_day", where)
+            if stop <= start:
+                raise RegimenError(f"{where}: field 'stop_day' ({stop}) must be after start_day ({start})")
+            object.__setattr__(self, "stop_day", stop)
+
+    @property
+    def cmt(self) -> int:
+        return ROUTES[self.drug][self.route]
+
+    @property
+    def amount_model_units(self) -> float:
+        """Dose in IU (IL-2) or mg (sirolimus)."""
+        return self.amount * AMOUNT_UNITS[self.drug][self.unit]
+
+    def dose_times(self) -> np.ndarray:
+        """Dose times in days, sorted, shape ``(n,)``."""
+        k = np.arange(self.doses_per_course) * self.interval_day
+        c = np.arange(self.n_courses) * (self.course_interval_day or 0.0)
+        t = (self.start_day + c[:, None] + k[None, :]).ravel()
+        if self.stop_day is not None:
+            t = t[t < self.stop_day]
+        return np.sort(t)
+
+    def to_dict(self) -> dict:
+        d = {"drug": self.drug, "amount": self.amount, "unit": self.unit, "route": self.route,
+             "interval_day": self.interval_day, "doses_per_course": self.doses_per_course,
+             "n_courses": self.n_courses, "start_day": self.start_day}
+        if self.course_interval_day is not None:
+            d["course_interval_day"] = self.course_interval_day
+        if self.stop_day is not None:
+            d["stop_day"] = self.stop_day
+        return d
+
+
+@dataclass(frozen=True)
+class EventTable:
+    """Sorted dose events of one regimen.
+
+    Attributes
+    ----------
+    time_day : ndarray, shape (n,)
+        Dose times in days, non-decreasing.
+    cmt : ndarray of int64, shape (n,)
+        Dosing compartment (1, 2 or 3; see module docstring).
+    amount : ndarray, shape (n,)
+        Amount in IU (IL-2) or mg (sirolimus), > 0.
+    """
+
+    time_day: np.ndarray
+    cmt: np.ndarray
+    amount: np.ndarray
+
+    def __post_init__(self) -> None:
+        t = np.ascontiguousarray(self.time_day, dtype=np.float64)
+        c = np.ascontiguousarray(self.cmt, dtype=np.int64)
+        a = np.ascontiguousarray(self.amount, dtype=np.float64)
+        if not (t.ndim == c.ndim == a.ndim == 1 and t.shape == c.shape == a.shape):
+            raise RegimenError("event table: time_day, cmt and amount must be 1-D arrays of one length")
+        bad = np.flatnonzero(~np.isfinite(t) | (t < 0))
+        if bad.size:
+            raise RegimenError(f"event table row {bad[0]}: TIME must be finite and >= 0, got {t[bad[0]]!r}")
+        bad = np.flatnonzero(~np.isfinite(a) | (a <= 0))
+        if bad.size:
+            raise RegimenError(f"event table row {bad[0]}: AMT must be finite and > 0, got {a[bad[0]]!r}")
+        bad = np.flatnonzero(~np.isin(c, DOSABLE_CMTS))
+        if bad.size:
+            raise RegimenError(
+                f"event table row {bad[0]}: CMT must be one of {DOSABLE_CMTS} (dosable compartments), "
+                f"got {c[bad[0]]!r}")
+        bad = np.flatnonzero(np.diff(t) < 0)
+        if bad.size:
+            raise RegimenError(
+                f"event table row {bad[0] + 1}: TIME {t[bad[0] + 1]} is before the previous row's {t[bad[0]]}; "
+                "events must be sorted by time")
+        for arr in (t, c, a):
+            arr.setflags(write=False)
+        object.__setattr__(self, "time_day", t)
+        object.__setattr__(self, "cmt", c)
+        object.__setattr__(self, "amount", a)
+
+    def __len__(self) -> int:
+        return self.time_day.size
+
+    @classmethod
+    def empty(cls) -> "EventTable":
+        return cls(np.zeros(0), np.zeros(0, dtype=np.int64), np.zeros(0))
+
+    def scaled(self, factor: float) -> "EventTable":
+        """All amounts multiplied by ``factor`` (> 0)."""
+        return EventTable(self.time_day, self.cmt, self.amount * factor)
+
+    def total_amount(self, drug: str) -> float:
+        """Total amount of ``drug`` in model units (IU or mg)."""
+        mask = np.isin(self.cmt, [c for c, d in DRUG_OF_CMT.items() if d == drug])
+        return float(self.amount[mask].sum())
+
+    def to_frame(self, patient_id: int = 1):
+        """NONMEM-style dose records: ID, TIME (day), AMT, CMT, EVID=1, II=0, ADDL=0."""
+        import pandas as pd
+        n = len(self)
+        return pd.DataFrame({"ID": np.full(n, patient_id), "TIME": self.time_day, "AMT": self.amount,
+                             "CMT": self.cmt, "EVID": np.ones(n, dtype=int), "II": np.zeros(n),
+                             "ADDL": np.zeros(n, dtype=int)})
+
+
+@dataclass(frozen=True)
+class Regimen:
+    """A named dosing regimen: one or more :class:`DoseSchedule`.
+
+    ``assumption`` records, in words, what about the regimen is assumed rather than published (the Shanxi SLE
+    regimen, for instance, is not in the sources; see :func:`reference_regimen`).
+    """
+
+    name: str
+    schedules: tuple[DoseSchedule, ...] = ()
+    description: str = ""
+    assumption: str = ""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name.strip():
+            raise RegimenError(f"regimen: field 'name' must be a non-empty string, got {self.name!r}")
+        scheds = tuple(self.schedules)
+        for s in scheds:
+            if not isinstance(s, DoseSchedule):
+                raise RegimenError(f"regimen {self.name!r}: schedules must be DoseSchedule objects, got {s!r}")
+        object.__setattr__(self, "schedules", scheds)
+
+    def events(self, until_day: float | None = None) -> EventTable:
+        """Compile to a sorted :class:`EventTable`; doses at or after ``until_day`` are dropped."""
+        times, cmts, amts = [], [], []
+        for s in self.schedules:
+            t = s.dose_times()
+            times.append(t)
+            cmts.append(np.full(t.size, s.cmt, dtype=np.int64))
+            amts.append(np.full(t.size, s.amount_model_units))
+        if not times:
+            return EventTable.empty()
+        t = np.concatenate(times)
+        c = np.concatenate(cmts)
+        a = np.concatenate(amts)
+        if until_day is not None:
+            keep = t < until_day
+            t, c, a = t[keep], c[keep], a[keep]
+        order = np.lexsort((c, t))
+        return EventTable(t[order], c[order], a[order])
+
+    def drugs(self) -> tuple[str, ...]:
+        return tuple(sorted({s.drug for s in self.schedules}))
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "description": self.description, "assumption": self.assumption,
+                "schedules": [s.to_dict() for s in self.schedules]}
+
+    @classmethod
+    def from_dict(cls, data: dict, where: str = "regimen") -> "Regimen":
+        """Build from a plain dict (as in a scenario file); unknown keys are errors."""
+        if not isinstance(data, dict):
+            raise RegimenError(f"{where}: must be a table, got {type(data).__name__}")
+        allowed = {"name", "description", "assumption", "schedules", "doses"}
+        unknown = sorted(set(data) - allowed)
+        if unknown:
+            raise RegimenError(f"{where}: unknown keys {unknown}; allowed: {sorted(allowed)}")
+        raw = data.get("schedules", data.get("doses", []))
+        if not isinstance(raw, list):
+            raise RegimenError(f"{where}: 'schedules' must be a list of tables")
+        fields = set(DoseSchedule.__dataclass_fields__)
+        scheds = []
+        for i, s in enumerate(raw):
+            w = f"{where} schedule {i + 1}"
+            if not isinstance(s, dict):
+                raise RegimenError(f"{w}: must be a table")
+            unknown = sorted(set(s) - fields)
+            if unknown:
+                raise RegimenError(f"{w}: unknown keys {unknown}; allowed: {sorted(fields)}")
+            missing = sorted({"drug", "amount", "unit"} - set(s))
+            if missing:
+                raise RegimenError(f"{w}: missing keys {missing}")
+            try:
+                scheds.append(DoseSchedule(**s))
+            except RegimenError as exc:
+                raise RegimenError(f"{w}: {exc}") from None
+        return cls(name=data.get("name", where), schedules=tuple(scheds),
+                   description=data.get("description", ""), assumption=data.get("assumption", ""))
+
+
+REFERENCE_ASSUMPTION = (
+    "ASSUMPTION: the Shanxi SLE regimen (SAT0261) is not published in the sources read (literature.md f1, f3). "
+    "Taken as the group's verified RA/PsA IL-2 course (0.5 MIU s.c. daily x 5 days) repeated every 4 weeks, "
+    "plus the group's RA sirolimus dose (0.5 mg orally every other day, Wen 2019), for 24 weeks.")
+
+
+def reference_regimen(weeks: float = 24) -> Regimen:
+    """The study's assumed reference regimen (see :data:`REFERENCE_ASSUMPTION`)."""
+    days = weeks * 7.0
+    return Regimen(
+        name="shanxi_reference",
+        description="rhIL-2 0.5 MIU s.c. daily x5 every 28 days + sirolimus 0.5 mg p.o. every other day",
+        assumption=REFERENCE_ASSUMPTION,
+        schedules=(
+            DoseSchedule("il2", 0.5, "MIU", interval_day=1, doses_per_course=5,
+                         n_courses=int(math.ceil(days / 28.0)), course_interval_day=28, stop_day=days),
+            DoseSchedule("sirolimus", 0.5, "mg", interval_day=2, doses_per_course=int(math.ceil(days / 2.0)),
+                         stop_day=days),
+        ))
+
+
+def no_treatment() -> Regimen:
+    return Regimen(name="untreated", description="conventional therapy only (baseline steady state)")
+
+
+# ----------------------------------------------------------------------------------- NONMEM-style files
+NONMEM_COLUMNS = ("ID", "TIME", "AMT", "CMT", "EVID", "II", "ADDL")
+
+
+def write_nonmem(events: dict[int, EventTable] | EventTable, path: str | Path | None = None,
+                 compress: bool = True) -> str:
+    """Write dose records as a NONMEM-style CSV (ID, TIME, AMT, CMT, EVID, II, ADDL).
+
+    Runs of equally spaced, equal doses to one compartment are written as one record with ``II`` and ``ADDL``
+    when ``compress`` is true. TIME and II are in days; AMT in IU (CMT 1-2) or mg (CMT 3). Returns the text;
+    writes it atomically to ``path`` if given.
+    """
+    if isinstance(events, EventTable):
+        events = {1: events}
+    rows = []
+    for pid, ev in events.items():
+        for cmt in np.unique(ev.cmt):
+            m = ev.cmt == cmt
+            t, a = ev.time_day[m], ev.amount[m]
+            i = 0
+            while i < t.size:
+                j = i
+                ii = 0.0
+                if compress and i + 1 < t.size and a[i + 1] == a[i]:
+                    ii = t[i + 1] - t[i]
+                    j = i + 1
+                    while (j + 1 < t.size and a[j + 1] == a[i] and ii > 0
+                           and math.isclose(t[j + 1] - t[j], ii, rel_tol=0, abs_tol=1e-9)):
+                        j += 1
+                    if ii <= 0:
+                        j, ii = i, 0.0
+                rows.append((pid, t[i], a[i], int(cmt), 1, ii, j - i))
+                i = j + 1
+    rows.sort(key=lambda r: (r[0], r[1], r[3]))
+    buf = io.StringIO()
+    buf.write("# tregpd event table: TIME and II in days; AMT in IU (CMT 1 IL-2 depot, 2 IL-2 central) "
+              "or mg (CMT 3 sirolimus gut)\n")
+    buf.write(",".join(NONMEM_COLUMNS) + "\n")
+    for r in rows:
+        buf.write(f"{r[0]},{r[1]!r},{r[2]!r},{r[3]},{r[4]},{r[5]!r},{r[6]}\n")
+    text = buf.getvalue()
+    if path is not None:
+        from .io import atomic_write_text
+        atomic_write_text(path, text)
+    return text
+
+
+def read_nonmem(source: str | Path | io.StringIO) -> dict[int, EventTable]:
+    """Read a NONMEM-style CSV of dose records into one :class:`EventTable` per ID.
+
+    Required columns: ID, TIME, AMT, CMT, EVID; optional II, ADDL (expanded), RATE (must be 0). Rows with
+    EVID 0 (observations) are ignored; EVID 1 (dose) and 4 (reset and dose; only at the start) are read.
+    Lines starting with '#' are comments. Errors name the line and column.
+    """
+    import pandas as pd
+    name = str(source) if not isinstance(source, io.StringIO) else "<text>"
+    if isinstance(source, (str, Path)) and not Path(source).is_file():
+        raise RegimenError(f"event file {name!r} does not exist")
+    try:
+        df = pd.read_csv(source, comment="#", skipinitialspace=True)
+    except Exception as exc:  # pandas raises several types for malformed CSV
+        raise RegimenError(f"{name}: not a readable CSV ({exc})") from None
+    df.columns = [str(c).strip().upper() for c in df.columns]
+    missing = [c for c in ("ID", "TIME", "AMT", "CMT", "EVID") if c not in df.columns]
+    if missing:
+        raise RegimenError(f"{name}: missing columns {missing}; required ID, TIME, AMT, CMT, EVID")
+    known = set(NONMEM_COLUMNS) | {"RATE", "DV", "MDV"}
+    unknown = [c for c in df.columns if c not in known]
+    if unknown:
+        raise RegimenError(f"{name}: unknown columns {unknown}; known: {sorted(known)}")
+    for col in df.columns:
+        vals = pd.to_numeric(df[col], errors="coerce")
+        bad = np.flatnonzero(vals.isna().to_numpy() & ~(col == "DV"))
+        if bad.size:
+            r = int(bad[0])
+            raise RegimenError(f"{name} row {r + 1}: column {col} must be a number, got {df[col].iloc[r]!r}")
+        df[col] = vals
+    out: dict[int, tuple[list, list, list]] = {}
+    prev = {}
+    for r, row in enumerate(df.itertuples(index=False), start=1):
+        rec = row._asdict()
+        evid = int(rec["EVID"])
+        pid = int(rec["ID"])
+        t = float(rec["TIME"])
+        if not math.isfinite(t) or t < 0:
+            raise RegimenError(f"{name} row {r}: TIME must be finite and >= 0, got {t!r}")
+        if pid in prev and t < prev[pid]:
+            raise RegimenError(f"{name} row {r}: TIME {t} is before the previous TIME {prev[pid]} of ID {pid}; "
+                               "records must be sorted by time within each ID")
+        prev[pid] = t
+        if evid == 0 or evid == 2:
+            continue
+        if evid not in (1, 4):
+            raise RegimenError(f"{name} row {r}: EVID must be 0, 1, 2 or 4, got {evid}")
+        if evid == 4 and pid in out and out[pid][0]:
+            raise RegimenError(f"{name} row {r}: EVID 4 (reset) is only supported as the first dose of an ID")
+        if rec.get("RATE", 0) not in (0, 0.0):
+            raise RegimenError(f"{name} row {r}: RATE must be 0 (bolus doses only), got {rec['RATE']!r}")
+        amt = float(rec["AMT"])
+        if not math.isfinite(amt) or amt <= 0:
+            raise RegimenError(f"{name} row {r}: AMT must be finite and > 0, got {amt!r}")
+        cmt = int(rec["CMT"])
+        if cmt not in DOSABLE_CMTS or cmt != rec["CMT"]:
+            raise RegimenError(f"{name} row {r}: CMT must be one of {DOSABLE_CMTS}, got {rec['CMT']!r}")
+        ii = float(rec.get("II", 0.0))
+        addl = rec.get("ADDL", 0)
+        if addl != int(addl) or addl < 0:
+            raise RegimenError(f"{name} row {r}: ADDL must be a non-negative integer, got {addl!r}")
+        addl = int(addl)
+        if addl > 0 and not ii > 0:
+            raise RegimenError(f"{name} row {r}: II must be > 0 when ADDL > 0, got {ii!r}")
+        ts, cs, as_ = out.setdefault(pid, ([], [], []))
+        for k in range(addl + 1):
+            ts.append(t + k * ii)
+            cs.append(cmt)
+            as_.append(amt)
+    tables = {}
+    for pid, (ts, cs, as_) in out.items():
+        t, c, a = np.asarray(ts), np.asarray(cs, dtype=np.int64), np.asarray(as_)
+        order = np.lexsort((c, t))
+        tables[pid] = EventTable(t[order], c[order], a[order])
+    return tables

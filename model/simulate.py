@@ -1,0 +1,348 @@
+"""Single-patient and population simulation: validation, kernel call, status handling, results.
+
+>>> from tregpd.model import simulate, reference_regimen
+>>> res = simulate(regimen=reference_regimen())
+>>> res.to_frame().query("variable == 'treg'").tail(1)       # doctest: +SKIP
+
+Results are arrays of shape ``(n_patients, n_times, n_variables)`` with a tidy pandas view
+(``patient, time_day, variable, value, unit``). A failed integration raises :class:`IntegrationError` (single
+patient) or is reported per patient in ``status`` (population; ``on_failure="raise"`` by default, or ``"keep"``
+to keep the successful patients: failed rows are then masked out of every summary and never contain NaN
+passed off as numbers).
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from . import kernels as K
+from .dosing import EventTable, Regimen, no_treatment
+from .errors import IntegrationError, ParameterError, TregpdError
+from .parameters import N_THETA, PARAMETER_NAMES, ParameterSet, default_parameters
+
+#: output variables: name -> (kernel column or None for derived, unit)
+VARIABLES = {
+    "naive": (K.OUT_NAIVE, "cells/uL"),
+    "treg": (K.OUT_TREG, "cells/uL"),
+    "th17": (K.OUT_TH17, "cells/uL"),
+    "ratio": (None, "1"),               # Th17/Treg, computed per patient
+    "c_il2": (K.OUT_C_IL2, "pM"),
+    "c_rapa": (K.OUT_C_RAPA, "ng/mL"),
+    "auc_il2": (K.OUT_AUC_IL2, "pM*day"),
+    "auc_rapa": (K.OUT_AUC_RAPA, "ng/mL*day"),
+}
+
+METHODS = {"dopri5": K.METHOD_DOPRI5, "rosenbrock23": K.METHOD_ROSENBROCK23}
+PK_MODES = {"closed_form": K.MODE_CLOSED_FORM, "ode": K.MODE_PK_ODE}
+STATUS_MESSAGES = {
+    K.STATUS_OK: "ok",
+    K.STATUS_MAX_STEPS: "maximum number of steps reached (raise max_steps or loosen rtol)",
+    K.STATUS_STEP_TOO_SMALL: "step size became too small (the problem is too stiff for this method; "
+                             "try method='rosenbrock23')",
+    K.STATUS_NONFINITE: "a state became NaN or infinite (parameters outside the model's valid range?)",
+    K.STATUS_NEGATIVE: "a cell count became negative beyond the tolerance",
+}
+
+
+@dataclass(frozen=True)
+class SolverOptions:
+    """Validated solver settings.
+
+    method : "dopri5" (adaptive explicit, default) or "rosenbrock23" (L-stable, for stiff extensions)
+    pk : "closed_form" (default; PK evaluated analytically) or "ode" (PK as ODE states)
+    rtol, atol : tolerances (atol in the states' units: cells/uL, and IU/mg for PK states in "ode" mode)
+    max_steps : per patient
+    """
+
+    method: str = "dopri5"
+    pk: str = "closed_form"
+    rtol: float = 1e-6
+    atol: float = 1e-8
+    max_steps: int = 200_000
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise TregpdError(f"solver option 'method' must be one of {sorted(METHODS)}, got {self.method!r}")
+        if self.pk not in PK_MODES:
+            raise TregpdError(f"solver option 'pk' must be one of {sorted(PK_MODES)}, got {self.pk!r}")
+        for name in ("rtol", "atol"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not 0 < v < 1:
+                raise TregpdError(f"solver option {name!r} must be a number in (0, 1), got {v!r}")
+        if self.rtol < 1e-13:
+            raise TregpdError(f"solver option 'rtol' must be >= 1e-13, got {self.rtol!r}")
+        if isinstance(self.max_steps, bool) or not isinstance(self.max_steps, (int, np.integer)) \
+                or self.max_steps < 1:
+            raise TregpdError(f"solver option 'max_steps' must be a positive integer, got {self.max_steps!r}")
+
+
+def output_times(t_end_day: float, step_day: float = 1.0, extra: Iterable[float] = ()) -> np.ndarray:
+    """Regular output grid 0, step, ..., t_end (t_end always included) plus ``extra`` times, sorted, unique."""
+    for name, v in (("t_end_day", t_end_day), ("output_step_day", step_day)):
+        if isinstance(v, bool) or not isinstance(v, (int, float, np.floating, np.integer)) \
+                or not math.isfinite(v) or v <= 0:
+            raise TregpdError(f"{name} must be a positive number, got {v!r}")
+    n = int(math.floor(t_end_day / step_day + 1e-9))
+    grid = np.arange(n + 1) * float(step_day)
+    return validate_times(np.concatenate([grid, [float(t_end_day)], np.asarray(list(extra), float)]))
+
+
+def validate_times(t_out) -> np.ndarray:
+    t = np.asarray(t_out, dtype=np.float64).ravel()
+    if t.size == 0:
+        raise TregpdError("output times: at least one time is required")
+    bad = np.flatnonzero(~np.isfinite(t) | (t < 0))
+    if bad.size:
+        raise TregpdError(f"output times: entry {bad[0]} must be finite and >= 0, got {t[bad[0]]!r}")
+    return np.unique(t)
+
+
+def _as_events(regimen, events, t_end):
+    if events is not None and regimen is not None:
+        raise TregpdError("give either 'regimen' or 'events', not both")
+    if events is None:
+        regimen = regimen if regimen is not None else no_treatment()
+        if not isinstance(regimen, Regimen):
+            raise TregpdError(f"'regimen' must be a Regimen, got {type(regimen).__name__}")
+        events = regimen.events()
+    if not isinstance(events, EventTable):
+        raise TregpdError(f"'events' must be an EventTable, got {type(events).__name__}")
+    return regimen, events
+
+
+def theta_matrix(parameters: ParameterSet | np.ndarray | Sequence[ParameterSet]) -> np.ndarray:
+    """Kernel parameter matrix of shape (n_patients, N_THETA), validated finite and > 0 where required."""
+    if isinstance(parameters, ParameterSet):
+        th = parameters.to_theta()[None, :]
+    elif isinstance(parameters, np.ndarray):
+        th = np.atleast_2d(np.asarray(parameters, dtype=np.float64))
+    else:
+        th = np.stack([p.to_theta() for p in parameters])
+    if th.ndim != 2 or th.shape[1] != N_THETA:
+        raise ParameterError(f"theta must have shape (n_patients, {N_THETA}), got {th.shape}")
+    bad = np.argwhere(~np.isfinite(th) | (th < 0))
+    if bad.size:
+        i, j = bad[0]
+        raise ParameterError(f"patient {i}: parameter {PARAMETER_NAMES[j]!r} must be finite and >= 0, "
+                             f"got {th[i, j]!r}")
+    positive = [n for n in PARAMETER_NAMES if not (n.startswith(("il2_emax", "il2_imax", "rapa_emax", "rapa_imax"))
+                                                   or n in ("naive_to_treg", "naive_to_th17"))]
+    for n in positive:
+        j = PARAMETER_NAMES.index(n)
+        bad = np.flatnonzero(th[:, j] <= 0)
+        if bad.size:
+            raise ParameterError(f"patient {bad[0]}: parameter {n!r} must be > 0, got {th[bad[0], j]!r}")
+    for n in ("il2_imax_th17_diff", "rapa_imax_th17_diff", "rapa_imax_th17_prolif"):
+        j = PARAMETER_NAMES.index(n)
+        bad = np.flatnonzero(th[:, j] > 1)
+        if bad.size:
+            raise ParameterError(f"patient {bad[0]}: parameter {n!r} is a fractional inhibition and must be "
+                                 f"<= 1, got {th[bad[0], j]!r}")
+    return np.ascontiguousarray(th)
+
+
+@dataclass
+class SimulationResult:
+    """Trajectories of one or more patients.
+
+    Attributes
+    ----------
+    time_day : (n_times,)
+    values : (n_patients, n_times, N_OUT) kernel outputs (see kernels.OUT_*)
+    status : (n_patients,) int; 0 = ok
+    t_reached_day : (n_patients,)
+    steps : (n_patients,) solver steps taken
+    patient_ids : (n_patients,) int
+    regimen, parameters, seed, options : provenance
+    """
+
+    time_day: np.ndarray
+    values: np.ndarray
+    status: np.ndarray
+    t_reached_day: np.ndarray
+    steps: np.ndarray
+    patient_ids: np.ndarray
+    regimen: Regimen | None = None
+    parameters: ParameterSet | None = None
+    seed: int | None = None
+    options: SolverOptions = field(default_factory=SolverOptions)
+    theta: np.ndarray | None = None
+
+    @property
+    def n_patients(self) -> int:
+        return self.values.shape[0]
+
+    @property
+    def ok(self) -> np.ndarray:
+        """Boolean mask of patients whose integration succeeded."""
+        return self.status == K.STATUS_OK
+
+    @property
+    def n_failed(self) -> int:
+        return int((~self.ok).sum())
+
+    def failures(self) -> list[tuple[int, str, float]]:
+        """(patient id, message, time reached in days) of each failed patient."""
+        return [(int(self.patient_ids[i]), STATUS_MESSAGES.get(int(self.status[i]), "unknown"),
+                 float(self.t_reached_day[i])) for i in np.flatnonzero(~self.ok)]
+
+    def get(self, variable: str, only_ok: bool = True) -> np.ndarray:
+        """Array (n_patients, n_times) of one variable (see :data:`VARIABLES`); failed patients dropped."""
+        if variable not in VARIABLES:
+            raise TregpdError(f"unknown variable {variable!r}; known: {', '.join(VARIABLES)}")
+        col = VARIABLES[variable][0]
+        vals = self.values[self.ok] if only_ok else self.values
+        if col is None:
+            return vals[:, :, K.OUT_TH17] / vals[:, :, K.OUT_TREG]
+        return vals[:, :, col]
+
+    def at(self, variable: str, time_day: float) -> np.ndarray:
+        """Values of ``variable`` at an output time (must be on the grid), shape (n_ok_patients,)."""
+        idx = np.flatnonzero(np.isclose(self.time_day, time_day, rtol=0, atol=1e-9))
+        if idx.size == 0:
+            raise TregpdError(f"time {time_day} d is not on the output grid")
+        return self.get(variable)[:, idx[0]]
+
+    def to_frame(self, variables: Sequence[str] | None = None):
+        """Tidy (long) DataFrame: patient, time_day, variable, value, unit (successful patients only)."""
+        import pandas as pd
+        variables = list(variables) if variables is not None else list(VARIABLES)
+        ids = self.patient_ids[self.ok]
+        frames = []
+        nt = self.time_day.size
+        for v in variables:
+            arr = self.get(v)
+            frames.append(pd.DataFrame({
+                "patient": np.repeat(ids, nt), "time_day": np.tile(self.time_day, ids.size),
+                "variable": v, "value": arr.ravel(), "unit": VARIABLES[v][1]}))
+        return pd.concat(frames, ignore_index=True)
+
+    def provenance(self, **extra) -> dict:
+        from .io import provenance
+        return provenance(self.parameters, self.regimen, self.seed,
+                          solver={"method": self.options.method, "pk": self.options.pk,
+                                  "rtol": self.options.rtol, "atol": self.options.atol},
+                          n_patients=int(self.n_patients), n_failed=self.n_failed, **extra)
+
+    def raise_on_failure(self) -> None:
+        if self.n_failed:
+            f = self.failures()
+            head = "; ".join(f"patient {pid}: {msg} at t = {t:.4g} d" for pid, msg, t in f[:5])
+            more = f" (and {len(f) - 5} more)" if len(f) > 5 else ""
+            raise IntegrationError(f"integration failed for {len(f)} of {self.n_patients} patients: "
+                                   f"{head}{more}", failures=f)
+
+
+def _run(theta, events, t_out, options, parallel):
+    n = theta.shape[0]
+    out = np.zeros((n, t_out.size, K.N_OUT))
+    status = np.zeros(n, dtype=np.int64)
+    t_reached = np.zeros(n)
+    steps = np.zeros(n, dtype=np.int64)
+    fn = K.simulate_population_parallel if parallel else K.simulate_population_serial
+    fn(theta, events.time_day, events.cmt, events.amount, t_out, float(options.rtol), float(options.atol),
+       METHODS[options.method], PK_MODES[options.pk], int(options.max_steps), out, status, t_reached, steps)
+    # Never let a non-finite number out as a value: mark such patients failed.
+    bad = ~np.isfinite(out).all(axis=(1, 2)) & (status == K.STATUS_OK)
+    status[bad] = K.STATUS_NONFINITE
+    return out, status, t_reached, steps
+
+
+def simulate(parameters: ParameterSet | None = None, regimen: Regimen | None = None, *,
+             events: EventTable | None = None, t_end_day: float | None = None, output_step_day: float = 1.0,
+             t_out=None, options: SolverOptions | None = None, **solver_kwargs) -> SimulationResult:
+    """Simulate one patient.
+
+    Parameters
+    ----------
+    parameters : ParameterSet, optional
+        Defaults to the bundled literature priors.
+    regimen : Regimen, optional
+        Defaults to no treatment (baseline steady state). Alternatively pass ``events``.
+    t_end_day : float, optional
+        Simulated duration in days (default 168 = 24 weeks, or ``max(t_out)``).
+    output_step_day : float
+        Output grid spacing, days (ignored if ``t_out`` is given).
+    t_out : array_like, optional
+        Explicit output times in days (sorted and de-duplicated).
+    options : SolverOptions, or keyword arguments ``method``, ``pk``, ``rtol``, ``atol``, ``max_steps``.
+
+    Raises
+    ------
+    IntegrationError
+        If the solver fails (message names the status and the time reached).
+    """
+    parameters = parameters if parameters is not None else default_parameters()
+    options = options if options is not None else SolverOptions(**solver_kwargs)
+    regimen, events = _as_events(regimen, events, t_end_day)
+    if t_out is None:
+        t_out = output_times(t_end_day if t_end_day is not None else 168.0, output_step_day)
+    else:
+        t_out = validate_times(t_out)
+    theta = theta_matrix(parameters)
+    out, status, t_reached, steps = _run(theta, events, t_out, options, parallel=False)
+    res = SimulationResult(t_out, out, status, t_reached, steps, np.array([0]), regimen,
+                           parameters if isinstance(parameters, ParameterSet) else None, None, options, theta)
+    res.raise_on_failure()
+    return res
+
+
+def simulate_population(theta: np.ndarray, regimen: Regimen | None = None, *, events: EventTable | None = None,
+                        t_end_day: float | None = None, output_step_day: float = 7.0, t_out=None,
+                        options: SolverOptions | None = None, parallel: bool = True,
+                        on_failure: str = "raise", patient_ids=None, parameters: ParameterSet | None = None,
+                        seed: int | None = None, chunk_size: int | None = None, progress: bool = False,
+                        **solver_kwargs) -> SimulationResult:
+    """Simulate many virtual patients (one row of ``theta`` each) on one regimen.
+
+    Parameters
+    ----------
+    theta : (n_patients, N_THETA) array in kernel units (see :func:`tregpd.model.population.sample_population`)
+    parallel : bool
+        Use the prange kernel (True) or its serial twin (False); both give identical numbers.
+    on_failure : {"raise", "keep"}
+        "raise": any failed patient raises IntegrationError. "keep": failures are recorded in ``status``
+        and excluded from :meth:`SimulationResult.get` and :meth:`SimulationResult.to_frame`.
+    chunk_size : int, optional
+        Run patients in chunks of this size (bounded working memory for the kernel call; output still held).
+    progress : bool
+        Show a tqdm progress bar over chunks.
+    parameters, seed : provenance only.
+    """
+    if on_failure not in ("raise", "keep"):
+        raise TregpdError(f"on_failure must be 'raise' or 'keep', got {on_failure!r}")
+    options = options if options is not None else SolverOptions(**solver_kwargs)
+    regimen, events = _as_events(regimen, events, t_end_day)
+    if t_out is None:
+        t_out = output_times(t_end_day if t_end_day is not None else 168.0, output_step_day)
+    else:
+        t_out = validate_times(t_out)
+    theta = theta_matrix(theta)
+    n = theta.shape[0]
+    ids = np.arange(n) if patient_ids is None else np.asarray(patient_ids)
+    if ids.shape != (n,):
+        raise TregpdError(f"patient_ids must have length {n}, got shape {ids.shape}")
+    if chunk_size is None:
+        chunk_size = n
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
+        raise TregpdError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+    parts = []
+    bounds = list(range(0, n, chunk_size))
+    it = bounds
+    if progress:
+        from tqdm.auto import tqdm
+        it = tqdm(bounds, desc="patients", unit="chunk", leave=False)
+    for s in it:
+        parts.append(_run(theta[s:s + chunk_size], events, t_out, options, parallel))
+    out = np.concatenate([p[0] for p in parts]) if parts else np.zeros((0, t_out.size, K.N_OUT))
+    status = np.concatenate([p[1] for p in parts])
+    t_reached = np.concatenate([p[2] for p in parts])
+    steps = np.concatenate([p[3] for p in parts])
+    res = SimulationResult(t_out, out, status, t_reached, steps, ids, regimen, parameters, seed, options, theta)
+    if on_failure == "raise":
+        res.raise_on_failure()
+    return res
