@@ -60,15 +60,38 @@ def sample_population(parameters: ParameterSet, n: int, iiv: Mapping[str, float]
     rng = np.random.default_rng(seed)
     names = [nm for nm in PARAMETER_NAMES if nm in iiv]
     z = rng.standard_normal((n, len(names)))
-    theta = np.tile(parameters.to_theta(), (n, 1))
-    info = {}
-    for k, name in enumerate(names):
+    theta, clipped = theta_from_z(parameters, z, {name: iiv[name] for name in names})
+    info = {name: float(clipped[:, k].mean()) for k, name in enumerate(names)}
+    return (theta, info) if return_info else theta
+
+
+def theta_from_z(parameters: ParameterSet, z: np.ndarray, iiv: Mapping[str, float]):
+    """Kernel-unit patients from standard-normal scores (the transform inside :func:`sample_population`).
+
+    Parameters
+    ----------
+    parameters : ParameterSet
+        Typical values (medians).
+    z : (n, k) array
+        Standard-normal scores; column ``k`` belongs to the k-th entry of ``iiv`` (in its iteration order).
+    iiv : mapping name -> omega, with ``k`` entries (assumed validated, as in :func:`sample_population`).
+
+    Returns
+    -------
+    theta : (n, N_THETA) kernel-unit matrix, ``value * exp(omega * z)`` clipped to each parameter's bounds.
+    clipped : (n, k) bool, True where a draw was clipped.
+    """
+    z = np.atleast_2d(np.asarray(z, dtype=np.float64))
+    if z.shape[1] != len(iiv):
+        raise ParameterError(f"z has {z.shape[1]} columns but {len(iiv)} IIV parameters were given")
+    theta = np.tile(parameters.to_theta(), (z.shape[0], 1))
+    clipped = np.zeros(z.shape, dtype=bool)
+    for k, (name, omega) in enumerate(iiv.items()):
         j = PARAMETER_NAMES.index(name)
         p = parameters[name]
         f = _PER_DAY.get(p.unit, 1.0)
-        vals = p.value * np.exp(iiv[name] * z[:, k])
+        vals = p.value * np.exp(omega * z[:, k])
         lo, hi = p.lower, p.upper
-        clipped = (vals < lo) | (vals > hi)
-        info[name] = float(clipped.mean())
+        clipped[:, k] = (vals < lo) | (vals > hi)
         theta[:, j] = np.clip(vals, lo, hi) * f
-    return (theta, info) if return_info else theta
+    return theta, clipped
