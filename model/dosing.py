@@ -394,7 +394,8 @@ def write_nonmem(events: dict[int, EventTable] | EventTable, path: str | Path | 
               "or mg (CMT 3 sirolimus gut)\n")
     buf.write(",".join(NONMEM_COLUMNS) + "\n")
     for r in rows:
-        buf.write(f"{r[0]},{r[1]!r},{r[2]!r},{r[3]},{r[4]},{r[5]!r},{r[6]}\n")
+        # float() first: numpy 2 scalars repr as "np.float64(...)", which no CSV reader accepts
+        buf.write(f"{int(r[0])},{float(r[1])!r},{float(r[2])!r},{r[3]},{r[4]},{float(r[5])!r},{int(r[6])}\n")
     text = buf.getvalue()
     if path is not None:
         from .io import atomic_write_text
