@@ -205,19 +205,22 @@ class EventTable:
             raise RegimenError("event table: time_day, cmt and amount must be 1-D arrays of one length")
         bad = np.flatnonzero(~np.isfinite(t) | (t < 0))
         if bad.size:
-            raise RegimenError(f"event table row {bad[0]}: TIME must be finite and >= 0, got {t[bad[0]]!r}")
+            raise RegimenError(
+                f"event table row {bad[0]}: TIME must be finite and >= 0, got {float(t[bad[0]])!r}")
         bad = np.flatnonzero(~np.isfinite(a) | (a <= 0))
         if bad.size:
-            raise RegimenError(f"event table row {bad[0]}: AMT must be finite and > 0, got {a[bad[0]]!r}")
+            raise RegimenError(
+                f"event table row {bad[0]}: AMT must be finite and > 0, got {float(a[bad[0]])!r}")
         bad = np.flatnonzero(~np.isin(c, DOSABLE_CMTS))
         if bad.size:
             raise RegimenError(
                 f"event table row {bad[0]}: CMT must be one of {DOSABLE_CMTS} (dosable compartments), "
-                f"got {c[bad[0]]!r}")
+                f"got {int(c[bad[0]])!r}")
         bad = np.flatnonzero(np.diff(t) < 0)
         if bad.size:
             raise RegimenError(
-                f"event table row {bad[0] + 1}: TIME {t[bad[0] + 1]} is before the previous row's {t[bad[0]]}; "
+                f"event table row {bad[0] + 1}: TIME {float(t[bad[0] + 1])} is before the previous row's "
+                f"{float(t[bad[0]])}; "
                 "events must be sorted by time")
         for arr in (t, c, a):
             arr.setflags(write=False)

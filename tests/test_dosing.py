@@ -1,0 +1,204 @@
+"""Dosing: schedule compilation, validation messages, NONMEM event files (write -> read round trip, errors)."""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+
+from tregpd.model import (DoseSchedule, EventTable, Regimen, RegimenError, TregpdError, no_treatment,
+                          read_nonmem, reference_regimen, write_nonmem)
+from tregpd.model.dosing import REFERENCE_ASSUMPTION
+
+
+# ------------------------------------------------------------------------------------------ compilation
+def test_course_dose_times():
+    s = DoseSchedule("il2", 1.0, "MIU", interval_day=1, doses_per_course=5, n_courses=3, course_interval_day=28,
+                     start_day=2.0)
+    expected = np.concatenate([2 + np.arange(5), 30 + np.arange(5), 58 + np.arange(5)])
+    np.testing.assert_array_equal(s.dose_times(), expected)
+    assert s.cmt == 1 and s.route == "sc"
+    assert s.amount_model_units == 1e6
+
+
+def test_stop_day_drops_doses_at_and_after_it():
+    s = DoseSchedule("sirolimus", 0.5, "mg", interval_day=2, doses_per_course=100, stop_day=10.0)
+    np.testing.assert_array_equal(s.dose_times(), [0, 2, 4, 6, 8])
+
+
+def test_units_and_routes():
+    assert DoseSchedule("il2", 50.0, "WIU").amount_model_units == 5e5
+    assert DoseSchedule("il2", 3.0, "IU").amount_model_units == 3.0
+    assert DoseSchedule("sirolimus", 500.0, "ug").amount_model_units == pytest.approx(0.5)
+    assert DoseSchedule("il2", 1.0, "MIU", route="iv").cmt == 2
+    assert DoseSchedule("sirolimus", 1.0, "mg").cmt == 3
+
+
+def test_reference_regimen_events():
+    reg = reference_regimen(weeks=24)
+    ev = reg.events()
+    il2 = ev.time_day[ev.cmt == 1]
+    rapa = ev.time_day[ev.cmt == 3]
+    assert il2.size == 6 * 5  # 6 courses of 5 daily doses in 168 days
+    np.testing.assert_array_equal(il2[:6], [0, 1, 2, 3, 4, 28])
+    assert il2.max() == 140.0 + 4
+    np.testing.assert_array_equal(rapa, np.arange(0, 168, 2.0))
+    assert np.all(np.diff(ev.time_day) >= 0)
+    assert ev.total_amount("il2") == pytest.approx(30 * 0.5e6)
+    assert ev.total_amount("sirolimus") == pytest.approx(84 * 0.5)
+    assert "ASSUMPTION" in reg.assumption and reg.assumption == REFERENCE_ASSUMPTION
+    # same-time doses are ordered by compartment
+    both = np.flatnonzero(ev.time_day == 0.0)
+    np.testing.assert_array_equal(ev.cmt[both], [1, 3])
+
+
+def test_events_until_day_and_empty():
+    ev = reference_regimen().events(until_day=3.0)
+    assert ev.time_day.max() < 3.0 and len(ev) == 3 + 2
+    assert len(no_treatment().events()) == 0
+    assert len(EventTable.empty()) == 0
+
+
+def test_event_table_is_read_only():
+    ev = reference_regimen().events()
+    with pytest.raises(ValueError):
+        ev.amount[0] = 1.0
+
+
+# ------------------------------------------------------------------------------------------- validation
+@pytest.mark.parametrize("kwargs,fragment", [
+    (dict(drug="il2", amount=-1.0, unit="MIU"), "'amount' must be > 0, got -1.0"),
+    (dict(drug="il2", amount=0, unit="MIU"), "'amount' must be > 0, got 0.0"),
+    (dict(drug="il2", amount=float("nan"), unit="MIU"), "'amount' must be finite"),
+    (dict(drug="il2", amount="1", unit="MIU"), "'amount' must be a number, got '1'"),
+    (dict(drug="il2", amount=True, unit="MIU"), "'amount' must be a number"),
+    (dict(drug="aspirin", amount=1.0, unit="mg"), "'drug' must be one of ('il2', 'sirolimus'), got 'aspirin'"),
+    (dict(drug="il2", amount=1.0, unit="mg"), "'unit' must be one of ('MIU', 'WIU', 'IU'), got 'mg'"),
+    (dict(drug="sirolimus", amount=1.0, unit="MIU"), "'unit' must be one of ('mg', 'ug'), got 'MIU'"),
+    (dict(drug="il2", amount=1.0, unit="MIU", route="oral"), "'route' must be one of ('sc', 'iv'), got 'oral'"),
+    (dict(drug="sirolimus", amount=1.0, unit="mg", route="sc"), "'route' must be one of ('oral',)"),
+    (dict(drug="il2", amount=1.0, unit="MIU", interval_day=0), "'interval_day' must be > 0"),
+    (dict(drug="il2", amount=1.0, unit="MIU", doses_per_course=0), "'doses_per_course' must be an integer >= 1"),
+    (dict(drug="il2", amount=1.0, unit="MIU", doses_per_course=2.5), "'doses_per_course' must be an integer"),
+    (dict(drug="il2", amount=1.0, unit="MIU", n_courses=2), "'course_interval_day' is required"),
+    (dict(drug="il2", amount=1.0, unit="MIU", doses_per_course=5, n_courses=2, course_interval_day=4),
+     "courses would overlap"),
+    (dict(drug="il2", amount=1.0, unit="MIU", start_day=-1), "'start_day' must be >= 0, got -1.0"),
+    (dict(drug="il2", amount=1.0, unit="MIU", start_day=5, stop_day=5), "'stop_day' (5.0) must be after"),
+    (dict(drug="il2", amount=1.0, unit="MIU", stop_day=float("inf")), "'stop_day' must be finite"),
+])
+def test_schedule_validation_messages(kwargs, fragment):
+    with pytest.raises(RegimenError) as exc:
+        DoseSchedule(**kwargs)
+    assert fragment in str(exc.value)
+
+
+def test_event_table_validation():
+    with pytest.raises(RegimenError, match=r"row 2: TIME 1.0 is before the previous row's 3.0; events must be"):
+        EventTable([0.0, 3.0, 1.0], [1, 1, 1], [1.0, 1.0, 1.0])
+    with pytest.raises(RegimenError, match=r"row 1: AMT must be finite and > 0, got 0.0$"):
+        EventTable([0.0, 1.0], [1, 1], [1.0, 0.0])
+    with pytest.raises(RegimenError, match=r"row 0: CMT must be one of \(1, 2, 3\).*got 7"):
+        EventTable([0.0], [7], [1.0])
+    with pytest.raises(RegimenError, match=r"row 0: TIME must be finite and >= 0"):
+        EventTable([-1.0], [1], [1.0])
+    with pytest.raises(RegimenError, match="one length"):
+        EventTable([0.0, 1.0], [1], [1.0])
+    with pytest.raises(RegimenError, match="AMT must be finite and > 0, got 0.0"):
+        EventTable([0.0], [1], [1.0]).scaled(0.0)
+
+
+def test_regimen_from_dict_round_trip_and_errors():
+    reg = reference_regimen(weeks=12)
+    again = Regimen.from_dict(reg.to_dict())
+    assert again == reg
+    np.testing.assert_array_equal(again.events().time_day, reg.events().time_day)
+    with pytest.raises(RegimenError, match=r"my.toml \[regimen\]: unknown keys \['dose'\]"):
+        Regimen.from_dict({"name": "x", "dose": []}, where="my.toml [regimen]")
+    with pytest.raises(RegimenError, match=r"r schedule 2: missing keys \['unit'\]"):
+        Regimen.from_dict({"name": "x", "schedules": [{"drug": "il2", "amount": 1, "unit": "MIU"},
+                                                      {"drug": "il2", "amount": 1}]}, where="r")
+    with pytest.raises(RegimenError, match=r"r schedule 1: dose schedule \('il2'\): field 'amount' must be > 0"):
+        Regimen.from_dict({"name": "x", "schedules": [{"drug": "il2", "amount": -2, "unit": "MIU"}]}, where="r")
+    with pytest.raises(RegimenError, match=r"r schedule 1: unknown keys \['every'\]"):
+        Regimen.from_dict({"schedules": [{"drug": "il2", "amount": 1, "unit": "MIU", "every": 2}]}, where="r")
+    with pytest.raises(RegimenError, match="must be a table"):
+        Regimen.from_dict([1, 2], where="r")
+    with pytest.raises(RegimenError, match="'name' must be a non-empty string"):
+        Regimen.from_dict({"name": "", "schedules": []})
+
+
+# -------------------------------------------------------------------------------------- NONMEM files
+def test_nonmem_round_trip_compresses_with_addl(tmp_path):
+    ev = reference_regimen(weeks=24).events()
+    path = tmp_path / "events.csv"
+    text = write_nonmem(ev, path)
+    assert path.read_text() == text
+    lines = [ln for ln in text.splitlines() if not ln.startswith("#")]
+    assert lines[0] == "ID,TIME,AMT,CMT,EVID,II,ADDL"
+    # 6 IL-2 courses: each 5-dose course compresses to one record (II=1, ADDL=4); sirolimus to one record
+    # (II=2, ADDL=83)
+    assert len(lines) - 1 < 15
+    assert "1,0.0,0.5,3,1,2.0,83" in lines
+    assert "1,0.0,500000.0,1,1,1.0,4" in lines
+    back = read_nonmem(path)
+    assert list(back) == [1]
+    np.testing.assert_array_equal(back[1].time_day, ev.time_day)
+    np.testing.assert_array_equal(back[1].cmt, ev.cmt)
+    np.testing.assert_array_equal(back[1].amount, ev.amount)
+
+
+def test_nonmem_round_trip_uncompressed_and_multiple_ids():
+    a = reference_regimen(weeks=8).events()
+    b = Regimen("b", (DoseSchedule("il2", 1.5, "MIU", interval_day=0.5, doses_per_course=3, start_day=0.25),
+                      DoseSchedule("il2", 2.0, "MIU", route="iv", start_day=1.0))).events()
+    text = write_nonmem({3: a, 7: b}, compress=False)
+    assert sum(1 for ln in text.splitlines() if ln[:1].isdigit()) == len(a) + len(b)
+    back = read_nonmem(io.StringIO(text))
+    assert sorted(back) == [3, 7]
+    for pid, ev in ((3, a), (7, b)):
+        np.testing.assert_array_equal(back[pid].time_day, ev.time_day)
+        np.testing.assert_array_equal(back[pid].cmt, ev.cmt)
+        np.testing.assert_array_equal(back[pid].amount, ev.amount)
+
+
+def test_read_nonmem_accepts_observations_and_lowercase_headers():
+    text = "# comment\nid,time,amt,cmt,evid,dv\n1,0,1e6,1,1,.\n1,1,0,7,0,12.5\n1,2,0.5,3,1,.\n"
+    ev = read_nonmem(io.StringIO(text))[1]
+    np.testing.assert_array_equal(ev.time_day, [0.0, 2.0])
+    np.testing.assert_array_equal(ev.cmt, [1, 3])
+
+
+@pytest.mark.parametrize("body,fragment", [
+    ("ID,TIME,AMT,CMT\n1,0,1,1\n", "missing columns ['EVID']"),
+    ("ID,TIME,AMT,CMT,EVID,FOO\n1,0,1,1,1,2\n", "unknown columns ['FOO']"),
+    ("ID,TIME,AMT,CMT,EVID\n1,0,1,1,1\n1,abc,1,1,1\n", "row 2: column TIME must be a number, got 'abc'"),
+    ("ID,TIME,AMT,CMT,EVID\n1,0,-5,1,1\n", "row 1: AMT must be finite and > 0, got -5.0"),
+    ("ID,TIME,AMT,CMT,EVID\n1,0,5,9,1\n", "row 1: CMT must be one of (1, 2, 3), got 9"),
+    ("ID,TIME,AMT,CMT,EVID\n1,0,5,1.5,1\n", "row 1: CMT must be one of (1, 2, 3), got 1.5"),
+    ("ID,TIME,AMT,CMT,EVID\n1,2,5,1,1\n1,1,5,1,1\n", "row 2: TIME 1.0 is before the previous TIME 2.0 of ID 1"),
+    ("ID,TIME,AMT,CMT,EVID\n1,-1,5,1,1\n", "row 1: TIME must be finite and >= 0, got -1.0"),
+    ("ID,TIME,AMT,CMT,EVID\n1,0,5,1,3\n", "row 1: EVID must be 0, 1, 2 or 4, got 3"),
+    ("ID,TIME,AMT,CMT,EVID,II,ADDL\n1,0,5,1,1,0,3\n", "row 1: II must be > 0 when ADDL > 0, got 0.0"),
+    ("ID,TIME,AMT,CMT,EVID,II,ADDL\n1,0,5,1,1,1,-2\n", "row 1: ADDL must be a non-negative integer, got -2"),
+    ("ID,TIME,AMT,CMT,EVID,RATE\n1,0,5,1,1,10\n", "row 1: RATE must be 0 (bolus doses only)"),
+    ("ID,TIME,AMT,CMT,EVID\n1,0,5,1,1\n1,1,5,1,4\n", "row 2: EVID 4 (reset) is only supported as the first"),
+])
+def test_read_nonmem_errors_name_row_and_column(body, fragment):
+    with pytest.raises(RegimenError) as exc:
+        read_nonmem(io.StringIO(body))
+    assert fragment in str(exc.value)
+
+
+def test_read_nonmem_file_errors(tmp_path):
+    with pytest.raises(RegimenError, match="does not exist"):
+        read_nonmem(tmp_path / "nope.csv")
+    bad = tmp_path / "bad.csv"
+    bad.write_text("ID,TIME,AMT,CMT,EVID\n1,0,5,1,1\n1,x,5,1,1\n")
+    with pytest.raises(RegimenError) as exc:
+        read_nonmem(bad)
+    assert str(bad) in str(exc.value) and "row 2" in str(exc.value) and "TIME" in str(exc.value)
+
+
+def test_regimen_errors_are_tregpd_errors():
+    assert issubclass(RegimenError, TregpdError)
