@@ -19,6 +19,7 @@ consumed, so results are held only for chunks not yet consumed.
 """
 from __future__ import annotations
 
+import logging
 import os
 from collections import deque
 from typing import Any, Callable, Iterable, Iterator
@@ -123,7 +124,7 @@ class DaskBackend(Backend):
                 raise BackendError(f"number of workers must be a positive integer, got {n_workers!r}")
             self._cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
                                          dashboard_address=":0" if dashboard else None,
-                                         silence_logs="error")
+                                         silence_logs=logging.ERROR)
             self._client = Client(self._cluster)
             self.address = self._cluster.scheduler_address
         info = self._client.scheduler_info()
