@@ -1,0 +1,215 @@
+"""Scenario figures. matplotlib is imported lazily (Agg); every function accepts ``ax``/``axes=None`` and returns
+the figure, never shows it.
+
+* :func:`plot_scenario`: one scenario's Treg, Th17 and ratio, median and 90 % band, healthy ranges shaded.
+* :func:`plot_comparison`: several scenarios' medians (with bands) on shared axes, plus a week-24 ratio bar chart.
+* :func:`plot_dose_response`: median week-24 Treg and ratio (90 % interval) against IL-2 dose per injection and
+  sirolimus mg/day, from a comparison table.
+* :func:`plot_dosefind`: the dose-finding grid (week-24 ratio against selectivity margin, feasible points).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .metrics import HEALTHY_RANGE
+
+_PANELS = (("treg", "Treg (cells/µL)"), ("th17", "Th17 (cells/µL)"), ("ratio", "Th17/Treg"))
+
+
+def _plt():
+    import matplotlib
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def close(fig) -> None:
+    """Release a figure's memory (figures are returned, never shown)."""
+    _plt().close(fig)
+
+
+def _axes(axes, n, figsize):
+    plt = _plt()
+    if axes is None:
+        fig, axes = plt.subplots(1, n, figsize=figsize, constrained_layout=True)
+        return fig, np.atleast_1d(axes)
+    axes = np.atleast_1d(axes)
+    return axes[0].figure, axes
+
+
+def _shade_healthy(ax, var):
+    if var in HEALTHY_RANGE:
+        lo, hi = HEALTHY_RANGE[var]
+        ax.axhspan(lo, hi, color="tab:green", alpha=0.07, lw=0, label="healthy range (Niu)")
+
+
+def plot_scenario(result, axes=None, title=None, ratio_target=None, band=(5, 95), color=None, label=None,
+                  shade=True):
+    """Median and ``band`` percentile ribbon of Treg, Th17 and Th17/Treg against weeks.
+
+    Parameters
+    ----------
+    result : SimulationResult (one or more patients; failed patients excluded)
+    axes : three matplotlib Axes, optional
+    ratio_target : draw this Th17/Treg target as a dashed line
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    fig, axes = _axes(axes, 3, (12.6, 3.5))
+    weeks = result.time_day / 7.0
+    for ax, (var, ylabel) in zip(axes, _PANELS):
+        arr = result.get(var)
+        if shade:
+            _shade_healthy(ax, var)
+        if arr.shape[0] == 1:
+            ax.plot(weeks, arr[0], color=color, lw=1.5, label=label)
+        else:
+            lo, med, hi = np.percentile(arr, [band[0], 50, band[1]], axis=0)
+            line, = ax.plot(weeks, med, color=color, lw=1.5, label=label or "median")
+            ax.fill_between(weeks, lo, hi, color=line.get_color(), alpha=0.18, lw=0,
+                            label=None if label else f"{band[0]}–{band[1]}%")
+        if var == "ratio" and ratio_target is not None:
+            ax.axhline(ratio_target, color="k", ls="--", lw=0.8, label=f"target {ratio_target:g}")
+        ax.set_xlabel("week")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+    axes[-1].legend(frameon=False, fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def plot_comparison(outcomes, axes=None, max_bands: int = 6):
+    """Compare scenarios: median trajectories (bands for the first ``max_bands``) and a bar chart of the
+    week-24 (or last) median ratio with 90 % intervals.
+
+    Parameters
+    ----------
+    outcomes : sequence of ScenarioOutcome
+    axes : four Axes (Treg, Th17, ratio, bars), optional
+    """
+    plt = _plt()
+    if axes is None:
+        fig = plt.figure(figsize=(15, 8), constrained_layout=True)
+        gs = fig.add_gridspec(2, 3, height_ratios=[1, 1.1])
+        axes = [fig.add_subplot(gs[0, i]) for i in range(3)] + [fig.add_subplot(gs[1, :])]
+    else:
+        axes = list(np.atleast_1d(axes))
+        fig = axes[0].figure
+    cmap = plt.get_cmap("tab20")
+    for i, o in enumerate(outcomes):
+        color = cmap(i % 20)
+        res = o.result
+        weeks = res.time_day / 7.0
+        for ax, (var, ylabel) in zip(axes[:3], _PANELS):
+            arr = res.get(var)
+            lo, med, hi = np.percentile(arr, [5, 50, 95], axis=0)
+            ax.plot(weeks, med, color=color, lw=1.2, label=o.scenario.name)
+            if len(outcomes) <= max_bands:
+                ax.fill_between(weeks, lo, hi, color=color, alpha=0.12, lw=0)
+    for ax, (var, ylabel) in zip(axes[:3], _PANELS):
+        _shade_healthy(ax, var)
+        ax.set_xlabel("week")
+        ax.set_ylabel(f"{ylabel}, median")
+        ax.grid(alpha=0.3)
+    names, med, lo, hi, colors = [], [], [], [], []
+    for i, o in enumerate(outcomes):
+        w = 24.0 if o.scenario.weeks >= 24 else o.scenario.weeks
+        names.append(o.scenario.name + ("" if w == 24 else f" (wk{w:g})"))
+        med.append(o.value("ratio", w, "median"))
+        lo.append(o.value("ratio", w, "p05"))
+        hi.append(o.value("ratio", w, "p95"))
+        colors.append(cmap(i % 20))
+    ax = axes[3]
+    x = np.arange(len(names))
+    med, lo, hi = np.array(med), np.array(lo), np.array(hi)
+    ax.bar(x, med, color=colors, alpha=0.85)
+    ax.errorbar(x, med, yerr=[med - lo, hi - med], fmt="none", ecolor="k", lw=0.8, capsize=2)
+    target = outcomes[0].value("ratio_target", None, "value") if outcomes else None
+    if target is not None and np.isfinite(target):
+        ax.axhline(target, color="k", ls="--", lw=0.8, label=f"target {target:g}")
+        ax.legend(frameon=False, fontsize=8)
+    ax.set_xticks(x)
+    ax.set_xticklabels(names, rotation=60, ha="right", fontsize=7)
+    ax.set_ylabel("Th17/Treg at week 24\nmedian, 90% PI")
+    ax.grid(alpha=0.3, axis="y")
+    if len(outcomes) <= 12:
+        axes[2].legend(frameon=False, fontsize=6)
+    return fig
+
+
+def plot_dose_response(table, axes=None):
+    """Week-24 median (90 % PI) Treg and Th17/Treg against IL-2 dose per injection (scenarios tagged
+    ``il2_dose``) and against sirolimus mg/day (tagged ``sirolimus_dose``).
+
+    Parameters
+    ----------
+    table : comparison DataFrame of :func:`tregpd.scenarios.runner.comparison_table`
+    Returns
+    -------
+    Figure, or None when the table holds no dose series.
+    """
+    series = [("il2_dose", "il2_dose_miu", "IL-2 dose per injection (MIU)"),
+              ("sirolimus_dose", "sirolimus_mg_per_day", "sirolimus (mg/day, mean)")]
+    series = [s for s in series if (table["question"] == s[0]).sum() >= 2]
+    if not series:
+        return None
+    plt = _plt()
+    if axes is None:
+        fig, axes = plt.subplots(len(series), 2, figsize=(9, 3.4 * len(series)), constrained_layout=True,
+                                 squeeze=False)
+    else:
+        axes = np.atleast_2d(axes)
+        fig = axes[0, 0].figure
+    for row, (q, col, xlabel) in enumerate(series):
+        sub = table[table["question"] == q].sort_values(col)
+        x = sub[col].to_numpy(dtype=float)
+        for ax, var, ylabel in ((axes[row, 0], "treg", "Treg (cells/µL)"), (axes[row, 1], "ratio", "Th17/Treg")):
+            med = sub[f"{var}_median_w24"].to_numpy(dtype=float)
+            lo = sub[f"{var}_p05_w24"].to_numpy(dtype=float)
+            hi = sub[f"{var}_p95_w24"].to_numpy(dtype=float)
+            _shade_healthy(ax, var)
+            ax.plot(x, med, "o-", color="tab:blue", label="median")
+            ax.fill_between(x, lo, hi, color="tab:blue", alpha=0.15, lw=0, label="5–95%")
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel(f"{ylabel} at week 24")
+            ax.grid(alpha=0.3)
+        axes[row, 1].legend(frameon=False, fontsize=7)
+    return fig
+
+
+def plot_dosefind(grid, best=None, reference=None, max_selectivity=None, ax=None):
+    """Dose-finding grid: week-24 median ratio against the selectivity margin, feasible points filled.
+
+    Parameters
+    ----------
+    grid : DataFrame from :func:`tregpd.scenarios.dosefind.dose_find` (columns selectivity_margin_p95,
+        ratio_median_w24, feasible, dose_miu)
+    best, reference : dict rows to highlight
+    """
+    plt = _plt()
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(6.4, 4.4), constrained_layout=True)
+    else:
+        fig = ax.figure
+    feas = grid["feasible"].to_numpy(dtype=bool)
+    sc = ax.scatter(grid["selectivity_margin_p95"][feas], grid["ratio_median_w24"][feas],
+                    c=grid["dose_miu"][feas], cmap="viridis", s=18, label="feasible")
+    ax.scatter(grid["selectivity_margin_p95"][~feas], grid["ratio_median_w24"][~feas], facecolors="none",
+               edgecolors="grey", s=18, label="violates a limit")
+    fig.colorbar(sc, ax=ax, label="IL-2 dose (MIU)")
+    if max_selectivity is not None:
+        ax.axvline(max_selectivity, color="k", ls="--", lw=0.8, label=f"limit {max_selectivity:g}")
+    if reference is not None:
+        ax.plot(reference["selectivity_margin_p95"], reference["ratio_median_w24"], "s", color="tab:red",
+                ms=8, label="reference")
+    if best is not None:
+        ax.plot(best["selectivity_margin_p95"], best["ratio_median_w24"], "*", color="tab:orange", ms=14,
+                label="best feasible")
+    ax.set_xscale("log")
+    ax.set_xlabel("peak IL-2 / EC50_E (95th percentile)")
+    ax.set_ylabel("Th17/Treg at week 24 (median)")
+    ax.grid(alpha=0.3)
+    ax.legend(frameon=False, fontsize=7)
+    return fig

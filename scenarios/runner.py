@@ -1,0 +1,386 @@
+"""Scenario runner: simulate a virtual population per scenario, write trajectories, summaries and figures.
+
+>>> from tregpd.scenarios import run_library, library_paths
+>>> table = run_library(library_paths(), "out/scenarios")          # doctest: +SKIP
+
+Per scenario, into ``out_dir/<name>/``:
+
+* ``trajectories.csv`` / ``.parquet``: tidy percentiles per output time (time_day, week, variable, statistic
+  in median/p05/p95, value, unit) of naive, Treg, Th17, ratio, concentrations and AUCs; provenance in the CSV
+  header comments and the Parquet metadata.
+* ``patients.parquet`` (``outputs`` contains "patients"): every patient's trajectory, tidy.
+* ``summary.csv``: the tidy summary (see :mod:`tregpd.scenarios.metrics`).
+* ``trajectories.png``: median and 90 % band of Treg, Th17 and ratio, with the healthy ranges.
+* ``provenance.json``.
+
+Across scenarios (:func:`run_library`): ``comparison.csv`` and ``comparison.md`` (one row per scenario),
+``summary_all.csv``, ``comparison.png`` and ``dose_response.png``.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from tregpd.model.errors import ScenarioError, TregpdError
+from tregpd.model.io import atomic_save_figure, atomic_write_frame, atomic_write_json, atomic_write_text
+from tregpd.model.parameters import ParameterSet, default_parameters, load_parameters
+from tregpd.model.population import sample_population
+from tregpd.model.simulate import SimulationResult, output_times, simulate_population
+
+from . import metrics as M
+from .schema import Scenario, load_scenario
+
+TRAJECTORY_VARIABLES = ("naive", "treg", "th17", "ratio", "c_il2", "c_rapa", "auc_il2", "auc_rapa")
+_MAX_PEAK_BYTES = 64e6
+
+
+@dataclass
+class ScenarioOutcome:
+    """What :func:`run_scenario` produced.
+
+    Attributes
+    ----------
+    scenario : Scenario
+    result : SimulationResult on the trajectory grid (all patients; ``result.ok`` marks the successful ones)
+    summary : pandas.DataFrame, tidy (scenario, metric, week, statistic, value, unit)
+    exposure : dict of per-patient arrays (peak IL-2, selectivity margin, sirolimus trough/peak)
+    files : list of Path written
+    parameters : ParameterSet used
+    seconds : wall time
+    """
+
+    scenario: Scenario
+    result: SimulationResult
+    summary: object
+    exposure: dict
+    files: list = field(default_factory=list)
+    parameters: ParameterSet | None = None
+    seconds: float = 0.0
+
+    def value(self, metric: str, week: float | None = None, statistic: str = "median") -> float:
+        return M.lookup(self.summary, metric, week, statistic)
+
+
+def resolve_parameters(scenario: Scenario, parameters: ParameterSet | str | Path | None = None) -> ParameterSet:
+    """The parameter set a scenario runs with.
+
+    ``parameters`` (the runner's override, e.g. the fitted set from ``tregpd all`` or ``--params``) wins over
+    the file's ``parameters`` key when given. Otherwise "default" gives the literature priors, a path is loaded,
+    and "fitted" is an error (there is nothing to resolve it with).
+    """
+    if isinstance(parameters, ParameterSet):
+        return parameters
+    if parameters is not None:
+        return load_parameters(parameters)
+    if scenario.parameters == "default":
+        return default_parameters()
+    if scenario.parameters == "fitted":
+        raise ScenarioError(f"{scenario.path or scenario.name}: [scenario] parameters = 'fitted' needs a fitted "
+                            "parameter file: pass --params FILE (or run 'tregpd all')")
+    return load_parameters(scenario.parameters)
+
+
+def _population(scenario: Scenario, params: ParameterSet) -> np.ndarray:
+    if scenario.population == 1:
+        return params.to_theta()[None, :]
+    return sample_population(params, scenario.population, iiv=scenario.iiv, seed=scenario.seed)
+
+
+def _trajectory_grid(scenario: Scenario) -> np.ndarray:
+    return output_times(scenario.t_end_day, scenario.output_step_day,
+                        extra=[w * 7.0 for w in (0.0, *scenario.report_weeks())])
+
+
+def cumulative_doses(scenario: Scenario) -> dict[str, float]:
+    """Total IL-2 (MIU) and sirolimus (mg) given within the simulated duration."""
+    ev = scenario.regimen.events(until_day=scenario.t_end_day)
+    return {"il2_cumulative_dose": ev.total_amount("il2") / 1e6,
+            "sirolimus_cumulative_dose": ev.total_amount("sirolimus")}
+
+
+def simulate_scenario(scenario: Scenario, parameters: ParameterSet, progress: bool = False,
+                      parallel: bool = True):
+    """Simulate a scenario's population; returns (trajectory result, exposure dict, theta).
+
+    Exposure arrays cover the successful patients of the trajectory run (a patient failing in either pass is
+    excluded from both and counted as failed).
+    """
+    theta = _population(scenario, parameters)
+    n = theta.shape[0]
+    chunk = max(25, math.ceil(n / 20)) if progress else None
+    res = simulate_population(theta, scenario.regimen, t_out=_trajectory_grid(scenario), parallel=parallel,
+                              on_failure="keep", parameters=parameters, seed=scenario.seed,
+                              chunk_size=chunk, progress=progress)
+    exposure = {}
+    t_peak = M.peak_grid(scenario.regimen, scenario.t_end_day)
+    if t_peak.size:
+        chunk = max(1, int(_MAX_PEAK_BYTES // (t_peak.size * 8 * 8)))
+        c_il2 = np.zeros((n, t_peak.size))
+        c_rapa = np.zeros((n, t_peak.size))
+        status = np.zeros(n, dtype=np.int64)
+        for s in range(0, n, chunk):
+            part = simulate_population(theta[s:s + chunk], scenario.regimen, t_out=t_peak, parallel=parallel,
+                                       on_failure="keep")
+            c_il2[s:s + chunk] = part.get("c_il2", only_ok=False)
+            c_rapa[s:s + chunk] = part.get("c_rapa", only_ok=False)
+            status[s:s + chunk] = part.status
+        # a patient failing only in the peak pass is marked failed in the trajectory result too
+        res.status = np.where((res.status == 0) & (status != 0), status, res.status)
+        ok = res.ok
+        ev = scenario.regimen.events(until_day=scenario.t_end_day)
+        rapa_t = ev.time_day[ev.cmt == 3]
+        exposure = M.peak_exposure(t_peak, c_il2[ok], c_rapa[ok], theta[ok],
+                                   float(rapa_t[-1]) if rapa_t.size else None)
+        if not np.any(np.isin(ev.cmt, (1, 2))):
+            exposure.pop("il2_peak", None)
+            exposure.pop("selectivity_margin", None)
+    return res, exposure, theta
+
+
+def summarise_result(scenario: Scenario, res: SimulationResult, exposure: dict):
+    """Tidy summary of a simulated scenario (see :func:`tregpd.scenarios.metrics.summarise`)."""
+    values = {v: res.get(v) for v in ("treg", "th17", "ratio", "auc_il2", "auc_rapa")}
+    return M.summarise(scenario.name, res.time_day, values, scenario.report_weeks(), scenario.ratio_target,
+                       n_patients=res.n_patients, n_failed=res.n_failed, exposure=exposure,
+                       doses=cumulative_doses(scenario))
+
+
+def percentile_frame(res: SimulationResult, variables: Sequence[str] = TRAJECTORY_VARIABLES):
+    """Tidy percentiles per time: time_day, week, variable, statistic (median/p05/p95), value, unit."""
+    import pandas as pd
+    from tregpd.model.simulate import VARIABLES
+    frames = []
+    t = res.time_day
+    for v in variables:
+        arr = res.get(v)
+        if arr.shape[0] == 0:
+            continue
+        for stat, q in M.PERCENTILES:
+            frames.append(pd.DataFrame({"time_day": t, "week": t / 7.0, "variable": v, "statistic": stat,
+                                        "value": np.percentile(arr, q, axis=0), "unit": VARIABLES[v][1]}))
+    return pd.concat(frames, ignore_index=True)
+
+
+def run_scenario(scenario: Scenario | str | Path, out_dir: str | Path | None, parameters=None,
+                 progress: bool = True, parallel: bool = True) -> ScenarioOutcome:
+    """Simulate one scenario and write its outputs into ``out_dir/<name>/``.
+
+    Parameters
+    ----------
+    scenario : Scenario or path to a scenario TOML
+    out_dir : folder (a subfolder named after the scenario is created), or None to write nothing
+    parameters : ParameterSet or path, optional
+        Overrides the scenario file's ``parameters`` (see :func:`resolve_parameters`).
+    progress : show a tqdm bar over patient chunks
+    parallel : use the prange kernel
+
+    Returns
+    -------
+    ScenarioOutcome
+    """
+    t0 = time.perf_counter()
+    if not isinstance(scenario, Scenario):
+        scenario = load_scenario(scenario)
+    params = resolve_parameters(scenario, parameters)
+    res, exposure, _ = simulate_scenario(scenario, params, progress=progress, parallel=parallel)
+    if res.n_failed == res.n_patients:
+        f = res.failures()[0]
+        raise TregpdError(f"scenario {scenario.name!r}: integration failed for all {res.n_patients} patients "
+                          f"(e.g. patient {f[0]}: {f[1]} at t = {f[2]:.4g} d)")
+    summary = summarise_result(scenario, res, exposure)
+    outcome = ScenarioOutcome(scenario, res, summary, exposure, parameters=params)
+    if out_dir is not None:
+        outcome.files = write_outputs(outcome, Path(out_dir) / scenario.name)
+    outcome.seconds = time.perf_counter() - t0
+    return outcome
+
+
+def _provenance(outcome: ScenarioOutcome, **extra) -> dict:
+    sc = outcome.scenario
+    return outcome.result.provenance(
+        scenario=sc.to_dict(), scenario_file=str(sc.path) if sc.path else None,
+        parameter_source=sc.parameters, failures=[list(f) for f in outcome.result.failures()[:20]], **extra)
+
+
+def write_outputs(outcome: ScenarioOutcome, folder: Path) -> list[Path]:
+    """Write a scenario's trajectories, summary, figure and provenance into ``folder``; returns the paths."""
+    sc = outcome.scenario
+    prov = _provenance(outcome, command="tregpd scenarios run")
+    files = []
+    traj = percentile_frame(outcome.result)
+    if "csv" in sc.outputs:
+        files.append(atomic_write_frame(folder / "trajectories.csv", traj, prov))
+    if "parquet" in sc.outputs:
+        files.append(atomic_write_frame(folder / "trajectories.parquet", traj, prov))
+    if "patients" in sc.outputs:
+        files.append(atomic_write_frame(folder / "patients.parquet",
+                                        outcome.result.to_frame(["naive", "treg", "th17", "ratio"]), prov))
+    files.append(atomic_write_frame(folder / "summary.csv", outcome.summary, prov))
+    if "png" in sc.outputs:
+        from . import plots
+        fig = plots.plot_scenario(outcome.result, title=sc.name, ratio_target=sc.ratio_target)
+        files.append(atomic_save_figure(folder / "trajectories.png", fig))
+        plots.close(fig)
+    files.append(atomic_write_json(folder / "provenance.json", prov))
+    return files
+
+
+# ------------------------------------------------------------------------------------------ comparison
+def mean_daily_dose(scenario: Scenario, drug: str) -> float:
+    """Average daily amount of ``drug`` over its dosing period (first dose to last dose + one interval), in
+    MIU/day (IL-2) or mg/day (sirolimus); 0 if the drug is not given."""
+    total, first, last = 0.0, math.inf, -math.inf
+    for s in scenario.regimen.schedules:
+        if s.drug != drug:
+            continue
+        t = s.dose_times()
+        t = t[t < scenario.t_end_day]
+        if t.size:
+            total += t.size * s.amount_model_units / (1e6 if drug == "il2" else 1.0)
+            first = min(first, float(t[0]))
+            last = max(last, float(t[-1]) + s.interval_day)
+    return total / (last - first) if total > 0 else 0.0
+
+
+def comparison_row(outcome: ScenarioOutcome) -> dict:
+    """One row of the cross-scenario comparison (numbers, unformatted)."""
+    s = outcome.summary
+    sc = outcome.scenario
+    w = 24.0 if sc.weeks >= 24 - 1e-9 else float(sc.weeks)
+    end = float(sc.weeks)
+    L = M.lookup
+    return {
+        "scenario": sc.name, "question": sc.question, "weeks": sc.weeks, "report_week": w,
+        "n_patients": int(L(s, "n_patients", statistic="count")), "n_failed": int(L(s, "n_failed", statistic="count")),
+        "il2_miu_total": L(s, "il2_cumulative_dose", statistic="value"),
+        "sirolimus_mg_total": L(s, "sirolimus_cumulative_dose", statistic="value"),
+        "il2_dose_miu": max([x.amount_model_units / 1e6 for x in sc.regimen.schedules if x.drug == "il2"],
+                            default=0.0),
+        "sirolimus_mg_per_day": mean_daily_dose(sc, "sirolimus"),
+        **{f"{v}_{stat}_w24": L(s, v, w, stat) for v in ("treg", "th17", "ratio") for stat in ("median", "p05", "p95")},
+        "treg_change_pct_w24": L(s, "treg_change_pct", w),
+        "ratio_change_pct_w24": L(s, "ratio_change_pct", w),
+        "fraction_healthy_w24": L(s, "fraction_healthy", w, "fraction"),
+        "time_below_target_weeks": L(s, "time_ratio_below_target", end),
+        "ratio_target": L(s, "ratio_target", statistic="value"),
+        "selectivity_margin": L(s, "selectivity_margin", statistic="median"),
+        "selectivity_margin_p95": L(s, "selectivity_margin", statistic="p95"),
+        "auc_il2": L(s, "auc_il2", end), "auc_rapa": L(s, "auc_rapa", end),
+        "rapa_trough": L(s, "rapa_trough"),
+        "treg_median_end": L(s, "treg", end), "ratio_median_end": L(s, "ratio", end),
+    }
+
+
+def comparison_table(outcomes: Iterable[ScenarioOutcome]):
+    """DataFrame with one row per scenario (see :func:`comparison_row`)."""
+    import pandas as pd
+    return pd.DataFrame([comparison_row(o) for o in outcomes])
+
+
+def _fmt(x, nd=2):
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "–"
+    return f"{x:.{nd}f}"
+
+
+def comparison_markdown(table) -> str:
+    """A Markdown table for a slide or the README (medians with 90 % prediction intervals)."""
+    head = ["scenario", "wk", "IL-2 total (MIU)", "SRL total (mg)", "Treg wk24 [90% PI]",
+            "Th17/Treg wk24 [90% PI]", "Δratio wk24 (%)", "healthy wk24 (%)", "wk ratio<target",
+            "peak IL-2/EC50_E", "Treg end", "ratio end"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in table.to_dict("records"):
+        wk = "" if r["report_week"] == 24 else f" (wk{r['report_week']:g})"
+        lines.append("| " + " | ".join([
+            r["scenario"] + wk, f"{r['weeks']:g}", _fmt(r["il2_miu_total"], 1), _fmt(r["sirolimus_mg_total"], 1),
+            f"{_fmt(r['treg_median_w24'], 1)} [{_fmt(r['treg_p05_w24'], 1)}–{_fmt(r['treg_p95_w24'], 1)}]",
+            f"{_fmt(r['ratio_median_w24'])} [{_fmt(r['ratio_p05_w24'])}–{_fmt(r['ratio_p95_w24'])}]",
+            _fmt(r["ratio_change_pct_w24"], 0), _fmt(100 * r["fraction_healthy_w24"], 0),
+            _fmt(r["time_below_target_weeks"], 1), _fmt(r["selectivity_margin"], 4),
+            _fmt(r["treg_median_end"], 1), _fmt(r["ratio_median_end"])]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+@dataclass
+class LibraryRun:
+    """Result of :func:`run_library`: per-scenario outcomes, the comparison table and written files."""
+
+    outcomes: list
+    table: object
+    markdown: str
+    files: list
+    seconds: float
+
+
+def run_library(paths: Sequence[str | Path | Scenario], out_dir: str | Path | None, parameters=None,
+                progress: bool = True, population: int | None = None, output_step_day: float | None = None,
+                parallel: bool = True, figures: bool = True) -> LibraryRun:
+    """Run several scenarios and compare them.
+
+    Parameters
+    ----------
+    paths : scenario files (or Scenario objects); all are validated before anything is simulated
+    out_dir : output folder, or None to write nothing
+    parameters : ParameterSet or parameter file, optional
+        Used for every scenario (e.g. the fitted set from ``tregpd all``); default: each file's own choice.
+    progress : tqdm bar over scenarios
+    population, output_step_day : optional overrides for every scenario (e.g. a quick smoke run)
+
+    Returns
+    -------
+    LibraryRun (comparison table also written as comparison.csv / comparison.md, figures as PNG)
+    """
+    t0 = time.perf_counter()
+    scenarios = [p if isinstance(p, Scenario) else load_scenario(p) for p in paths]
+    if not scenarios:
+        raise ScenarioError("no scenario files given")
+    names = [s.name for s in scenarios]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ScenarioError(f"scenario names must be unique (they name the output folders); repeated: {dup}")
+    over = {}
+    if population is not None:
+        over["population"] = population
+    if output_step_day is not None:
+        over["output_step_day"] = output_step_day
+    if over:
+        scenarios = [s.with_overrides(**over) for s in scenarios]
+    if isinstance(parameters, (str, Path)):
+        parameters = load_parameters(parameters)
+    outcomes = []
+    it = scenarios
+    if progress:
+        from tqdm.auto import tqdm
+        it = tqdm(scenarios, desc="scenarios", unit="scenario")
+    for sc in it:
+        if progress:
+            it.set_postfix_str(sc.name)
+        outcomes.append(run_scenario(sc, out_dir, parameters=parameters, progress=False, parallel=parallel))
+    table = comparison_table(outcomes)
+    md = comparison_markdown(table)
+    files = []
+    if out_dir is not None:
+        out = Path(out_dir)
+        import pandas as pd
+        from tregpd.model.io import provenance
+        prov = provenance(outcomes[0].parameters, None, None, command="tregpd scenarios run",
+                          scenarios=[str(s.path or s.name) for s in scenarios])
+        files.append(atomic_write_frame(out / "comparison.csv", table, prov))
+        files.append(atomic_write_text(out / "comparison.md", md))
+        files.append(atomic_write_frame(out / "summary_all.csv",
+                                        pd.concat([o.summary for o in outcomes], ignore_index=True), prov))
+        if figures:
+            from . import plots
+            fig = plots.plot_comparison(outcomes)
+            files.append(atomic_save_figure(out / "comparison.png", fig))
+            plots.close(fig)
+            fig = plots.plot_dose_response(table)
+            if fig is not None:
+                files.append(atomic_save_figure(out / "dose_response.png", fig))
+                plots.close(fig)
+    return LibraryRun(outcomes, table, md, files, time.perf_counter() - t0)

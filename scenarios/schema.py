@@ -1,0 +1,362 @@
+"""Scenario files: a TOML description of one simulated study arm, parsed and validated.
+
+Schema
+------
+A scenario file has two tables, ``[scenario]`` and ``[regimen]`` (with one ``[[regimen.schedules]]`` table per
+drug schedule). Every key is checked; an unknown key anywhere is an error naming the file and the key.
+
+.. code-block:: toml
+
+    [scenario]
+    name = "shanxi_reference"        # required; letters, digits, "_" and "-" (used as the output folder)
+    description = "..."              # required; what is simulated, with the literature source
+    source = "literature.md b"       # optional; where the regimen comes from
+    assumption = "..."               # optional; what is assumed rather than published ("" = nothing)
+    question = "reference"           # optional; the study question it answers (see QUESTIONS)
+    weeks = 24                       # required; simulated duration (follow-up) in weeks, > 0
+    parameters = "default"           # "default" (literature priors), "fitted" (the runner's --params, required)
+                                     # or a path to a parameter TOML, relative to the scenario file
+    population = 300                 # virtual patients, >= 1 (1 = the typical patient, no variability)
+    seed = 20170614                  # integer >= 0, seeds the virtual population
+    iiv = { treg_baseline = 0.35 }   # optional; replaces DEFAULT_IIV entries (omega = SD of the log)
+    outputs = ["csv", "parquet", "png"]   # any of "csv", "parquet", "png", "patients" (all patients, parquet)
+    output_step_day = 1.0            # trajectory grid spacing in days, > 0 and <= 7
+    ratio_target = 0.29              # optional; Th17/Treg target for "time below target" (default 0.29)
+
+    [regimen]
+    assumption = ""                  # optional, as in Regimen.from_dict
+
+    [[regimen.schedules]]            # zero schedules = untreated
+    drug = "il2"                     # "il2" or "sirolimus"
+    amount = 0.5
+    unit = "MIU"                     # MIU, WIU, IU (IL-2); mg, ug (sirolimus)
+    interval_day = 1
+    doses_per_course = 5
+    n_courses = 6
+    course_interval_day = 28
+    start_day = 0                    # optional
+    stop_day = 168                   # optional; doses at or after this day are dropped (washout after it)
+    route = "sc"                     # optional; "sc"/"iv" (IL-2), "oral" (sirolimus)
+
+The regimen part is validated by :meth:`tregpd.model.Regimen.from_dict` (unknown keys, doses <= 0, overlapping
+courses); this module adds the checks that need the scenario's duration: a schedule that starts after the end of
+the simulation is an error ("impossible schedule"), one whose courses run past the end is a warning (the doses
+after the end have no effect; set ``n_courses`` or ``stop_day`` to say what you mean).
+"""
+from __future__ import annotations
+
+import math
+import re
+import sys
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+from tregpd.model.dosing import Regimen
+from tregpd.model.errors import RegimenError, ScenarioError
+from tregpd.model.population import DEFAULT_IIV
+from tregpd.model.parameters import PARAMETER_NAMES
+
+#: Study questions a scenario can be tagged with (``question`` key); the runner groups figures by them.
+QUESTIONS: Mapping[str, str] = {
+    "reference": "the study's (assumed) reference regimen",
+    "combination": "each drug alone and both together",
+    "il2_dose": "IL-2 dose-response on the reference frequency",
+    "il2_frequency": "IL-2 dosing frequency at fixed dose",
+    "trial_regimens": "regimens of other low-dose IL-2 / sirolimus trials",
+    "sirolimus_dose": "sirolimus dose-response",
+    "duration": "treatment duration",
+    "washout": "stopping treatment and washout",
+}
+OUTPUT_KINDS = ("csv", "parquet", "png", "patients")
+#: Default Th17/Treg target: the study's week-24 median (seed abstract; FOUNDING DOC).
+DEFAULT_RATIO_TARGET = 0.29
+
+_SCENARIO_KEYS = {"name", "description", "source", "assumption", "question", "weeks", "parameters",
+                  "population", "seed", "iiv", "outputs", "output_step_day", "ratio_target"}
+_REQUIRED = ("name", "description", "weeks")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]*$")
+
+
+class ScenarioWarning(UserWarning):
+    """A scenario that runs but probably does not say what its author meant (e.g. doses past the end)."""
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """A validated scenario (see the module docstring for the file format).
+
+    Attributes
+    ----------
+    name, description, source, assumption, question : str
+    weeks : float
+        Simulated duration in weeks.
+    parameters : str
+        "default", "fitted" or an absolute path to a parameter TOML.
+    population : int
+    seed : int
+    iiv : dict name -> omega, or None for :data:`tregpd.model.DEFAULT_IIV`
+    outputs : tuple of str
+    output_step_day : float
+    ratio_target : float
+    regimen : Regimen
+    path : Path or None
+        The file it was read from.
+    """
+
+    name: str
+    description: str
+    weeks: float
+    regimen: Regimen
+    source: str = ""
+    assumption: str = ""
+    question: str = ""
+    parameters: str = "default"
+    population: int = 300
+    seed: int = 20170614
+    iiv: dict | None = None
+    outputs: tuple[str, ...] = ("csv", "parquet", "png")
+    output_step_day: float = 1.0
+    ratio_target: float = DEFAULT_RATIO_TARGET
+    path: Path | None = None
+
+    @property
+    def t_end_day(self) -> float:
+        return self.weeks * 7.0
+
+    def report_weeks(self) -> tuple[float, ...]:
+        """Weeks at which the summary reports values: 6, 12, 24 and 48 (those within the duration) and the end."""
+        weeks = [w for w in (6.0, 12.0, 24.0, 48.0) if w <= self.weeks + 1e-9]
+        if not weeks or abs(weeks[-1] - self.weeks) > 1e-9:
+            weeks.append(float(self.weeks))
+        return tuple(weeks)
+
+    def treatment_end_day(self) -> float:
+        """Day after the last dose interval (last dose + its interval), capped at the end; 0 if untreated."""
+        ev = self.regimen.events(until_day=self.t_end_day)
+        if len(ev) == 0:
+            return 0.0
+        last = 0.0
+        for s in self.regimen.schedules:
+            t = s.dose_times()
+            t = t[t < self.t_end_day]
+            if t.size:
+                last = max(last, float(t[-1]) + (s.interval_day if s.doses_per_course > 1 else 1.0))
+        return min(last, self.t_end_day)
+
+    def with_overrides(self, **changes) -> "Scenario":
+        """A copy with some fields replaced (re-validated), e.g. a smaller population for a smoke test."""
+        d = self.to_dict()
+        d["scenario"].update(changes)
+        return parse_scenario(d, origin=str(self.path) if self.path else self.name, base_dir=None,
+                              _resolved_parameters=self.parameters)
+
+    def to_dict(self) -> dict:
+        sc = {"name": self.name, "description": self.description, "source": self.source,
+              "assumption": self.assumption, "question": self.question, "weeks": self.weeks,
+              "parameters": self.parameters, "population": self.population, "seed": self.seed,
+              "outputs": list(self.outputs), "output_step_day": self.output_step_day,
+              "ratio_target": self.ratio_target}
+        if self.iiv is not None:
+            sc["iiv"] = dict(self.iiv)
+        reg = self.regimen.to_dict()
+        reg.pop("name", None)
+        reg.pop("description", None)
+        return {"scenario": sc, "regimen": reg}
+
+
+def _err(origin: str, key: str, msg: str) -> ScenarioError:
+    return ScenarioError(f"{origin}: [scenario] {key}: {msg}")
+
+
+def _number(sc: dict, key: str, origin: str, default=None, positive=True) -> float:
+    v = sc.get(key, default)
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        raise _err(origin, key, f"must be a number, got {v!r}")
+    if positive and v <= 0:
+        raise _err(origin, key, f"must be > 0, got {v!r}")
+    return float(v)
+
+
+def _integer(sc: dict, key: str, origin: str, default, minimum: int) -> int:
+    v = sc.get(key, default)
+    if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
+        raise _err(origin, key, f"must be an integer >= {minimum}, got {v!r}")
+    return int(v)
+
+
+def _string(sc: dict, key: str, origin: str, default="") -> str:
+    v = sc.get(key, default)
+    if not isinstance(v, str):
+        raise _err(origin, key, f"must be a string, got {v!r}")
+    return v
+
+
+def parse_scenario(data: Mapping[str, Any], origin: str = "<scenario>", base_dir: Path | None = None,
+                   _resolved_parameters: str | None = None) -> Scenario:
+    """Validate a scenario given as a dict (the parsed TOML) and return a :class:`Scenario`.
+
+    Parameters
+    ----------
+    data : mapping with tables "scenario" and "regimen"
+    origin : str
+        Name used in error messages (the file path).
+    base_dir : Path, optional
+        Folder against which a relative ``parameters`` path is resolved (the scenario file's folder).
+
+    Raises
+    ------
+    ScenarioError
+        Naming ``origin``, the key and the bad value. Regimen errors are re-raised as ScenarioError.
+    """
+    if not isinstance(data, Mapping):
+        raise ScenarioError(f"{origin}: a scenario must be a table, got {type(data).__name__}")
+    unknown = sorted(set(data) - {"scenario", "regimen"})
+    if unknown:
+        raise ScenarioError(f"{origin}: unknown top-level tables/keys {unknown}; allowed: ['regimen', 'scenario']")
+    if "scenario" not in data:
+        raise ScenarioError(f"{origin}: missing the [scenario] table")
+    sc = data["scenario"]
+    if not isinstance(sc, Mapping):
+        raise ScenarioError(f"{origin}: [scenario] must be a table")
+    unknown = sorted(set(sc) - _SCENARIO_KEYS)
+    if unknown:
+        raise ScenarioError(f"{origin}: [scenario] unknown keys {unknown}; allowed: {sorted(_SCENARIO_KEYS)}")
+    missing = [k for k in _REQUIRED if k not in sc]
+    if missing:
+        raise ScenarioError(f"{origin}: [scenario] missing required keys {missing}")
+
+    name = _string(sc, "name", origin)
+    if not _NAME_RE.match(name):
+        raise _err(origin, "name", f"must start with a letter or digit and contain only letters, digits, '_' "
+                                   f"and '-' (it names the output folder), got {name!r}")
+    description = _string(sc, "description", origin)
+    if not description.strip():
+        raise _err(origin, "description", "must not be empty")
+    question = _string(sc, "question", origin)
+    if question and question not in QUESTIONS:
+        raise _err(origin, "question", f"must be one of {sorted(QUESTIONS)}, got {question!r}")
+    weeks = _number(sc, "weeks", origin)
+    if weeks > 520:
+        raise _err(origin, "weeks", f"must be <= 520 (10 years), got {weeks!r}")
+    population = _integer(sc, "population", origin, 300, 1)
+    if population > 1_000_000:
+        raise _err(origin, "population", f"must be <= 1000000 (use tregpd scale for larger runs), "
+                                         f"got {population!r}")
+    seed = _integer(sc, "seed", origin, 20170614, 0)
+    step = _number(sc, "output_step_day", origin, 1.0)
+    if step > 7.0:
+        raise _err(origin, "output_step_day", f"must be <= 7 days (the summary needs weekly values), got {step!r}")
+    target = _number(sc, "ratio_target", origin, DEFAULT_RATIO_TARGET)
+
+    params = _string(sc, "parameters", origin, "default")
+    if _resolved_parameters is not None:
+        params = _resolved_parameters
+    elif params not in ("default", "fitted"):
+        p = Path(params)
+        if not p.is_absolute() and base_dir is not None:
+            p = (base_dir / p).resolve()
+        if not p.is_file():
+            raise _err(origin, "parameters", f"must be 'default', 'fitted' or an existing parameter file; "
+                                             f"{str(p)!r} does not exist")
+        params = str(p)
+
+    iiv = sc.get("iiv")
+    if iiv is not None:
+        if not isinstance(iiv, Mapping):
+            raise _err(origin, "iiv", f"must be a table name = omega, got {iiv!r}")
+        for k, v in iiv.items():
+            if k not in PARAMETER_NAMES:
+                raise _err(origin, "iiv", f"unknown parameter {k!r}; known: {', '.join(PARAMETER_NAMES)}")
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+                raise _err(origin, "iiv", f"omega of {k!r} must be a number >= 0, got {v!r}")
+        merged = dict(DEFAULT_IIV)
+        merged.update({k: float(v) for k, v in iiv.items()})
+        iiv = merged
+
+    outputs = sc.get("outputs", ["csv", "parquet", "png"])
+    if not isinstance(outputs, list) or not all(isinstance(o, str) for o in outputs):
+        raise _err(origin, "outputs", f"must be a list of strings, got {outputs!r}")
+    bad = [o for o in outputs if o not in OUTPUT_KINDS]
+    if bad:
+        raise _err(origin, "outputs", f"unknown output kinds {bad}; allowed: {list(OUTPUT_KINDS)}")
+
+    reg_data = data.get("regimen", {})
+    if not isinstance(reg_data, Mapping):
+        raise ScenarioError(f"{origin}: [regimen] must be a table")
+    reg_data = dict(reg_data)
+    if "name" in reg_data:
+        raise ScenarioError(f"{origin}: [regimen] unknown key 'name' (the regimen takes the scenario's name)")
+    if "description" in reg_data:
+        raise ScenarioError(f"{origin}: [regimen] unknown key 'description' (describe it in [scenario])")
+    try:
+        regimen = Regimen.from_dict({"name": name, "description": description, **reg_data},
+                                    where=f"{origin}: [regimen]")
+    except RegimenError as exc:
+        raise ScenarioError(str(exc)) from None
+    assumption = _string(sc, "assumption", origin)
+    if not regimen.assumption and assumption:
+        regimen = Regimen(name=regimen.name, schedules=regimen.schedules, description=regimen.description,
+                          assumption=assumption)
+
+    t_end = weeks * 7.0
+    for i, s in enumerate(regimen.schedules):
+        where = f"{origin}: [regimen] schedule {i + 1} ({s.drug})"
+        if s.start_day >= t_end:
+            raise ScenarioError(f"{where}: start_day {s.start_day:g} is at or after the end of the simulation "
+                                f"(weeks = {weeks:g} -> day {t_end:g}); no dose would be given")
+        if s.stop_day is not None and s.stop_day > t_end + 1e-9:
+            warnings.warn(f"{where}: stop_day {s.stop_day:g} is after the end of the simulation (day {t_end:g})",
+                          ScenarioWarning, stacklevel=2)
+        times = s.dose_times()
+        late = int((times >= t_end).sum())
+        if late and s.stop_day is None:
+            warnings.warn(f"{where}: {late} of {times.size} doses fall at or after the end of the simulation "
+                          f"(day {t_end:g}) and are ignored; set n_courses or stop_day", ScenarioWarning,
+                          stacklevel=2)
+
+    return Scenario(name=name, description=description, weeks=weeks, regimen=regimen,
+                    source=_string(sc, "source", origin), assumption=assumption, question=question,
+                    parameters=params, population=population, seed=seed, iiv=iiv, outputs=tuple(outputs),
+                    output_step_day=step, ratio_target=target,
+                    path=Path(origin) if origin and not origin.startswith("<") else None)
+
+
+def load_scenario(path: str | Path) -> Scenario:
+    """Read and validate a scenario TOML file (see the module docstring).
+
+    Raises
+    ------
+    ScenarioError
+        If the file is missing, is not valid TOML, or breaks the schema (the message names file and key).
+    """
+    path = Path(path)
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise ScenarioError(f"{path}: scenario file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ScenarioError(f"{path}: cannot read scenario file: {exc}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ScenarioError(f"{path}: not valid TOML: {exc}") from None
+    sc = parse_scenario(data, origin=str(path), base_dir=path.parent)
+    object.__setattr__(sc, "path", path)
+    return sc
+
+
+def library_dir() -> Path:
+    """Folder of the bundled scenario library (``scenarios/library``)."""
+    return Path(__file__).resolve().parent / "library"
+
+
+def library_paths() -> list[Path]:
+    """Paths of every bundled scenario file, sorted by name."""
+    return sorted(library_dir().glob("*.toml"))
