@@ -97,7 +97,7 @@ def validate_times(t_out) -> np.ndarray:
         raise TregpdError("output times: at least one time is required")
     bad = np.flatnonzero(~np.isfinite(t) | (t < 0))
     if bad.size:
-        raise TregpdError(f"output times: entry {bad[0]} must be finite and >= 0, got {t[bad[0]]!r}")
+        raise TregpdError(f"output times: entry {bad[0]} must be finite and >= 0, got {float(t[bad[0]])!r}")
     return np.unique(t)
 
 
@@ -128,20 +128,20 @@ def theta_matrix(parameters: ParameterSet | np.ndarray | Sequence[ParameterSet])
     if bad.size:
         i, j = bad[0]
         raise ParameterError(f"patient {i}: parameter {PARAMETER_NAMES[j]!r} must be finite and >= 0, "
-                             f"got {th[i, j]!r}")
+                             f"got {float(th[i, j])!r}")
     positive = [n for n in PARAMETER_NAMES if not (n.startswith(("il2_emax", "il2_imax", "rapa_emax", "rapa_imax"))
                                                    or n in ("naive_to_treg", "naive_to_th17"))]
     for n in positive:
         j = PARAMETER_NAMES.index(n)
         bad = np.flatnonzero(th[:, j] <= 0)
         if bad.size:
-            raise ParameterError(f"patient {bad[0]}: parameter {n!r} must be > 0, got {th[bad[0], j]!r}")
+            raise ParameterError(f"patient {bad[0]}: parameter {n!r} must be > 0, got {float(th[bad[0], j])!r}")
     for n in ("il2_imax_th17_diff", "rapa_imax_th17_diff", "rapa_imax_th17_prolif"):
         j = PARAMETER_NAMES.index(n)
         bad = np.flatnonzero(th[:, j] > 1)
         if bad.size:
             raise ParameterError(f"patient {bad[0]}: parameter {n!r} is a fractional inhibition and must be "
-                                 f"<= 1, got {th[bad[0], j]!r}")
+                                 f"<= 1, got {float(th[bad[0], j])!r}")
     return np.ascontiguousarray(th)
 
 
