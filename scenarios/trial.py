@@ -345,7 +345,7 @@ class TrialResult:
         return self.n_patients * len(self.plan.regimen_names) / self.elapsed_s if self.elapsed_s > 0 else math.inf
 
     def provenance_extra(self) -> dict:
-        return {"n_patients": self.n_patients, "seed": self.plan.seed, "block": self.plan.block,
+        return {"n_patients": self.n_patients, "block": self.plan.block,
                 "iiv": dict(self.plan.iiv), "weeks": (self.plan.t_out / 7.0).tolist(),
                 "ratio_target": self.plan.ratio_target, "chunk_patients": self.chunk_patients,
                 "n_chunks": self.n_chunks, "backend": self.backend, "n_failed": self.n_failed,

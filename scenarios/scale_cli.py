@@ -1,0 +1,201 @@
+"""``tregpd trial`` and ``tregpd sensitivity``: virtual trials and global sensitivity, in-process or on Dask.
+
+Both take ``--workers N`` (a local Dask cluster of N single-threaded processes) or ``--scheduler
+tcp://host:port`` (an existing Dask cluster); without either they run in this process. Results are the same
+numbers whatever the backend, number of workers or chunk size.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _backend_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("execution")
+    g.add_argument("--workers", type=int, default=None,
+                   help="run on a local Dask cluster with this many worker processes (one thread each)")
+    g.add_argument("--scheduler", default=None, metavar="tcp://HOST:PORT",
+                   help="run on an existing Dask cluster (start it with 'dask scheduler' and "
+                        "'dask worker tcp://HOST:PORT --nthreads 1')")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def register(sub) -> None:
+    t = sub.add_parser(
+        "trial", help="virtual trial of up to millions of patients, summarised in chunks",
+        description="Simulate a virtual population on one or more regimens in chunks and write streaming "
+                    "summaries (quantiles, means, fractions in the healthy range) at the output weeks: "
+                    "trial_summary.csv/.json/.png. Same numbers for any --chunk, --workers or --scheduler.")
+    t.add_argument("--patients", type=int, default=100_000, help="number of virtual patients (default 100000)")
+    t.add_argument("--chunk", type=int, default=20_000,
+                   help="patients per chunk (rounded up to a multiple of --block; default 20000)")
+    t.add_argument("--regimen", nargs="+", default=["reference"], metavar="NAME_OR_FILE",
+                   help="'reference' (assumed Shanxi regimen), 'untreated', a scenario name from the bundled "
+                        "library (e.g. lupil2, il2_alone) or a scenario TOML file; several = same patients on "
+                        "each regimen (default: reference)")
+    t.add_argument("--weeks", type=float, nargs="+", default=[0.0, 6.0, 12.0, 24.0],
+                   help="output weeks (default 0 6 12 24; week 0 is always added)")
+    t.add_argument("--params", type=Path, default=None, help="parameter file (TOML); default: literature priors")
+    t.add_argument("--seed", type=int, default=1, help="random seed of the population (default 1)")
+    t.add_argument("--block", type=int, default=None,
+                   help="patients per random-number block (default 1024; part of the population's definition)")
+    t.add_argument("--ratio-target", type=float, default=None,
+                   help="Th17/Treg target for the 'below target' fraction (default 0.29, the SAT0261 week-24 "
+                        "median)")
+    t.add_argument("--out", type=Path, default=Path("out/trial"), help="output folder")
+    t.add_argument("--no-plot", action="store_true", help="skip the PNG")
+    _backend_args(t)
+    t.set_defaults(func=run_trial_command)
+
+    s = sub.add_parser(
+        "sensitivity", help="global (Sobol, Morris) and local sensitivity of the week-24 outcomes",
+        description="Sensitivity of week-24 Treg, Th17, Th17/Treg and the IL-2 selectivity margin (peak C_IL2 "
+                    "in the first course / il2_ec50_effector) to every model parameter within its bounds "
+                    "(log-uniform where upper/lower >= 10). Writes sensitivity_<method>.csv (ranked), .json "
+                    "(provenance) and .png.")
+    s.add_argument("--method", nargs="+", choices=["sobol", "morris", "local"], default=["sobol"],
+                   help="one or more of sobol (default), morris, local")
+    s.add_argument("--n", type=int, default=None,
+                   help="Sobol base samples (power of 2; default 256 -> 256 x 31 runs) or Morris trajectories "
+                        "(default 64 -> 64 x 30 runs); ignored by local")
+    s.add_argument("--params", type=Path, default=None,
+                   help="parameter file (TOML) giving the values, bounds and the local-analysis point; "
+                        "default: literature priors")
+    s.add_argument("--regimen", default="reference", metavar="NAME_OR_FILE",
+                   help="'reference' (default), 'untreated', a library scenario name or a scenario TOML file")
+    s.add_argument("--seed", type=int, default=1, help="sampler and bootstrap seed (default 1)")
+    s.add_argument("--chunk", type=int, default=2000, help="model runs per chunk (default 2000)")
+    s.add_argument("--top", type=int, default=12, help="parameters shown per output in the plot and table")
+    s.add_argument("--out", type=Path, default=Path("out/sensitivity"), help="output folder")
+    s.add_argument("--no-plot", action="store_true", help="skip the PNG")
+    _backend_args(s)
+    s.set_defaults(func=run_sensitivity_command)
+
+
+# ---------------------------------------------------------------------------------------- helpers
+def resolve_regimen(spec: str, weeks: float):
+    """A Regimen from 'reference', 'untreated', a bundled scenario name or a scenario TOML path."""
+    from tregpd.model.dosing import no_treatment, reference_regimen
+    from tregpd.model.errors import TregpdError
+    if spec == "reference":
+        return reference_regimen(weeks=weeks)
+    if spec == "untreated":
+        return no_treatment()
+    from .schema import library_dir, load_scenario
+    path = Path(spec)
+    if not path.suffix and not path.exists():
+        path = library_dir() / f"{spec}.toml"
+        if not path.is_file():
+            names = sorted(p.stem for p in library_dir().glob("*.toml"))
+            raise TregpdError(f"unknown regimen {spec!r}: not 'reference', 'untreated', a scenario file, or a "
+                              f"library scenario ({', '.join(names)})")
+    sc = load_scenario(path)
+    reg = sc.regimen
+    if reg.name != sc.name:
+        from dataclasses import replace
+        reg = replace(reg, name=sc.name)
+    return reg
+
+
+def _check_positive(value, flag):
+    from tregpd.model.errors import TregpdError
+    if value is not None and value < 1:
+        raise TregpdError(f"{flag} must be >= 1, got {value}")
+
+
+def _print(msg: str) -> None:
+    print(msg, flush=True)
+
+
+# ------------------------------------------------------------------------------------------- trial
+def run_trial_command(args: argparse.Namespace) -> int:
+    from tregpd.model.io import atomic_save_figure, atomic_write_frame, atomic_write_json, provenance
+    from tregpd.model.parameters import load_parameters
+    from .backends import make_backend
+    from .trial import DEFAULT_BLOCK, DEFAULT_RATIO_TARGET, make_plan, run_trial, summary_table
+
+    _check_positive(args.patients, "--patients")
+    _check_positive(args.chunk, "--chunk")
+    _check_positive(args.workers, "--workers")
+    params = load_parameters(args.params)
+    weeks = max(args.weeks)
+    regimens = [resolve_regimen(r, weeks) for r in args.regimen]
+    plan = make_plan(params, regimens, args.patients, seed=args.seed, weeks=args.weeks,
+                     block=args.block if args.block is not None else DEFAULT_BLOCK,
+                     ratio_target=args.ratio_target if args.ratio_target is not None else DEFAULT_RATIO_TARGET)
+    with make_backend(workers=args.workers, scheduler=args.scheduler) as backend:
+        desc = backend.describe()
+        _print(f"trial: {plan.n_patients} patients x {len(regimens)} regimen(s) on {desc['backend']}"
+               + (f" ({desc['n_workers']} workers, {desc['scheduler']})" if desc["backend"] == "dask" else ""))
+        res = run_trial(plan, args.chunk, backend, progress=not args.no_progress and sys.stderr.isatty())
+    prov = provenance(params, regimens[0] if len(regimens) == 1 else [r.to_dict() for r in regimens],
+                      args.seed, command="tregpd trial", **res.provenance_extra())
+    out = Path(args.out)
+    atomic_write_frame(out / "trial_summary.csv", res.summary, prov)
+    atomic_write_json(out / "trial_summary.json",
+                      {"provenance": prov, "summary": res.summary.to_dict(orient="records")})
+    written = [out / "trial_summary.csv", out / "trial_summary.json"]
+    if not args.no_plot:
+        from .scale_plots import plot_trial_summary
+        fig = plot_trial_summary(res.summary)
+        atomic_save_figure(out / "trial_summary.png", fig)
+        written.append(out / "trial_summary.png")
+    for reg in regimens:
+        if reg.assumption:
+            _print(f"{reg.name}: {reg.assumption}")
+    _print(summary_table(res.summary).to_string(index=False))
+    failed = sum(res.n_failed.values())
+    if failed:
+        _print(f"WARNING: {failed} patient simulation(s) failed and are excluded: {res.failure_counts}")
+    _print(f"{res.n_patients * len(regimens)} patient simulations in {res.elapsed_s:.1f} s: "
+           f"{res.patients_per_second:,.0f} patients/s ({res.n_chunks} chunks of {res.chunk_patients})")
+    _print("wrote " + ", ".join(str(p) for p in written))
+    return 0
+
+
+# ------------------------------------------------------------------------------------- sensitivity
+def run_sensitivity_command(args: argparse.Namespace) -> int:
+    from tregpd.model.io import atomic_save_figure, atomic_write_frame, atomic_write_json, provenance
+    from tregpd.model.parameters import load_parameters
+    from .backends import make_backend
+    from .sensitivity import ParameterSpace, TregpdModel, run_sensitivity
+
+    _check_positive(args.workers, "--workers")
+    _check_positive(args.chunk, "--chunk")
+    _check_positive(args.top, "--top")
+    params = load_parameters(args.params)
+    regimen = resolve_regimen(args.regimen, 24.0)
+    space = ParameterSpace.from_parameters(params)
+    model = TregpdModel(params, space, regimen)
+    out = Path(args.out)
+    written = []
+    with make_backend(workers=args.workers, scheduler=args.scheduler) as backend:
+        desc = backend.describe()
+        for method in dict.fromkeys(args.method):
+            _print(f"sensitivity ({method}): {space.dimension} parameters, regimen {regimen.name}, "
+                   f"backend {desc['backend']}")
+            res = run_sensitivity(method, model, space, args.n, seed=args.seed, backend=backend, chunk=args.chunk,
+                                  progress=not args.no_progress and sys.stderr.isatty())
+            prov = provenance(params, regimen, args.seed, command="tregpd sensitivity", method=method,
+                              settings=res.settings, n_evaluations=res.n_evaluations,
+                              elapsed_s=round(res.elapsed_s, 2), backend=desc, model=model.describe(),
+                              input_space=space.to_frame().to_dict(orient="records"))
+            atomic_write_frame(out / f"sensitivity_{method}.csv", res.table, prov)
+            atomic_write_json(out / f"sensitivity_{method}.json",
+                              {"provenance": prov, "table": res.table.to_dict(orient="records")})
+            written += [out / f"sensitivity_{method}.csv", out / f"sensitivity_{method}.json"]
+            if not args.no_plot:
+                from .scale_plots import plot_sensitivity
+                fig = plot_sensitivity(res.table, top=args.top)
+                atomic_save_figure(out / f"sensitivity_{method}.png", fig)
+                written.append(out / f"sensitivity_{method}.png")
+            key = {"sobol": ["S1", "ST"], "morris": ["mu_star", "sigma"], "local": ["elasticity"]}[method]
+            for output in model.output_names:
+                t = res.table[(res.table["output"] == output) & (res.table["rank"] <= min(args.top, 5))]
+                cells = ", ".join(f"{p} ({'/'.join(f'{v:.3g}' for v in vals)})"
+                                  for p, vals in zip(t["parameter"], t[key].to_numpy()))
+                _print(f"  {output:<20s} {'/'.join(key)}: {cells}")
+            _print(f"  {res.n_evaluations} model runs in {res.elapsed_s:.1f} s")
+    _print("wrote " + ", ".join(str(p) for p in written))
+    return 0
