@@ -141,7 +141,8 @@ def plot_comparison(outcomes, axes=None, max_bands: int = 6):
 
 def plot_dose_response(table, axes=None):
     """Week-24 median (90 % PI) Treg and Th17/Treg against IL-2 dose per injection (scenarios tagged
-    ``il2_dose``) and against sirolimus mg/day (tagged ``sirolimus_dose``).
+    ``il2_dose``) and against sirolimus mg/day (tagged ``sirolimus_dose``); the scenario tagged ``reference``
+    is a point of both series.
 
     Parameters
     ----------
@@ -152,7 +153,9 @@ def plot_dose_response(table, axes=None):
     """
     series = [("il2_dose", "il2_dose_miu", "IL-2 dose per injection (MIU)"),
               ("sirolimus_dose", "sirolimus_mg_per_day", "sirolimus (mg/day, mean)")]
-    series = [s for s in series if (table["question"] == s[0]).sum() >= 2]
+    # the reference regimen is a point of both series (0.5 MIU; 0.5 mg every other day)
+    member = lambda q: (table["question"] == q) | (table["question"] == "reference")
+    series = [s for s in series if (table["question"] == s[0]).any() and member(s[0]).sum() >= 2]
     if not series:
         return None
     plt = _plt()
@@ -163,7 +166,7 @@ def plot_dose_response(table, axes=None):
         axes = np.atleast_2d(axes)
         fig = axes[0, 0].figure
     for row, (q, col, xlabel) in enumerate(series):
-        sub = table[table["question"] == q].sort_values(col)
+        sub = table[member(q)].sort_values(col)
         x = sub[col].to_numpy(dtype=float)
         for ax, var, ylabel in ((axes[row, 0], "treg", "Treg (cells/µL)"), (axes[row, 1], "ratio", "Th17/Treg")):
             med = sub[f"{var}_median_w24"].to_numpy(dtype=float)

@@ -33,7 +33,7 @@ from tregpd.model.population import sample_population
 from tregpd.model.simulate import SimulationResult, output_times, simulate_population
 
 from . import metrics as M
-from .schema import Scenario, load_scenario
+from .schema import QUESTIONS, Scenario, load_scenario
 
 TRAJECTORY_VARIABLES = ("naive", "treg", "th17", "ratio", "c_il2", "c_rapa", "auc_il2", "auc_rapa")
 _MAX_PEAK_BYTES = 64e6
@@ -266,7 +266,7 @@ def comparison_row(outcome: ScenarioOutcome) -> dict:
         "treg_change_pct_w24": L(s, "treg_change_pct", w),
         "ratio_change_pct_w24": L(s, "ratio_change_pct", w),
         "fraction_healthy_w24": L(s, "fraction_healthy", w, "fraction"),
-        "time_below_target_weeks": L(s, "time_ratio_below_target", end),
+        "time_below_target_weeks": L(s, "time_ratio_below_target", w),
         "ratio_target": L(s, "ratio_target", statistic="value"),
         "selectivity_margin": L(s, "selectivity_margin", statistic="median"),
         "selectivity_margin_p95": L(s, "selectivity_margin", statistic="p95"),
@@ -276,10 +276,17 @@ def comparison_row(outcome: ScenarioOutcome) -> dict:
     }
 
 
-def comparison_table(outcomes: Iterable[ScenarioOutcome]):
-    """DataFrame with one row per scenario (see :func:`comparison_row`)."""
+def comparison_table(outcomes: Iterable[ScenarioOutcome], sort: bool = True):
+    """DataFrame with one row per scenario (see :func:`comparison_row`), ordered by study question (in the
+    order of :data:`tregpd.scenarios.schema.QUESTIONS`, untagged last) and then name when ``sort``."""
     import pandas as pd
-    return pd.DataFrame([comparison_row(o) for o in outcomes])
+    table = pd.DataFrame([comparison_row(o) for o in outcomes])
+    if sort and len(table):
+        order = {q: i for i, q in enumerate(QUESTIONS)}
+        key = table["question"].map(lambda q: order.get(q, len(order)))
+        table = table.assign(_k=key).sort_values(["_k", "scenario"], kind="stable").drop(columns="_k")
+        table = table.reset_index(drop=True)
+    return table
 
 
 def _fmt(x, nd=2):
@@ -291,7 +298,7 @@ def _fmt(x, nd=2):
 def comparison_markdown(table) -> str:
     """A Markdown table for a slide or the README (medians with 90 % prediction intervals)."""
     head = ["scenario", "wk", "IL-2 total (MIU)", "SRL total (mg)", "Treg wk24 [90% PI]",
-            "Th17/Treg wk24 [90% PI]", "Δratio wk24 (%)", "healthy wk24 (%)", "wk ratio<target",
+            "Th17/Treg wk24 [90% PI]", "Δratio wk24 (%)", "healthy wk24 (%)", "wk ratio<target by wk24",
             "peak IL-2/EC50_E", "Treg end", "ratio end"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in table.to_dict("records"):
@@ -362,6 +369,8 @@ def run_library(paths: Sequence[str | Path | Scenario], out_dir: str | Path | No
             it.set_postfix_str(sc.name)
         outcomes.append(run_scenario(sc, out_dir, parameters=parameters, progress=False, parallel=parallel))
     table = comparison_table(outcomes)
+    rank = {n: i for i, n in enumerate(table["scenario"])}
+    outcomes.sort(key=lambda o: rank[o.scenario.name])
     md = comparison_markdown(table)
     files = []
     if out_dir is not None:

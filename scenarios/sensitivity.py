@@ -7,7 +7,10 @@ Outputs (:data:`OUTPUTS`), per virtual patient on a regimen (default: the assume
   :data:`MARGIN_STEP_DAY` (0.01 d = 14.4 min) across the first IL-2 course (days 0-5 by default). Below 1 the
   IL-2 peak stays under the intermediate-affinity receptor's EC50 (low-dose selectivity for Treg); the grid
   maximum underestimates the true peak by less than ~0.3 % for the default PK (it is exact for any parameter
-  that only scales the concentration curve, such as bioavailability).
+  that only scales the concentration curve, such as bioavailability);
+* ``treg_fold_w24``, ``th17_fold_w24``, ``ratio_fold_w24``: week-24 value / week-0 value. Across the parameter
+  box the absolute week-24 values are dominated by the baseline parameters (which span 10-500x); the fold
+  changes isolate what the treatment does.
 
 Input space (:class:`ParameterSpace`): every parameter of the parameter file within its ``[lower, upper]``
 bounds, independent, uniform on a **log scale when upper/lower >= 10** (and lower > 0), uniform otherwise;
@@ -52,7 +55,8 @@ class SensitivityError(TregpdError):
 
 #: Outputs of :class:`TregpdModel` (name -> unit).
 OUTPUTS: dict[str, str] = {"treg_w24": "cells/uL", "th17_w24": "cells/uL", "ratio_w24": "1",
-                           "selectivity_margin": "1"}
+                           "selectivity_margin": "1", "treg_fold_w24": "1", "th17_fold_w24": "1",
+                           "ratio_fold_w24": "1"}
 MARGIN_STEP_DAY = 0.01
 MARGIN_WINDOW_DAY = (0.0, 5.0)
 LOG_SCALE_RATIO = 10.0
@@ -217,7 +221,10 @@ def tregpd_chunk(task) -> np.ndarray:
     th17 = values[:, i_w24, K.OUT_TH17]
     peak = values[:, margin_cols, K.OUT_C_IL2].max(axis=1)
     margin = peak / theta[:, PARAMETER_NAMES.index("il2_ec50_effector")]
-    return np.column_stack([treg, th17, th17 / treg, margin])
+    treg0 = values[:, 0, K.OUT_TREG]     # t_out[0] = 0: the baseline
+    th170 = values[:, 0, K.OUT_TH17]
+    return np.column_stack([treg, th17, th17 / treg, margin, treg / treg0, th17 / th170,
+                            (th17 / treg) / (th170 / treg0)])
 
 
 class TregpdModel(SensitivityModel):
@@ -263,7 +270,7 @@ class TregpdModel(SensitivityModel):
         grid = np.arange(w0, w1 + 1e-9, MARGIN_STEP_DAY)
         # dose times inside the window are on the grid too (post-dose values, so a bolus peak is caught)
         doses = self.events.time_day[(self.events.time_day >= w0) & (self.events.time_day <= w1)]
-        self.t_out = np.unique(np.round(np.concatenate([grid, doses, [t_end]]), 12))
+        self.t_out = np.unique(np.round(np.concatenate([[0.0], grid, doses, [t_end]]), 12))
         self.i_w24 = int(np.flatnonzero(np.isclose(self.t_out, t_end))[0])
         self.margin_cols = np.flatnonzero((self.t_out >= w0 - 1e-12) & (self.t_out <= w1 + 1e-12))
         self.options = options if options is not None else SolverOptions()
@@ -423,14 +430,16 @@ def morris_analysis(model: SensitivityModel, space: ParameterSpace, n: int = 64,
 
 
 def local_sensitivity(model: SensitivityModel, space: ParameterSpace, at: np.ndarray | None = None, *,
-                      rel_step: float = 1e-3, backend: Backend | None = None,
+                      rel_step: float = 1e-2, backend: Backend | None = None,
                       chunk: int = 2000) -> SensitivityResult:
     """Normalised local derivatives (elasticities) ``d ln y / d ln theta`` at ``at`` (default: the typical
     values of a :class:`TregpdModel`), by central differences in ``ln theta``:
 
         (ln y(theta e^h) - ln y(theta e^-h)) / (2 h),   h = rel_step,
 
-    exact for power laws; O(h^2) otherwise. Where a step would leave the bounds the difference is one-sided.
+    exact for power laws; O(h^2) otherwise (h = 0.01: truncation ~1e-4 relative; solve at tight tolerance,
+    e.g. rtol 1e-8, so that solver error / h stays below that). Where a step would leave the bounds the
+    difference is one-sided.
     Parameters whose value is 0 have no log-derivative (reported as 0 with ``value`` 0) and outputs that are
     not positive fall back to ``(dy/dtheta) theta / y`` on the same points.
     """
@@ -476,10 +485,10 @@ def local_sensitivity(model: SensitivityModel, space: ParameterSpace, at: np.nda
 def run_sensitivity(method: str, model: SensitivityModel, space: ParameterSpace, n: int | None = None, *,
                     seed: int = 1, backend: Backend | None = None, chunk: int = 2000,
                     progress: bool = False) -> SensitivityResult:
-    """Dispatch to :func:`sobol_analysis` (n default 256), :func:`morris_analysis` (n = trajectories,
+    """Dispatch to :func:`sobol_analysis` (n default 512), :func:`morris_analysis` (n = trajectories,
     default 64) or :func:`local_sensitivity`."""
     if method == "sobol":
-        return sobol_analysis(model, space, 256 if n is None else n, seed=seed, backend=backend, chunk=chunk,
+        return sobol_analysis(model, space, 512 if n is None else n, seed=seed, backend=backend, chunk=chunk,
                               progress=progress)
     if method == "morris":
         return morris_analysis(model, space, 64 if n is None else n, seed=seed, backend=backend, chunk=chunk,
