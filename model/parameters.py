@@ -262,7 +262,14 @@ def load_parameters(path: str | Path | None = None) -> ParameterSet:
     path = Path(path)
     if not path.is_file():
         raise ParameterError(f"parameter file {str(path)!r} does not exist")
-    return parse_parameters(path.read_text(), origin=str(path))
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ParameterError(f"parameter file {str(path)!r} is not UTF-8 text ({exc.reason} at byte "
+                             f"{exc.start})") from None
+    except OSError as exc:
+        raise ParameterError(f"parameter file {str(path)!r} cannot be read: {exc.strerror or exc}") from None
+    return parse_parameters(text, origin=str(path))
 
 
 def default_parameters() -> ParameterSet:

@@ -104,6 +104,14 @@ def test_load_parameters_from_file(tmp_path, params):
         load_parameters(tmp_path / "missing.toml")
 
 
+def test_binary_parameter_file_is_a_parameter_error(tmp_path):
+    """A non-UTF-8 file used to escape as UnicodeDecodeError (a traceback from the CLI)."""
+    path = tmp_path / "binary.toml"
+    path.write_bytes(b"\xff\xfe\x00[il2_cl]")
+    with pytest.raises(ParameterError, match=r"binary.toml' is not UTF-8 text"):
+        load_parameters(path)
+
+
 def _edit(text, name, field, new):
     """Replace ``field = ...`` inside the [name] table of a parameter file."""
     pat = re.compile(rf"(\[{name}\][^\[]*?\n){field} = [^\n]*\n", re.S)
