@@ -340,7 +340,10 @@ REFERENCE_ASSUMPTION = (
 
 
 def reference_regimen(weeks: float = 24) -> Regimen:
-    """The study's assumed reference regimen (see :data:`REFERENCE_ASSUMPTION`)."""
+    """The study's assumed reference regimen (see :data:`REFERENCE_ASSUMPTION`), ``weeks`` in (0, 5200]."""
+    weeks = _number(weeks, "weeks", "reference regimen")
+    if not 0 < weeks <= 5200:
+        raise RegimenError(f"reference regimen: 'weeks' must be > 0 and <= 5200 (100 years), got {weeks!r}")
     days = weeks * 7.0
     return Regimen(
         name="shanxi_reference",

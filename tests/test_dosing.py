@@ -52,6 +52,13 @@ def test_reference_regimen_events():
     np.testing.assert_array_equal(ev.cmt[both], [1, 3])
 
 
+@pytest.mark.parametrize("weeks", [0, -1, float("nan"), float("inf"), 1e308, "24"])
+def test_reference_regimen_rejects_bad_weeks(weeks):
+    """NaN/huge weeks used to escape as ValueError/OverflowError from math.ceil (a CLI traceback)."""
+    with pytest.raises(RegimenError, match="reference regimen: (field )?'weeks' must be"):
+        reference_regimen(weeks=weeks)
+
+
 def test_events_until_day_and_empty():
     ev = reference_regimen().events(until_day=3.0)
     assert ev.time_day.max() < 3.0 and len(ev) == 3 + 2
