@@ -1,0 +1,190 @@
+"""``tregpd scenarios run|list|validate|question`` and ``tregpd dosefind``."""
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from pathlib import Path
+
+
+def _common(p, out_default: str) -> None:
+    p.add_argument("--params", type=Path, default=None,
+                   help="parameter file (TOML) used for every scenario, e.g. a fitted set; default: each file's "
+                        "own 'parameters' (the literature priors for the bundled library)")
+    p.add_argument("--out", type=Path, default=Path(out_default), help=f"output folder (default {out_default})")
+    p.add_argument("--population", type=int, default=None,
+                   help="override every scenario's population size (e.g. 20 for a quick look)")
+    p.add_argument("--step-day", type=float, default=None, help="override the trajectory grid spacing (days)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def register(sub) -> None:
+    p = sub.add_parser("scenarios", help="run, list and validate dosing scenarios (TOML files)",
+                       description="Dosing scenarios: simulate a virtual population per scenario file and write "
+                                   "trajectories (CSV, Parquet), summaries, figures and a comparison table.")
+    ssub = p.add_subparsers(dest="action", metavar="ACTION")
+    p.set_defaults(func=lambda args: (p.print_help(), 1)[1])
+
+    r = ssub.add_parser("run", help="run scenario files and compare them",
+                        description="Simulate each scenario and write out/<name>/ (trajectories.csv/.parquet, "
+                                    "summary.csv, trajectories.png, provenance.json) plus comparison.csv/.md/.png "
+                                    "and dose_response.png; prints the comparison as a Markdown table.")
+    r.add_argument("files", nargs="*", type=Path, help="scenario TOML files")
+    r.add_argument("--library", action="store_true", help="run the whole bundled library")
+    _common(r, "out/scenarios")
+    r.set_defaults(func=run_command)
+
+    ls = ssub.add_parser("list", help="list the bundled scenario library")
+    ls.set_defaults(func=list_command)
+
+    v = ssub.add_parser("validate", help="check scenario files without simulating")
+    v.add_argument("files", nargs="+", type=Path)
+    v.set_defaults(func=validate_command)
+
+    from .schema import QUESTIONS
+    q = ssub.add_parser("question", help="compare the library scenarios that answer one study question",
+                        description="Study questions: " + "; ".join(f"{k} ({v})" for k, v in QUESTIONS.items())
+                                    + ". 'all' runs each.")
+    q.add_argument("question", help="one of: " + ", ".join(QUESTIONS) + ", or all")
+    _common(q, "out/questions")
+    q.set_defaults(func=question_command)
+
+    d = sub.add_parser("dosefind", help="search IL-2 regimens for the lowest week-24 Th17/Treg under a limit",
+                       description="Grid search over IL-2 dose, interval and course length (same virtual "
+                                   "population for every regimen); objective: median week-24 Th17/Treg; limits: "
+                                   "95th-percentile selectivity margin (peak IL-2 / intermediate-receptor EC50) "
+                                   "and optionally cumulative IL-2 and median Treg. Reports the best regimen "
+                                   "against the (assumed) reference regimen.")
+    d.add_argument("--max-selectivity", type=float, default=0.03,
+                   help="limit on the 95th-percentile peak C_IL2 / EC50_E (default 0.03 = ~3%% intermediate-"
+                        "receptor occupancy at peak)")
+    d.add_argument("--max-cumulative-miu", type=float, default=None, help="limit on total IL-2 (MIU)")
+    d.add_argument("--max-treg", type=float, default=None,
+                   help="limit on the median week-24 Treg, cells/uL (e.g. 64.58, top of the healthy range)")
+    d.add_argument("--doses", type=float, nargs="+", default=None, help="IL-2 doses, MIU (default 0.25 ... 3)")
+    d.add_argument("--intervals", type=float, nargs="+", default=None, help="intervals, days (default 1 2 3 7 14)")
+    d.add_argument("--course-days", type=float, nargs="+", default=None,
+                   help="dosing days per 28-day cycle (default 5 14 28; 28 = continuous)")
+    d.add_argument("--sirolimus-mg", type=float, default=0.5, help="background sirolimus dose, mg (0 = none)")
+    d.add_argument("--sirolimus-interval-day", type=float, default=2.0, help="background sirolimus interval, days")
+    d.add_argument("--weeks", type=float, default=24.0)
+    d.add_argument("--population", type=int, default=200, help="virtual patients per regimen (default 200)")
+    d.add_argument("--seed", type=int, default=20170614)
+    d.add_argument("--params", type=Path, default=None, help="parameter file (TOML); default: literature priors")
+    d.add_argument("--out", type=Path, default=Path("out/dosefind"), help="output folder")
+    d.add_argument("--no-progress", action="store_true")
+    d.set_defaults(func=dosefind_command)
+
+
+def _warnings_to_stderr():
+    def show(message, category, filename, lineno, file=None, line=None):
+        print(f"warning: {message}", file=sys.stderr)
+    warnings.showwarning = show
+
+
+def _load_params(path):
+    if path is None:
+        return None
+    from tregpd.model.parameters import load_parameters
+    return load_parameters(path)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    from tregpd.model.errors import ScenarioError
+    from .runner import run_library
+    from .schema import library_paths
+    _warnings_to_stderr()
+    files = list(args.files)
+    if args.library:
+        files += library_paths()
+    if not files:
+        raise ScenarioError("give scenario files (e.g. scenarios/library/*.toml) or --library")
+    run = run_library(files, args.out, parameters=_load_params(args.params), progress=not args.no_progress,
+                      population=args.population, output_step_day=args.step_day)
+    print(run.markdown)
+    failed = int(run.table["n_failed"].sum())
+    if failed:
+        print(f"note: {failed} virtual patients failed to integrate across scenarios (see each summary.csv, "
+              "metric n_failed, and provenance.json 'failures'); they are excluded from the statistics",
+              file=sys.stderr)
+    print(f"{len(run.outcomes)} scenarios in {run.seconds:.1f} s; wrote {args.out}/ "
+          "(comparison.csv, comparison.md, comparison.png, dose_response.png, <scenario>/...)")
+    return 0
+
+
+def list_command(args: argparse.Namespace) -> int:
+    from .schema import library_paths, load_scenario
+    _warnings_to_stderr()
+    for path in library_paths():
+        sc = load_scenario(path)
+        print(f"{sc.name:30s} {sc.question or '-':15s} {sc.weeks:4g} wk  {sc.description}")
+    return 0
+
+
+def validate_command(args: argparse.Namespace) -> int:
+    from tregpd.model.errors import TregpdError
+    from .schema import load_scenario
+    bad = 0
+    for path in args.files:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                sc = load_scenario(path)
+            except TregpdError as exc:
+                print(f"INVALID {exc}")
+                bad += 1
+                continue
+        for w in caught:
+            print(f"warning: {w.message}")
+        print(f"ok      {path}: {sc.name} ({sc.weeks:g} weeks, {sc.population} patients, "
+              f"{len(sc.regimen.events(until_day=sc.t_end_day))} doses)")
+    return 2 if bad else 0
+
+
+def question_command(args: argparse.Namespace) -> int:
+    from .questions import normalise_question, run_question
+    from .schema import QUESTIONS
+    _warnings_to_stderr()
+    names = list(QUESTIONS) if args.question == "all" else [normalise_question(args.question)]
+    params = _load_params(args.params)
+    for q in names:
+        if q == "reference" and len(names) > 1:
+            continue
+        run = run_question(q, args.out, parameters=params, progress=not args.no_progress,
+                           population=args.population, output_step_day=args.step_day)
+        print(run.answer)
+        print(f"wrote {args.out / q}/")
+    return 0
+
+
+def dosefind_command(args: argparse.Namespace) -> int:
+    from tregpd.model.io import atomic_save_figure, atomic_write_frame, atomic_write_json, atomic_write_text
+    from tregpd.model.io import provenance
+    from . import dosefind as D
+    from . import plots
+    params = _load_params(args.params)
+    kw = {}
+    if args.doses is not None:
+        kw["doses"] = args.doses
+    if args.intervals is not None:
+        kw["intervals"] = args.intervals
+    if args.course_days is not None:
+        kw["course_days"] = args.course_days
+    res = D.dose_find(params, max_selectivity=args.max_selectivity, max_cumulative_miu=args.max_cumulative_miu,
+                      max_treg_median=args.max_treg, weeks=args.weeks, population=args.population, seed=args.seed,
+                      sirolimus_mg=args.sirolimus_mg, sirolimus_interval_day=args.sirolimus_interval_day,
+                      progress=not args.no_progress, **kw)
+    from tregpd.model.parameters import default_parameters
+    prov = provenance(params if params is not None else default_parameters(), None, args.seed,
+                      command="tregpd dosefind", settings=res.settings)
+    out = Path(args.out)
+    report = res.report()
+    atomic_write_frame(out / "dosefind_grid.csv", res.grid, prov)
+    atomic_write_text(out / "dosefind.md", report)
+    atomic_write_json(out / "provenance.json", {**prov, "best": res.best, "reference": res.reference})
+    fig = plots.plot_dosefind(res.grid, res.best, res.reference, args.max_selectivity)
+    atomic_save_figure(out / "dosefind.png", fig)
+    plots.close(fig)
+    print(report)
+    print(f"wrote {out}/ (dosefind_grid.csv, dosefind.md, dosefind.png, provenance.json)")
+    return 0
