@@ -30,8 +30,8 @@ def run(args: argparse.Namespace) -> int:
     from .. import plotting
 
     params = load_parameters(args.params)
-    if args.weeks <= 0:
-        raise TregpdError(f"--weeks must be > 0, got {args.weeks}")
+    if not 0 < args.weeks <= 5200:  # also rejects nan and inf
+        raise TregpdError(f"--weeks must be > 0 and <= 5200, got {args.weeks}")
     t_end = args.weeks * 7.0
     if args.events is not None:
         tables = read_nonmem(args.events)

@@ -1,0 +1,135 @@
+"""``tregpd simulate`` end to end, and bad input -> exit code 2 with one line on stderr, no traceback."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tregpd.cli import main
+from tregpd.model import reference_regimen, write_nonmem
+
+NO_JIT = os.environ.get("NUMBA_DISABLE_JIT", "0") not in ("", "0")
+
+
+def run_cli(argv, capsys):
+    code = main([str(a) for a in argv])
+    cap = capsys.readouterr()
+    return code, cap.out, cap.err
+
+
+def test_simulate_end_to_end(tmp_path, capsys, params):
+    out = tmp_path / "sim"
+    code, stdout, err = run_cli(["simulate", "--weeks", 12, "--step-day", 1.0, "--out", out], capsys)
+    assert code == 0, err
+    for name in ("trajectory.csv", "trajectory.png", "provenance.json"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    assert sorted(p.name for p in out.iterdir()) == ["provenance.json", "trajectory.csv", "trajectory.png"]
+    text = (out / "trajectory.csv").read_text()
+    assert text.startswith("# tregpd_version: ")
+    assert "# seed: " in text and "# regimen: " in text and "# parameters: " in text
+    frame = pd.read_csv(out / "trajectory.csv", comment="#")
+    assert list(frame.columns) == ["patient", "time_day", "variable", "value", "unit"]
+    assert frame["time_day"].max() == 84.0
+    assert frame["value"].notna().all()
+    treg = frame[frame["variable"] == "treg"].sort_values("time_day")["value"].to_numpy()
+    assert treg[0] == pytest.approx(params["treg_baseline"].value)
+    prov = json.loads((out / "provenance.json").read_text())
+    assert prov["command"] == "tregpd simulate" and prov["regimen"]["name"] == "shanxi_reference"
+    assert prov["solver"]["method"] == "dopri5"
+    assert (out / "trajectory.png").read_bytes()[:4] == b"\x89PNG"
+    # the console shows the weekly table and names the assumption
+    assert "ASSUMPTION" in stdout and "week 6" in stdout and "wrote" in stdout
+
+
+def test_simulate_with_event_file_and_param_file(tmp_path, capsys, params):
+    ev = tmp_path / "ev.csv"
+    write_nonmem(reference_regimen(weeks=6).events(), ev)
+    pf = tmp_path / "p.toml"
+    pf.write_text(params.with_values(il2_emax_treg=40.0).to_toml())
+    out = tmp_path / "o"
+    code, stdout, err = run_cli(["simulate", "--events", ev, "--params", pf, "--weeks", 6, "--step-day", 7,
+                                 "--out", out], capsys)
+    assert code == 0, err
+    prov = json.loads((out / "provenance.json").read_text())
+    assert prov["regimen"]["name"] == "ev"
+    assert prov["parameters"]["values"]["il2_emax_treg"] == 40.0
+
+
+def _write(path, text):
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("case,fragment", [
+    ("missing_params", "does not exist"),
+    ("malformed_toml", "not valid TOML"),
+    ("bad_value", "is outside its bounds"),
+    ("bad_events", "row 2: column AMT must be a number, got 'lots'"),
+    ("missing_events", "event file"),
+    ("two_ids", "'simulate' takes one ID"),
+    ("bad_weeks", "--weeks must be > 0"),
+    ("nan_weeks", "--weeks must be > 0 and <= 5200, got nan"),
+    ("inf_weeks", "--weeks must be > 0 and <= 5200, got inf"),
+    ("bad_step", "output_step_day must be a positive number"),
+    ("bad_rtol", "'rtol' must be a number in (0, 1)"),
+])
+def test_bad_input_exits_2_with_one_line(tmp_path, capsys, params, case, fragment):
+    args = ["simulate", "--out", tmp_path / "out", "--weeks", 1]
+    if case == "missing_params":
+        args += ["--params", tmp_path / "nope.toml"]
+    elif case == "malformed_toml":
+        args += ["--params", _write(tmp_path / "m.toml", "[il2_cl\nvalue = 3\n")]
+    elif case == "bad_value":
+        args += ["--params", _write(tmp_path / "v.toml", params.to_toml().replace("value = 10.0", "value = 1e9"))]
+    elif case == "bad_events":
+        args += ["--events", _write(tmp_path / "e.csv", "ID,TIME,AMT,CMT,EVID\n1,0,1e6,1,1\n1,1,lots,1,1\n")]
+    elif case == "missing_events":
+        args += ["--events", tmp_path / "none.csv"]
+    elif case == "two_ids":
+        args += ["--events", _write(tmp_path / "e2.csv", "ID,TIME,AMT,CMT,EVID\n1,0,1e6,1,1\n2,0,1e6,1,1\n")]
+    elif case == "bad_weeks":
+        args[-1] = -3
+    elif case == "nan_weeks":
+        args[-1] = "nan"
+    elif case == "inf_weeks":
+        args[-1] = "inf"
+    elif case == "bad_step":
+        args += ["--step-day", 0]
+    elif case == "bad_rtol":
+        args += ["--rtol", 2]
+    code, stdout, err = run_cli(args, capsys)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("tregpd simulate: error: ")
+    assert fragment in lines[0]
+    assert "Traceback" not in err
+    assert not (tmp_path / "out").exists()  # nothing half-written
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(NO_JIT, reason="subprocess startup plus pure-Python kernels")
+def test_console_script_subprocess(tmp_path):
+    """The installed console entry point: bad file -> exit 2, one stderr line, no traceback."""
+    exe = Path(sys.executable).parent / "tregpd"
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "tregpd.cli"]
+    bad = tmp_path / "bad.toml"
+    bad.write_text("this is = = not toml")
+    proc = subprocess.run(cmd + ["simulate", "--params", str(bad), "--out", str(tmp_path / "o")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "not valid TOML" in proc.stderr
+
+
+def test_help_and_no_command(capsys):
+    assert main([]) == 1
+    with pytest.raises(SystemExit) as exc:
+        main(["simulate", "--method", "euler"])
+    assert exc.value.code == 2
