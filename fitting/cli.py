@@ -1,0 +1,59 @@
+"""``tregpd fit``: fit a cohort (default: the bundled SAT0261 medians) and write the fitted parameter file, the
+report, figures and the residual table."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(sub) -> None:
+    p = sub.add_parser("fit", help="fit model parameters to cohort medians (typical patient and/or population)",
+                       description="Fit the model to cohort summary statistics (tidy CSV: week, observable, "
+                                   "statistic, value, n, source[, rel_se]) and write fitted_parameters.toml, "
+                                   "fit_report.txt, fit.png, profiles.png, residuals.csv and provenance.json.")
+    p.add_argument("cohort", nargs="?", type=Path, default=None,
+                   help="cohort CSV; default: the bundled SAT0261 seed cohort")
+    p.add_argument("--out", type=Path, default=Path("out/fit"), help="output folder (default out/fit)")
+    p.add_argument("--mode", choices=["typical", "population", "both"], default="both")
+    p.add_argument("--seed", type=int, default=None, help="seed of the virtual population (default 20170614)")
+    p.add_argument("--params", type=Path, default=None, help="prior parameter file (default: bundled)")
+    p.add_argument("--free", default=None,
+                   help="comma-separated parameters to fit (default: those flagged fitted in the parameter file)")
+    p.add_argument("--patients", type=int, default=None, help="virtual patients in the population fit (300)")
+    p.add_argument("--emcee", type=int, default=0, metavar="STEPS",
+                   help="also sample the posterior with lmfit's emcee interface for STEPS steps (slow; off)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from tregpd.model.errors import TregpdError
+    from .workflow import DEFAULT_POPULATION_SIZE, DEFAULT_SEED, run_fit
+
+    seed = DEFAULT_SEED if args.seed is None else args.seed
+    if seed < 0:
+        raise TregpdError(f"--seed must be >= 0, got {seed}")
+    n = DEFAULT_POPULATION_SIZE if args.patients is None else args.patients
+    if n < 10:
+        raise TregpdError(f"--patients must be >= 10, got {n}")
+    if args.emcee < 0:
+        raise TregpdError(f"--emcee must be >= 0, got {args.emcee}")
+    free = None
+    if args.free:
+        free = tuple(s.strip() for s in args.free.split(",") if s.strip())
+    outcome = run_fit(args.cohort, out_dir=args.out, mode=args.mode, seed=seed, parameters=args.params,
+                      free=free, n_patients=n, emcee_steps=args.emcee)
+    res = outcome.residuals
+    fit_rows = res[res["role"] == "fitted"]
+    print(f"cohort: {outcome.typical.problem.cohort.origin}")
+    for r in fit_rows.itertuples():
+        line = (f"  week {r.week:g} {r.observable} {r.statistic}: observed {r.value:.4g}, typical "
+                f"{r.model_typical:.4g} ({r.residual_typical_se:+.2f} SE)")
+        if "model_population" in res:
+            line += f", population {r.model_population:.4g} ({r.residual_population_se:+.2f} SE)"
+        print(line)
+    for name, text in outcome.typical.decisions.items():
+        print(f"  {name}: {text.split(' - ')[0]}")
+    for label, path in outcome.files.items():
+        print(f"wrote {path}")
+    print(f"done in {outcome.runtime_s:.1f} s")
+    return 0

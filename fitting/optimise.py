@@ -1,0 +1,286 @@
+"""Optimiser and uncertainty layer: lmfit Parameters/Minimizer, profile likelihood, confidence intervals, emcee.
+
+The objective's residuals are in units of their standard errors (:mod:`tregpd.fitting.objective`), so the fit
+uses ``scale_covar=False`` and likelihood-ratio statistics with known variance: a parameter value is inside
+the 95 % profile-likelihood interval when ``chi2_profile - chi2_best <= 3.84`` (chi-square, 1 degree of
+freedom). lmfit's :func:`lmfit.conf_interval` is called with the same likelihood-ratio test as ``prob_func``
+(its default F-test divides by the best chi-square, which is ~0 for an exactly determined fit).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+from scipy import stats
+
+from tregpd.model.errors import TregpdError
+
+from .problem import FitProblem
+
+#: chi-square thresholds for profile intervals (1 degree of freedom)
+DELTA_CHI2_95 = float(stats.chi2.ppf(0.95, 1))   # 3.84
+DELTA_CHI2_68 = float(stats.chi2.ppf(0.6827, 1))  # 1.00
+
+DEFAULT_METHOD = "least_squares"
+
+
+class FitError(TregpdError):
+    """The optimiser failed (message says why)."""
+
+
+def build_parameters(problem: FitProblem, start: dict | None = None, extra: Sequence[str] = ()):
+    """lmfit Parameters from the problem's parameter file: value, bounds and ``vary`` (True for the free ones).
+
+    ``extra`` names are added with ``vary=False`` (e.g. for profiles of parameters that the fit keeps fixed).
+    ``start`` overrides starting values (clipped to the bounds).
+    """
+    import lmfit
+    params = lmfit.Parameters()
+    start = start or {}
+    for name in list(problem.free) + [n for n in extra if n not in problem.free]:
+        p = problem.parameters[name]
+        v = float(np.clip(start.get(name, p.value), p.lower, p.upper))
+        params.add(name, value=v, min=p.lower, max=p.upper, vary=name in problem.free)
+    return params
+
+
+def _values(params) -> dict:
+    return {n: par.value for n, par in params.items()}
+
+
+def make_minimizer(problem: FitProblem, params):
+    """An :class:`lmfit.Minimizer` over the problem's residual vector (residuals in SE units)."""
+    import lmfit
+
+    def residual(p):
+        return problem.residuals(_values(p))
+
+    return lmfit.Minimizer(residual, params, scale_covar=False, nan_policy="raise")
+
+
+def _fit_kws(method: str, problem: FitProblem) -> dict:
+    if method == "least_squares":
+        # relative finite-difference step: larger than the solver noise (rtol) and, in population mode, than
+        # the kinks of the sample median
+        step = 1e-3 if problem.mode == "population" else 1e-5
+        return {"diff_step": step, "x_scale": "jac", "xtol": 1e-9, "ftol": 1e-9, "gtol": 1e-9}
+    if method == "leastsq":
+        return {"epsfcn": 1e-8 if problem.mode == "typical" else 1e-5}
+    return {}
+
+
+def minimize(problem: FitProblem, params=None, method: str = DEFAULT_METHOD, max_nfev: int | None = None):
+    """Run lmfit's Minimizer; returns ``(minimizer, result)``.
+
+    ``max_nfev`` caps the objective evaluations (default ``100 (n_varying + 1)``); a capped fit is reported in
+    ``result.message`` and ``result.aborted``, never silently passed off as converged.
+    """
+    params = build_parameters(problem) if params is None else params
+    nvary = sum(p.vary for p in params.values())
+    if not nvary:
+        raise FitError("no parameter varies")
+    mini = make_minimizer(problem, params)
+    max_nfev = max_nfev or 100 * (nvary + 1)
+    try:
+        result = mini.minimize(method=method, max_nfev=max_nfev, **_fit_kws(method, problem))
+    except TregpdError:
+        raise
+    except Exception as exc:  # lmfit/scipy failure: report, never return garbage
+        raise FitError(f"{method} failed: {type(exc).__name__}: {exc}") from None
+    if result.residual is None or not np.all(np.isfinite(result.residual)):
+        raise FitError(f"{method} returned a non-finite residual")
+    return mini, result
+
+
+# -------------------------------------------------------------------------------------------- profiles
+@dataclass
+class Profile:
+    """Profile likelihood of one parameter.
+
+    Attributes
+    ----------
+    name : str
+    values : (n,) grid values (file units), sorted
+    chisqr : (n,) minimum chi-square with the parameter fixed at each value and the free ones refitted
+    best_value, best_chisqr : of the unconstrained fit
+    prior : prior value from the parameter file
+    lower, upper : bounds of the parameter
+    ci95 : (low, high); ``None`` on a side where the profile stays below the threshold up to the bound
+    """
+
+    name: str
+    values: np.ndarray
+    chisqr: np.ndarray
+    best_value: float
+    best_chisqr: float
+    prior: float
+    lower: float
+    upper: float
+    log_grid: bool
+    ci95: tuple = (None, None)
+    ci68: tuple = (None, None)
+    refitted: tuple = ()
+    others: dict = field(default_factory=dict)
+
+    @property
+    def delta(self) -> np.ndarray:
+        return self.chisqr - self.best_chisqr
+
+    @property
+    def delta_at_prior(self) -> float:
+        return float(np.interp(self._x(self.prior), self._x(self.values), self.delta))
+
+    def _x(self, v):
+        return np.log(np.maximum(v, 1e-300)) if self.log_grid else np.asarray(v, dtype=float)
+
+    @property
+    def classification(self) -> str:
+        lo, hi = self.ci95
+        if lo is not None and hi is not None:
+            return "identifiable"
+        if lo is None and hi is None:
+            return "not identifiable"
+        return "one-sided"
+
+    def describe(self) -> str:
+        lo, hi = self.ci95
+        f = lambda v: f"{v:.4g}"
+        if self.classification == "identifiable":
+            return f"identifiable: 95% profile interval [{f(lo)}, {f(hi)}]"
+        if self.classification == "one-sided":
+            if lo is None:
+                return (f"one-sided: data give only an upper limit {f(hi)} (profile flat down to the bound "
+                        f"{f(self.lower)})")
+            return (f"one-sided: data give only a lower limit {f(lo)} (profile flat up to the bound "
+                    f"{f(self.upper)})")
+        return (f"not identifiable: profile stays within {DELTA_CHI2_95:.2f} of the minimum over the whole "
+                f"range [{f(self.lower)}, {f(self.upper)}] (max delta chi2 {np.max(self.delta):.3g})")
+
+
+def _grid(p_lower, p_upper, best, prior, n_points):
+    """Profile grid: ``n_points`` across the bounds (log-spaced when they span >= 20x) plus a denser
+    geometric set best x 4**(-1..1) around the best fit, the best fit and the prior."""
+    log_grid = p_lower > 0 and p_upper / p_lower >= 20
+    if log_grid:
+        g = np.geomspace(p_lower, p_upper, n_points)
+    else:
+        g = np.linspace(p_lower, p_upper, n_points)
+    near = best * np.geomspace(0.25, 4.0, 9) if best > 0 else np.array([])
+    g = np.concatenate([g, near[(near >= p_lower) & (near <= p_upper)], [best, prior]])
+    return np.unique(np.round(g, 12)), log_grid
+
+
+def _crossing(x, d, threshold, side):
+    """Parameter value where the profile ``d`` crosses ``threshold`` left (side=-1) or right (+1) of its minimum."""
+    i0 = int(np.argmin(d))
+    idx = range(i0, -1, -1) if side < 0 else range(i0, len(d))
+    prev = None
+    for i in idx:
+        if d[i] > threshold:
+            if prev is None:
+                return x[i]
+            # linear interpolation between prev and i
+            xa, xb, da, db = x[prev], x[i], d[prev], d[i]
+            return xa + (threshold - da) * (xb - xa) / (db - da)
+        prev = i
+    return None
+
+
+def profile_likelihood(problem: FitProblem, result, name: str, n_points: int = 13,
+                       method: str = DEFAULT_METHOD, stop_delta: float = 4 * DELTA_CHI2_95) -> Profile:
+    """Profile likelihood of ``name``: fix it on a grid spanning its bounds, refit the free parameters.
+
+    The sweep starts at the best fit and walks outwards in both directions, warm-starting each refit from the
+    previous grid point; a direction stops once ``delta chi2 > stop_delta`` (well past the 95 % threshold).
+    ``name`` may also be a parameter the fit keeps fixed (e.g. ``il2_ec50_treg``): the profile then shows
+    whether the data could have determined it jointly with the free ones.
+    """
+    p = problem.parameters[name]
+    prior = problem.priors[name].value
+    best_params = result.params
+    best_value = best_params[name].value if name in best_params else p.value
+    best_chi = float(result.chisqr)
+    grid, log_grid = _grid(p.lower, p.upper, best_value, prior, n_points)
+    refit = tuple(n for n in problem.free if n != name)
+    chis = np.full(grid.size, np.nan)
+    others = {n: np.full(grid.size, np.nan) for n in refit}
+    start_idx = int(np.argmin(np.abs(grid - best_value)))
+    for direction in (-1, +1):
+        start = {n: best_params[n].value for n in refit}
+        rng = range(start_idx, -1, -1) if direction < 0 else range(start_idx, grid.size)
+        for i in rng:
+            if not np.isnan(chis[i]):
+                start = {n: others[n][i] for n in refit}
+                continue
+            params = build_parameters(problem, start=start, extra=(name,))
+            params[name].set(value=float(grid[i]), vary=False)
+            if refit:
+                _, r = minimize(problem, params, method=method)
+                chi = float(r.chisqr)
+                start = {n: r.params[n].value for n in refit}
+            else:
+                chi = float(np.sum(problem.residuals(_values(params)) ** 2))
+            chis[i] = chi
+            for n in refit:
+                others[n][i] = start[n]
+            if chi - best_chi > stop_delta:
+                break
+    keep = ~np.isnan(chis)
+    grid, chis = grid[keep], chis[keep]
+    others = {n: v[keep] for n, v in others.items()}
+    # a refit can find a lower minimum than the reported best fit (e.g. a fit stuck at a bound)
+    best_chi = min(best_chi, float(np.min(chis)))
+    prof = Profile(name=name, values=grid, chisqr=chis, best_value=float(best_value), best_chisqr=best_chi,
+                   prior=float(prior), lower=p.lower, upper=p.upper, log_grid=log_grid, refitted=refit,
+                   others=others)
+    x = prof._x(grid)
+    d = prof.delta
+    for attr, thr in (("ci95", DELTA_CHI2_95), ("ci68", DELTA_CHI2_68)):
+        lo = _crossing(x, d, thr, -1)
+        hi = _crossing(x, d, thr, +1)
+        conv = (lambda v: None if v is None else float(np.exp(v))) if log_grid else \
+            (lambda v: None if v is None else float(v))
+        setattr(prof, attr, (conv(lo), conv(hi)))
+    return prof
+
+
+# ------------------------------------------------------------------------------- lmfit conf_interval
+def likelihood_ratio_prob(best_fit, new_fit) -> float:
+    """``prob_func`` for :func:`lmfit.conf_interval`: chi-square likelihood-ratio test with known variances."""
+    nfix = max(best_fit.nvarys - new_fit.nvarys, 1)
+    dchi = max(new_fit.chisqr - best_fit.chisqr, 0.0)
+    return float(stats.chi2.cdf(dchi, nfix))
+
+
+def confidence_intervals(minimizer, result, names: Sequence[str] | None = None, sigmas=(1, 2)):
+    """lmfit's :func:`conf_interval` with the likelihood-ratio test.
+
+    Returns ``(ci, message)``: ``ci`` as returned by lmfit (or None) and a message saying why it failed, if it
+    did (lmfit needs >= 2 varying parameters with finite standard errors, i.e. an invertible Hessian).
+    """
+    import lmfit
+    names = [n for n in (names or [n for n, p in result.params.items() if p.vary])]
+    try:
+        ci = lmfit.conf_interval(minimizer, result, p_names=names, sigmas=list(sigmas),
+                                 prob_func=likelihood_ratio_prob)
+        return ci, ""
+    except Exception as exc:  # lmfit raises MinimizerException and others; report honestly
+        return None, f"lmfit.conf_interval failed: {type(exc).__name__}: {exc}"
+
+
+def sample_posterior(problem: FitProblem, result, steps: int = 1000, walkers: int = 16, burn: int = 300,
+                     thin: int = 5, seed: int = 1):
+    """Posterior sample with lmfit's emcee interface (uniform priors within the bounds).
+
+    The residuals are already divided by their standard errors, hence ``is_weighted=True``. Returns the
+    lmfit MinimizerResult (``.flatchain`` is a pandas DataFrame of draws).
+    """
+    try:
+        import emcee  # noqa: F401
+    except ImportError:  # pragma: no cover
+        raise TregpdError("posterior sampling needs the optional dependency 'emcee' (pip install tregpd[mcmc])")
+    mini = make_minimizer(problem, result.params.copy())
+    return mini.minimize(method="emcee", steps=steps, nwalkers=walkers, burn=burn, thin=thin,
+                         is_weighted=True, seed=seed, progress=False)

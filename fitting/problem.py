@@ -1,0 +1,202 @@
+"""Fit problem: model + cohort data + regimen + which parameters vary (the pints "problem" layer).
+
+A :class:`FitProblem` turns parameter values into the model's version of every fitted cohort statistic:
+
+* ``mode="typical"``: one typical patient (all parameters at their typical values); its trajectory stands in
+  for the cohort's median of every observable (the Th17/Treg ratio is the typical patient's own ratio).
+  ``median`` and ``median_fold_change`` rows are fitted; q25/q75/mean need a population and are not used.
+* ``mode="population"``: ``n_patients`` virtual patients with log-normal inter-individual variability (IIV) on
+  the parameters named in ``iiv`` (:func:`tregpd.model.sample_population`, seeded); the statistic of each
+  observable is computed over patients at each observed week, the ratio per patient first. The same seed is
+  used at every evaluation (common random numbers), so the objective is a smooth function of the typical
+  values. The numba population driver (``prange`` over patients) does the work.
+
+Baselines (Treg, Th17, naive) are set from the cohort's week-0 medians (:func:`baseline_values`) and are not
+fitted; the rows used for them are matched by construction and excluded from the objective.
+
+Sampling phase (ASSUMPTION): a week-``w`` sample is taken at day ``7 w``. With the reference regimen's 28-day
+IL-2 cycles, week 24 = day 168 is the last day of the 6th cycle, 24 days after the last dose: the trough of
+the cycle's Treg oscillation, i.e. blood drawn before a next course would start.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from tregpd.model import (DEFAULT_IIV, ParameterSet, Regimen, SolverOptions, default_parameters,
+                          reference_regimen, sample_population, simulate, simulate_population)
+from tregpd.model.errors import IntegrationError, ParameterError, TregpdError
+
+from .cohort import Cohort, baseline_values
+from .objective import DEFAULT_LOG_SD, log_residuals, standard_errors
+
+MODES = ("typical", "population")
+#: statistics each mode can fit
+FITTED_STATISTICS = {"typical": ("median", "median_fold_change"),
+                     "population": ("median", "q25", "q75", "mean", "median_fold_change")}
+_PERCENTILE = {"median": 50.0, "q25": 25.0, "q75": 75.0}
+#: largest fraction of failed virtual patients tolerated in one objective evaluation
+MAX_FAILED_FRACTION = 0.02
+
+
+def cohort_regimen(cohort: Cohort) -> Regimen:
+    """The assumed reference regimen, long enough to cover the cohort's last week (at least 24 weeks)."""
+    return reference_regimen(weeks=max(24.0, math.ceil(cohort.max_week)))
+
+
+@dataclass
+class FitProblem:
+    """Model + data + regimen + free parameters.
+
+    Parameters
+    ----------
+    cohort : Cohort
+    parameters : ParameterSet, optional
+        Priors (default: the bundled file). Baselines are replaced by the cohort's week-0 values.
+    free : sequence of str, optional
+        Names of the parameters that vary; default: those flagged ``fitted = true`` in the parameter file.
+    regimen : Regimen, optional
+        Default: :func:`cohort_regimen` (the ASSUMED Shanxi reference regimen).
+    mode : {"typical", "population"}
+    n_patients, iiv, seed : population mode only (IIV as SD of the log; default ``DEFAULT_IIV``).
+    rtol, atol : solver tolerances (tight enough for finite-difference Jacobians).
+    default_log_sd : between-patient log-SD used for weights when no IQR is given.
+    """
+
+    cohort: Cohort
+    parameters: ParameterSet | None = None
+    free: Sequence[str] | None = None
+    regimen: Regimen | None = None
+    mode: str = "typical"
+    n_patients: int = 300
+    iiv: Mapping[str, float] | None = None
+    seed: int = 20170614
+    rtol: float = 1e-8
+    atol: float = 1e-10
+    default_log_sd: float = DEFAULT_LOG_SD
+    n_evaluations: int = field(default=0, init=False)
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise TregpdError(f"fit mode must be one of {MODES}, got {self.mode!r}")
+        priors = self.parameters if self.parameters is not None else default_parameters()
+        self.priors = priors
+        base, base_src, self.baseline_lines = baseline_values(self.cohort)
+        self.baseline_sources = base_src
+        try:
+            self.parameters = priors.with_values(**base)
+        except ParameterError as exc:
+            raise TregpdError(f"{self.cohort.origin}: week-0 baseline outside the parameter bounds: {exc}") from None
+        free = tuple(priors.fitted_names if self.free is None else self.free)
+        for n in free:
+            self.parameters[n]  # raises ParameterError for unknown names
+            if n in base:
+                raise TregpdError(f"parameter {n!r} is set from the cohort's week-0 data and cannot be fitted")
+        if not free:
+            raise TregpdError("no free parameters: flag some as fitted in the parameter file or pass free=...")
+        self.free = free
+        self.regimen = self.regimen if self.regimen is not None else cohort_regimen(self.cohort)
+        self.iiv = dict(DEFAULT_IIV if self.iiv is None else self.iiv)
+        if self.mode == "population" and (isinstance(self.n_patients, bool) or self.n_patients < 10):
+            raise TregpdError(f"population mode needs at least 10 virtual patients, got {self.n_patients!r}")
+        self.options = SolverOptions(rtol=self.rtol, atol=self.atol)
+        self._build_targets()
+
+    # ------------------------------------------------------------------------------------------ targets
+    def _build_targets(self) -> None:
+        f = self.cohort.frame.copy()
+        sigma, rules = standard_errors(self.cohort, self.default_log_sd)
+        f["sigma_log"] = sigma
+        f["weight_rule"] = rules
+        roles = []
+        for r in f.itertuples():
+            if int(r.line) in self.baseline_lines:
+                roles.append("baseline (set from data, not fitted)")
+            elif r.statistic == "sd":
+                roles.append("weight only")
+            elif r.statistic not in FITTED_STATISTICS[self.mode]:
+                roles.append(f"not fitted in {self.mode} mode")
+            else:
+                roles.append("fitted")
+        f["role"] = roles
+        self.table = f
+        fit = f[f["role"] == "fitted"]
+        self._fit_idx = fit.index.to_numpy()
+        self.observed = fit["value"].to_numpy(dtype=float)
+        self.sigma = fit["sigma_log"].to_numpy(dtype=float)
+        weeks = sorted(set(f["week"].astype(float)) | {0.0})
+        self.t_out = np.array([7.0 * w for w in weeks])
+
+    @property
+    def n_targets(self) -> int:
+        return int(self.observed.size)
+
+    # ----------------------------------------------------------------------------------------- model
+    def parameter_set(self, values: Mapping[str, float] | None = None) -> ParameterSet:
+        """The full ParameterSet with ``values`` (name -> value, file units) substituted."""
+        if not values:
+            return self.parameters
+        return self.parameters.with_values(**{k: float(v) for k, v in values.items()})
+
+    def simulate(self, values: Mapping[str, float] | None = None, t_out=None, n_patients: int | None = None,
+                 mode: str | None = None):
+        """Simulate the typical patient or the virtual population at ``t_out`` (default: observed days)."""
+        pset = self.parameter_set(values)
+        t_out = self.t_out if t_out is None else t_out
+        mode = self.mode if mode is None else mode
+        if mode == "typical":
+            return simulate(pset, self.regimen, t_out=t_out, options=self.options)
+        theta = sample_population(pset, int(n_patients or self.n_patients), iiv=self.iiv, seed=self.seed)
+        res = simulate_population(theta, self.regimen, t_out=t_out, options=self.options, parallel=True,
+                                  on_failure="keep", parameters=pset, seed=self.seed)
+        if res.n_failed > MAX_FAILED_FRACTION * res.n_patients:
+            res.raise_on_failure()
+        return res
+
+    def statistics(self, result, rows=None) -> np.ndarray:
+        """Model value of each cohort row in ``rows`` (default: the fitted rows), shape (n_rows,)."""
+        rows = self.table.loc[self._fit_idx] if rows is None else rows
+        out = np.empty(len(rows))
+        t = result.time_day
+        for k, r in enumerate(rows.itertuples()):
+            j = int(np.flatnonzero(np.isclose(t, 7.0 * r.week))[0])
+            arr = result.get(r.observable)          # (n_ok_patients, n_times)
+            if r.statistic == "median_fold_change":
+                j0 = int(np.flatnonzero(np.isclose(t, 0.0))[0])
+                out[k] = np.median(arr[:, j]) / np.median(arr[:, j0])
+            elif r.statistic in _PERCENTILE:
+                out[k] = np.percentile(arr[:, j], _PERCENTILE[r.statistic])
+            elif r.statistic == "mean":
+                out[k] = arr[:, j].mean()
+            elif r.statistic == "sd":
+                out[k] = arr[:, j].std(ddof=1) if arr.shape[0] > 1 else 0.0
+            else:  # pragma: no cover - statistics are validated on load
+                raise TregpdError(f"unknown statistic {r.statistic!r}")
+        return out
+
+    def residuals(self, values: Mapping[str, float]) -> np.ndarray:
+        """Weighted residual vector (see :mod:`tregpd.fitting.objective`), shape (n_targets,)."""
+        self.n_evaluations += 1
+        res = self.simulate(values)
+        return log_residuals(self.statistics(res), self.observed, self.sigma)
+
+    def residual_table(self, values: Mapping[str, float], population_values: Mapping[str, float] | None = None):
+        """Every cohort row with the typical (and, if given, population) model value and residual in SE units."""
+        import pandas as pd
+        t = self.table.copy()
+        typ = self.simulate(values, mode="typical")
+        model_typ = self.statistics(typ, rows=t)
+        ok_typ = t["statistic"].isin(["median", "median_fold_change"]).to_numpy()
+        t["model_typical"] = np.where(ok_typ, model_typ, np.nan)
+        t["residual_typical_se"] = (np.log(t["model_typical"]) - np.log(t["value"])) / t["sigma_log"]
+        if population_values is not None:
+            pop = self.simulate(population_values, mode="population")
+            t["model_population"] = self.statistics(pop, rows=t)
+            t["residual_population_se"] = (np.log(t["model_population"]) - np.log(t["value"])) / t["sigma_log"]
+        t["relative_error"] = t["model_typical"] / t["value"] - 1.0
+        if population_values is not None:
+            t["relative_error_population"] = t["model_population"] / t["value"] - 1.0
+        return pd.DataFrame(t).drop(columns=["rel_se"])
