@@ -51,6 +51,9 @@ def main(argv=None) -> int:
     except TregpdError as exc:
         print(f"tregpd {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # unwritable/occupied output path, disk full, ...: the OS message names the path
+        print(f"tregpd {args.command}: error: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"tregpd {args.command}: interrupted; no partial output was written", file=sys.stderr)
         return 130

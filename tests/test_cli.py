@@ -113,6 +113,17 @@ def test_bad_input_exits_2_with_one_line(tmp_path, capsys, params, case, fragmen
     assert not (tmp_path / "out").exists()  # nothing half-written
 
 
+def test_output_path_that_is_a_file_is_a_one_line_error(tmp_path, capsys):
+    """--out pointing at an existing file used to end in a FileExistsError traceback."""
+    occupied = tmp_path / "occupied"
+    occupied.write_text("keep me")
+    code, _, err = run_cli(["simulate", "--weeks", 1, "--step-day", 7, "--out", occupied], capsys)
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert "occupied" in err and err.startswith("tregpd simulate: error: ")
+    assert occupied.read_text() == "keep me"
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(NO_JIT, reason="subprocess startup plus pure-Python kernels")
 def test_console_script_subprocess(tmp_path):
