@@ -616,6 +616,364 @@ def rosenbrock23_segment(t0, t1, y, p, pkc, mode, rtol, atol, h, t_out, k_out, o
     return STATUS_OK, t, k_out, h, steps
 
 
+
+# ===================================================== fast path: closed-form PK + Dormand-Prince 5(4)
+# The default configuration (MODE_CLOSED_FORM, METHOD_DOPRI5) runs through the functions below. They compute
+# the same model as :func:`rhs` / :func:`dopri5_segment` with less work per step (measured in benchmarks/):
+#
+# * work arrays are allocated once per patient, not once per dose segment;
+# * the cell right-hand side reads precomputed rate products (:func:`cf_coefficients`) instead of
+#   re-deriving them at every evaluation;
+# * the PK exponentials of a trial step come from one ``exp`` per PK mode: the stage times of DP5 are
+#   t + (m/90) h with m in (18, 27, 72, 80, 90), so exp(l (t + m h / 90)) = E(t) w**m with w = exp(l h / 90)
+#   and the powers built by 10 multiplications (relative rounding <= ~1e-14, far below any rtol accepted by
+#   SolverOptions); E(t) is recomputed exactly with ``exp`` at every accepted step, so nothing drifts;
+# * the sixth and seventh stage share the time t + h and so share their concentrations;
+# * IL-2 terms are skipped in a segment once they cannot change the result: if the bound
+#   sum_j |c_j| >= C_IL2(t) (all PK eigenvalues are negative) times the largest IL-2 sensitivity
+#   (Emax_R/EC50_R, (Emax_T + Imax_dif)/EC50_E) is below 1e-17, every factor (1 + Emax S) and (1 - Imax S)
+#   rounds to exactly 1.0 in double precision, so the right-hand side is bit-identical with C_IL2 = 0.
+
+#: stage offsets of DP5 in units of h/90 (DP_C * 90), stages 1..5 (stage 6 shares stage 5's time)
+DP_C90 = np.array([18, 27, 72, 80, 90])
+N_MODES = 5            # 2 IL-2 modes (columns 0, 1) + 3 sirolimus modes (columns 2, 3, 4)
+IL2_EXACT_ZERO = 1e-17
+
+# ---- cf_coefficients layout
+(Q_SRC_N, Q_LOSS_N, Q_N_TO_R, Q_N_TO_R_RAPA, Q_N_TO_T, Q_IMAX_DIF_IL2, Q_IMAX_DIF_RAPA, Q_PROLIF_R,
+ Q_PROLIF_R_IL2, Q_DEATH_R, Q_DEATH_R_CROWD, Q_PROLIF_T, Q_EMAX_T_IL2, Q_IMAX_PROLIF_RAPA, Q_INV_SUPP,
+ Q_DEATH_T, Q_EC50_R, Q_EC50_E, Q_IC50, Q_IL2_SENS) = range(20)
+N_Q = 20
+
+
+@njit(cache=True)
+def cf_coefficients(p):
+    """Rate products used by :func:`cf_cell_derivs`, shape ``(N_Q,)`` (see the Q_* layout)."""
+    q = np.empty(N_Q)
+    q[Q_SRC_N] = p[I_SRC_N]
+    q[Q_LOSS_N] = p[I_NAIVE_DEATH]
+    q[Q_N_TO_R] = p[I_N_TO_R]
+    q[Q_N_TO_R_RAPA] = p[I_N_TO_R] * p[I_RAPA_EMAX_RIND]
+    q[Q_N_TO_T] = p[I_N_TO_T]
+    q[Q_IMAX_DIF_IL2] = p[I_IL2_IMAX_TDIFF]
+    q[Q_IMAX_DIF_RAPA] = p[I_RAPA_IMAX_TDIFF]
+    q[Q_PROLIF_R] = p[I_R_PROLIF]
+    q[Q_PROLIF_R_IL2] = p[I_IL2_EMAX_R]
+    q[Q_DEATH_R] = p[I_DEATH_R]
+    q[Q_DEATH_R_CROWD] = p[I_DEATH_R] / p[I_R_CROWD]
+    q[Q_PROLIF_T] = p[I_T_PROLIF]
+    q[Q_EMAX_T_IL2] = p[I_IL2_EMAX_T]
+    q[Q_IMAX_PROLIF_RAPA] = p[I_RAPA_IMAX_TPROLIF]
+    q[Q_INV_SUPP] = 1.0 / p[I_R_SUPPRESS]
+    q[Q_DEATH_T] = p[I_DEATH_T]
+    q[Q_EC50_R] = p[I_EC50_TREG]
+    q[Q_EC50_E] = p[I_EC50_EFF]
+    q[Q_IC50] = p[I_RAPA_IC50]
+    q[Q_IL2_SENS] = max(p[I_IL2_EMAX_R] / p[I_EC50_TREG],
+                        (p[I_IL2_EMAX_T] + p[I_IL2_IMAX_TDIFF]) / p[I_EC50_EFF])
+    return q
+
+
+@njit(cache=True)
+def cf_cell_derivs(naive, treg, th17, c_il2, c_rapa, q, dy):
+    """The cell equations of :func:`cell_derivs` from precomputed coefficients ``q``; writes ``dy[0:3]``.
+    ``c_il2 = 0`` with a skipped IL-2 block gives exactly the untreated IL-2 factors."""
+    if c_rapa < 0.0:
+        c_rapa = 0.0
+    i_m = c_rapa / (c_rapa + q[Q_IC50])
+    if c_il2 > 0.0:
+        s_r = c_il2 / (c_il2 + q[Q_EC50_R])
+        s_e = c_il2 / (c_il2 + q[Q_EC50_E])
+        prolif_r = q[Q_PROLIF_R] * (1.0 + q[Q_PROLIF_R_IL2] * s_r)
+        dif = q[Q_N_TO_T] * (1.0 - q[Q_IMAX_DIF_IL2] * s_e) * (1.0 - q[Q_IMAX_DIF_RAPA] * i_m)
+        prolif_t = q[Q_PROLIF_T] * (1.0 + q[Q_EMAX_T_IL2] * s_e) * (1.0 - q[Q_IMAX_PROLIF_RAPA] * i_m)
+    else:
+        prolif_r = q[Q_PROLIF_R]
+        dif = q[Q_N_TO_T] * (1.0 - q[Q_IMAX_DIF_RAPA] * i_m)
+        prolif_t = q[Q_PROLIF_T] * (1.0 - q[Q_IMAX_PROLIF_RAPA] * i_m)
+    ind = q[Q_N_TO_R] + q[Q_N_TO_R_RAPA] * i_m
+    dy[0] = q[Q_SRC_N] - (q[Q_LOSS_N] + ind + dif) * naive
+    dy[1] = ind * naive + prolif_r * treg - treg * (q[Q_DEATH_R] + q[Q_DEATH_R_CROWD] * treg)
+    dy[2] = dif * naive + prolif_t * th17 / (1.0 + treg * q[Q_INV_SUPP]) - q[Q_DEATH_T] * th17
+
+
+@njit(cache=True)
+def cf_segment_setup(pkc, q, lam, coef):
+    """Copy a segment's PK modes from ``pkc`` to ``lam``/``coef`` (N_MODES,); returns whether the IL-2 block
+    can change the right-hand side at all in this segment (see the fast-path notes above)."""
+    bound = 0.0
+    for j in range(2):
+        lam[j] = pkc[PKC_L2 + j]
+        coef[j] = pkc[PKC_C2 + j]
+        bound += abs(coef[j])
+    for j in range(3):
+        lam[2 + j] = pkc[PKC_L3 + j]
+        coef[2 + j] = pkc[PKC_C3 + j]
+    return bound * q[Q_IL2_SENS] >= IL2_EXACT_ZERO
+
+
+@njit(cache=True)
+def cf_conc_now(tau, lam, coef, il2_on, enow):
+    """Concentrations at ``tau`` days into the segment; stores exp(l_j tau) in ``enow``."""
+    c2 = 0.0
+    c3 = 0.0
+    j0 = 0 if il2_on else 2
+    for j in range(j0, N_MODES):
+        e = math.exp(lam[j] * tau)
+        enow[j] = e
+        if j < 2:
+            c2 += coef[j] * e
+        else:
+            c3 += coef[j] * e
+    if not il2_on:
+        enow[0] = 0.0
+        enow[1] = 0.0
+    return c2, c3
+
+
+@njit(cache=True)
+def cf_stage_conc(h, lam, coef, il2_on, enow, conc):
+    """Concentrations at the five distinct DP5 stage times t + DP_C[s] h (s = 1..5) from exp(l_j t) in
+    ``enow``: conc[0, s-1] = C_IL2, conc[1, s-1] = C_RAPA."""
+    for s in range(5):
+        conc[0, s] = 0.0
+        conc[1, s] = 0.0
+    j0 = 0 if il2_on else 2
+    for j in range(j0, N_MODES):
+        a = coef[j] * enow[j]
+        w = math.exp(lam[j] * h / 90.0)
+        w2 = w * w
+        w4 = w2 * w2
+        w8 = w4 * w4
+        w9 = w8 * w
+        w18 = w9 * w9
+        w27 = w18 * w9
+        w36 = w18 * w18
+        w72 = w36 * w36
+        w80 = w72 * w8
+        w90 = w72 * w18
+        g = 0 if j < 2 else 1
+        conc[g, 0] += a * w18
+        conc[g, 1] += a * w27
+        conc[g, 2] += a * w72
+        conc[g, 3] += a * w80
+        conc[g, 4] += a * w90
+
+
+@njit(cache=True)
+def cf_initial_step(y, f0, q, conc_h0_fn_lam, coef, il2_on, tau0, rtol, atol, h_max, work):
+    """Starting step of a segment (same rule as :func:`initial_step`, order 4) with the fast RHS."""
+    n = 3
+    d0 = 0.0
+    d1 = 0.0
+    for i in range(n):
+        sc = atol + rtol * abs(y[i])
+        d0 += (y[i] / sc) ** 2
+        d1 += (f0[i] / sc) ** 2
+    d0 = math.sqrt(d0 / n)
+    d1 = math.sqrt(d1 / n)
+    h0 = 1e-6 if (d0 < 1e-5 or d1 < 1e-5) else 0.01 * d0 / d1
+    h0 = min(h0, h_max)
+    y1 = work[7]
+    f1 = work[9]
+    for i in range(n):
+        y1[i] = y[i] + h0 * f0[i]
+    c2 = 0.0
+    c3 = 0.0
+    j0 = 0 if il2_on else 2
+    for j in range(j0, N_MODES):
+        e = math.exp(conc_h0_fn_lam[j] * (tau0 + h0))
+        if j < 2:
+            c2 += coef[j] * e
+        else:
+            c3 += coef[j] * e
+    cf_cell_derivs(y1[0], y1[1], y1[2], c2, c3, q, f1)
+    d2 = 0.0
+    for i in range(n):
+        sc = atol + rtol * abs(y[i])
+        d2 += ((f1[i] - f0[i]) / sc) ** 2
+    d2 = math.sqrt(d2 / n) / h0
+    if d1 <= 1e-15 and d2 <= 1e-15:
+        h1 = max(1e-6, h0 * 1e-3)
+    else:
+        h1 = (0.01 / max(d1, d2)) ** (1.0 / 5.0)
+    return min(100 * h0, h1, h_max)
+
+
+@njit(cache=True)
+def dopri5_cf_segment(t0, t1, y, p, q, pkc, rtol, atol, t_out, k_out, out, auc2, auc3, max_steps, work,
+                      lam, coef, enow, conc):
+    """Dormand-Prince 5(4) over one dose segment [t0, t1] with closed-form PK (fast path).
+
+    Same contract as :func:`dopri5_segment` (state ``y`` of length 3 updated in place, dense output for
+    ``t_out[k_out:]`` inside the segment); ``work`` is a (11, 3) scratch array, ``lam``/``coef``/``enow``
+    (N_MODES,) and ``conc`` (2, 5) scratch arrays. The step size restarts from :func:`cf_initial_step` in
+    every segment (a dose changes the forcing on the time scale of absorption).
+    Returns (status, t_reached, next k_out, steps).
+    """
+    n = 3
+    k = work[0:7]
+    ytmp = work[7]
+    ynew = work[8]
+    err = work[9]
+    f = work[10]
+    il2_on = cf_segment_setup(pkc, q, lam, coef)
+    c2, c3 = cf_conc_now(t0 - pkc[PKC_T0], lam, coef, il2_on, enow)
+    cf_cell_derivs(y[0], y[1], y[2], c2, c3, q, f)
+    span = t1 - t0
+    h = cf_initial_step(y, f, q, lam, coef, il2_on, t0 - pkc[PKC_T0], rtol, atol, span, work)
+    t = t0
+    steps = 0
+    n_out = t_out.size
+    while t < t1:
+        if steps >= max_steps:
+            return STATUS_MAX_STEPS, t, k_out, steps
+        if h < 1e-12 * max(1.0, abs(t)):
+            return STATUS_STEP_TOO_SMALL, t, k_out, steps
+        last = False
+        if t + 1.01 * h >= t1:
+            h = t1 - t
+            last = True
+        cf_stage_conc(h, lam, coef, il2_on, enow, conc)
+        for i in range(n):
+            k[0, i] = f[i]
+        for s in range(1, 6):
+            for i in range(n):
+                acc = 0.0
+                for r in range(s):
+                    acc += DP_A[s, r] * k[r, i]
+                ytmp[i] = y[i] + h * acc
+            cf_cell_derivs(ytmp[0], ytmp[1], ytmp[2], conc[0, s - 1], conc[1, s - 1], q, k[s])
+        for i in range(n):
+            acc = 0.0
+            for r in range(6):
+                acc += DP_B[r] * k[r, i]
+            ynew[i] = y[i] + h * acc
+        cf_cell_derivs(ynew[0], ynew[1], ynew[2], conc[0, 4], conc[1, 4], q, k[6])
+        steps += 1
+        for i in range(n):
+            acc = 0.0
+            for r in range(7):
+                acc += DP_E[r] * k[r, i]
+            err[i] = h * acc
+        en = err_norm(err, y, ynew, rtol, atol)
+        if not math.isfinite(en):
+            h *= MIN_FACTOR
+            continue
+        if en <= 1.0:
+            t_new = t1 if last else t + h
+            while k_out < n_out and t_out[k_out] < t_new and t_out[k_out] < t1:
+                x = (t_out[k_out] - t) / h
+                for i in range(n):
+                    qv = 0.0
+                    xp = x
+                    for c in range(4):
+                        acc = 0.0
+                        for r in range(7):
+                            acc += k[r, i] * DP_P[r, c]
+                        qv += acc * xp
+                        xp *= x
+                    ytmp[i] = y[i] + h * qv
+                record(out[k_out], t_out[k_out], ytmp, p, pkc, MODE_CLOSED_FORM, auc2, auc3)
+                k_out += 1
+            for i in range(n):
+                if not math.isfinite(ynew[i]):
+                    return STATUS_NONFINITE, t, k_out, steps
+            for i in range(n):
+                y[i] = ynew[i]
+                f[i] = k[6, i]
+            t = t_new
+            if not last:
+                # exact exponentials at the new step start (no multiplicative drift across steps)
+                cf_conc_now(t - pkc[PKC_T0], lam, coef, il2_on, enow)
+                fac = MAX_FACTOR if en == 0.0 else min(MAX_FACTOR, SAFETY * en ** -0.2)
+                h *= fac
+        else:
+            h *= max(MIN_FACTOR, SAFETY * en ** -0.2)
+    return STATUS_OK, t, k_out, steps
+
+
+@njit(cache=True)
+def pk_advance_inplace(a, lam, m, tau, tmp):
+    """In-place twin of :func:`pk_advance` (``tmp`` scratch of the same length as ``a``)."""
+    n = a.size
+    for r in range(n):
+        tmp[r] = 0.0
+    for j in range(n):
+        e = math.exp(lam[j] * tau)
+        for r in range(n):
+            s = 0.0
+            for c in range(n):
+                s += m[j, r, c] * a[c]
+            tmp[r] += e * s
+    for r in range(n):
+        a[r] = tmp[r]
+
+
+@njit(cache=True)
+def simulate_patient_cf_dp5(theta, dose_t, dose_cmt, dose_amt, t_out, rtol, atol, max_steps, out):
+    """:func:`simulate_patient` for MODE_CLOSED_FORM with METHOD_DOPRI5 (the default), via the fast path.
+    Same arguments (minus method/mode) and return values."""
+    p = derive(theta)
+    q = cf_coefficients(p)
+    lam2, m2, lam3, m3 = pk_modes(p)
+    y = initial_state(p, MODE_CLOSED_FORM)
+    work = np.empty((11, 3))
+    lam = np.empty(N_MODES)
+    coef = np.empty(N_MODES)
+    enow = np.empty(N_MODES)
+    conc = np.empty((2, 5))
+    tmp = np.empty(3)
+    a2 = np.zeros(2)
+    a3 = np.zeros(3)
+    pkc = np.zeros(N_PKC)
+    auc2 = 0.0
+    auc3 = 0.0
+    n_dose = dose_t.size
+    n_out = t_out.size
+    i_dose = 0
+    k_out = 0
+    t = 0.0
+    steps = 0
+    t_end = t_out[n_out - 1]
+    while True:
+        while i_dose < n_dose and dose_t[i_dose] <= t:
+            c = dose_cmt[i_dose]
+            amt = dose_amt[i_dose]
+            if c == 1:
+                a2[0] += amt * p[I_IL2_F]
+            elif c == 2:
+                a2[1] += amt
+            else:
+                a3[0] += amt
+            i_dose += 1
+        pk_set_segment(t, a2, a3, lam2, m2, lam3, m3, p, pkc)
+        while k_out < n_out and t_out[k_out] <= t:
+            record(out[k_out], t, y, p, pkc, MODE_CLOSED_FORM, auc2, auc3)
+            k_out += 1
+        if k_out >= n_out:
+            break
+        t_next = t_end
+        if i_dose < n_dose and dose_t[i_dose] < t_next:
+            t_next = dose_t[i_dose]
+        status, t_reached, k_out, nst = dopri5_cf_segment(
+            t, t_next, y, p, q, pkc, rtol, atol, t_out, k_out, out, auc2, auc3, max_steps - steps, work,
+            lam, coef, enow, conc)
+        steps += nst
+        if status != STATUS_OK:
+            return status, t_reached, steps
+        for i in range(3):
+            if y[i] < -(atol + rtol * abs(p[I_N0 + i])):
+                return STATUS_NEGATIVE, t_next, steps
+        da2, da3 = pk_auc(t_next, pkc)
+        auc2 += da2
+        auc3 += da3
+        pk_advance_inplace(a2, lam2, m2, t_next - t, tmp)
+        pk_advance_inplace(a3, lam3, m3, t_next - t, tmp)
+        t = t_next
+    return STATUS_OK, t, steps
+
+
 # ============================================================================================= drivers
 @njit(cache=True)
 def simulate_patient(theta, dose_t, dose_cmt, dose_amt, t_out, rtol, atol, method, mode, max_steps, out):
@@ -638,6 +996,8 @@ def simulate_patient(theta, dose_t, dose_cmt, dose_amt, t_out, rtol, atol, metho
     t_reached : float, days
     steps : int, accepted + rejected steps
     """
+    if mode == MODE_CLOSED_FORM and method == METHOD_DOPRI5:
+        return simulate_patient_cf_dp5(theta, dose_t, dose_cmt, dose_amt, t_out, rtol, atol, max_steps, out)
     p = derive(theta)
     lam2, m2, lam3, m3 = pk_modes(p)
     y = initial_state(p, mode)
