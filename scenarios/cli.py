@@ -59,15 +59,16 @@ def register(sub) -> None:
                    help="limit on the 95th-percentile peak C_IL2 / EC50_E (default 0.03 = ~3%% intermediate-"
                         "receptor occupancy at peak)")
     d.add_argument("--max-cumulative-miu", type=float, default=None, help="limit on total IL-2 (MIU)")
-    d.add_argument("--max-treg", type=float, default=None,
-                   help="limit on the median week-24 Treg, cells/uL (e.g. 64.58, top of the healthy range)")
+    d.add_argument("--max-treg", type=float, default=64.58,
+                   help="limit on the median week-24 Treg, cells/uL (default 64.58, top of the healthy range; "
+                        "0 = no limit)")
     d.add_argument("--doses", type=float, nargs="+", default=None, help="IL-2 doses, MIU (default 0.25 ... 3)")
     d.add_argument("--intervals", type=float, nargs="+", default=None, help="intervals, days (default 1 2 3 7 14)")
     d.add_argument("--course-days", type=float, nargs="+", default=None,
                    help="dosing days per 28-day cycle (default 5 14 28; 28 = continuous)")
     d.add_argument("--sirolimus-mg", type=float, default=0.5, help="background sirolimus dose, mg (0 = none)")
     d.add_argument("--sirolimus-interval-day", type=float, default=2.0, help="background sirolimus interval, days")
-    d.add_argument("--weeks", type=float, default=24.0)
+    d.add_argument("--weeks", type=float, default=24.0, help="simulated duration in weeks (default 24)")
     d.add_argument("--population", type=int, default=200, help="virtual patients per regimen (default 200)")
     d.add_argument("--seed", type=int, default=20170614)
     d.add_argument("--params", type=Path, default=None, help="parameter file (TOML); default: literature priors")
@@ -171,7 +172,8 @@ def dosefind_command(args: argparse.Namespace) -> int:
     if args.course_days is not None:
         kw["course_days"] = args.course_days
     res = D.dose_find(params, max_selectivity=args.max_selectivity, max_cumulative_miu=args.max_cumulative_miu,
-                      max_treg_median=args.max_treg, weeks=args.weeks, population=args.population, seed=args.seed,
+                      max_treg_median=args.max_treg if args.max_treg > 0 else None, weeks=args.weeks,
+                      population=args.population, seed=args.seed,
                       sirolimus_mg=args.sirolimus_mg, sirolimus_interval_day=args.sirolimus_interval_day,
                       progress=not args.no_progress, **kw)
     from tregpd.model.parameters import default_parameters

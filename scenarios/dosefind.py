@@ -20,8 +20,10 @@ regimens are not sampling noise). Objective: the median week-24 Th17/Treg across
   literature priors this admits up to about 1.5 MIU per injection in the typical patient, the highest dose
   used in lupus trials (LUPIL-2, Charité; literature.md b). It is a modelling choice, not a clinical limit.
 * ``max_cumulative_miu``: total IL-2 over the duration (optional exposure limit).
-* ``max_treg_median``: optional ceiling on the week-24 median Treg (e.g. 64.58 cells/µL, the top of the healthy
-  range), so that a regimen is not preferred for pushing Treg far above physiological counts.
+* ``max_treg_median``: ceiling on the week-24 median Treg, default 64.58 cells/µL (the top of the healthy range,
+  Niu; literature.md d), so that a regimen is not preferred for pushing Treg far above physiological counts
+  (continuous daily IL-2 drives the median Treg past 150 cells/µL under the priors, an extrapolation far
+  beyond any data the model has seen). ``None`` removes it.
 
 Ties in the objective (within 1e-9) go to the smaller cumulative dose.
 """
@@ -63,7 +65,7 @@ class DoseFindResult:
         if s.get("max_cumulative_miu") is not None:
             lim.append(f"cumulative IL-2 <= {s['max_cumulative_miu']:g} MIU")
         if s.get("max_treg_median") is not None:
-            lim.append(f"median week-{s['weeks']:g} Treg <= {s['max_treg_median']:g} cells/uL")
+            lim.append(f"median week-24 Treg <= {s['max_treg_median']:g} cells/uL")
         cols = ["regimen", "dose_miu", "interval_day", "course_day", "il2_miu_total", "ratio_median_w24",
                 "ratio_p05_w24", "ratio_p95_w24", "treg_median_w24", "fraction_healthy_w24",
                 "selectivity_margin_p95"]
@@ -157,7 +159,7 @@ def _evaluate(regimen: Regimen, params: ParameterSet, weeks: float, population: 
 
 
 def dose_find(parameters: ParameterSet | None = None, max_selectivity: float = 0.03,
-              max_cumulative_miu: float | None = None, max_treg_median: float | None = None,
+              max_cumulative_miu: float | None = None, max_treg_median: float | None = M.HEALTHY_RANGE["treg"][1],
               doses: Sequence[float] = DEFAULT_DOSES_MIU, intervals: Sequence[float] = DEFAULT_INTERVALS_DAY,
               course_days: Sequence[float] = DEFAULT_COURSE_DAYS, weeks: float = 24.0, population: int = 200,
               seed: int = 20170614, sirolimus_mg: float = 0.5, sirolimus_interval_day: float = 2.0,
