@@ -409,7 +409,7 @@ def dopri5_segment(t0, t1, y, p, pkc, mode, rtol, atol, h, t_out, k_out, out, au
     while t < t1:
         if steps >= max_steps:
             return STATUS_MAX_STEPS, t, k_out, h, steps
-        if h < 1e-12 * max(1.0, abs(t)):
+        if h < 1e-12 * max(1.0, abs(t)) and t1 - t > 1e-12 * max(1.0, abs(t)):  # a tiny segment is no failure
             return STATUS_STEP_TOO_SMALL, t, k_out, h, steps
         last = False
         if t + h >= t1 or t + 1.01 * h >= t1:
@@ -543,7 +543,7 @@ def rosenbrock23_segment(t0, t1, y, p, pkc, mode, rtol, atol, h, t_out, k_out, o
     while t < t1:
         if steps >= max_steps:
             return STATUS_MAX_STEPS, t, k_out, h, steps
-        if h < 1e-12 * max(1.0, abs(t)):
+        if h < 1e-12 * max(1.0, abs(t)) and t1 - t > 1e-12 * max(1.0, abs(t)):  # a tiny segment is no failure
             return STATUS_STEP_TOO_SMALL, t, k_out, h, steps
         if need_jac:
             for j in range(n):
@@ -638,6 +638,13 @@ def rosenbrock23_segment(t0, t1, y, p, pkc, mode, rtol, atol, h, t_out, k_out, o
 DP_C90 = np.array([18, 27, 72, 80, 90])
 N_MODES = 5            # 2 IL-2 modes (columns 0, 1) + 3 sirolimus modes (columns 2, 3, 4)
 IL2_EXACT_ZERO = 1e-17
+#: The first step of a dose segment is the Hairer-Norsett-Wanner estimate times this factor. A dose starts
+#: an absorption pulse whose time scale (1/ka, hours) the two-point estimate overrates; the full estimate
+#: gives first steps outside the asymptotic regime of the error estimator, so they are often rejected and,
+#: worse, accepted with an underestimated error. Measured on the reference regimen (30 sampled patients,
+#: benchmarks/README.md): a quarter of the estimate gives about the same number of steps at rtol 1e-6
+#: (~5 % more) and fewer at rtol <= 1e-7, with 10-30x smaller global error at the same rtol.
+CF_INITIAL_STEP_FACTOR = 0.25
 
 # ---- cf_coefficients layout
 (Q_SRC_N, Q_LOSS_N, Q_N_TO_R, Q_N_TO_R_RAPA, Q_N_TO_T, Q_IMAX_DIF_IL2, Q_IMAX_DIF_RAPA, Q_PROLIF_R,
@@ -762,7 +769,8 @@ def cf_stage_conc(h, lam, coef, il2_on, enow, conc):
 
 @njit(cache=True)
 def cf_initial_step(y, f0, q, conc_h0_fn_lam, coef, il2_on, tau0, rtol, atol, h_max, work):
-    """Starting step of a segment (same rule as :func:`initial_step`, order 4) with the fast RHS."""
+    """Starting step of a segment: the rule of :func:`initial_step` (order 4) with the fast RHS, times
+    :data:`CF_INITIAL_STEP_FACTOR`."""
     n = 3
     d0 = 0.0
     d1 = 0.0
@@ -797,7 +805,7 @@ def cf_initial_step(y, f0, q, conc_h0_fn_lam, coef, il2_on, tau0, rtol, atol, h_
         h1 = max(1e-6, h0 * 1e-3)
     else:
         h1 = (0.01 / max(d1, d2)) ** (1.0 / 5.0)
-    return min(100 * h0, h1, h_max)
+    return min(CF_INITIAL_STEP_FACTOR * min(100 * h0, h1), h_max)
 
 
 @njit(cache=True)
@@ -828,7 +836,7 @@ def dopri5_cf_segment(t0, t1, y, p, q, pkc, rtol, atol, t_out, k_out, out, auc2,
     while t < t1:
         if steps >= max_steps:
             return STATUS_MAX_STEPS, t, k_out, steps
-        if h < 1e-12 * max(1.0, abs(t)):
+        if h < 1e-12 * max(1.0, abs(t)) and t1 - t > 1e-12 * max(1.0, abs(t)):  # a tiny segment is no failure
             return STATUS_STEP_TOO_SMALL, t, k_out, steps
         last = False
         if t + 1.01 * h >= t1:
