@@ -283,3 +283,42 @@ def baseline_values(cohort: Cohort) -> tuple[dict[str, float], dict[str, str], l
         src["naive_baseline"] = f"week-0 median naive CD4 of {o} (line {line['naive']})"
         used.append(line["naive"])
     return out, src, sorted(set(used))
+
+
+def cohort_from_result(result, weeks, observables=("treg", "th17", "ratio"), statistics=("median",), n=None,
+                       source="simulated") -> Cohort:
+    """A cohort summarising a simulation (for recovery tests and study design).
+
+    Parameters
+    ----------
+    result : SimulationResult
+        One patient (its values are the "medians") or a virtual population (statistics over patients, the
+        ratio per patient). Must contain ``7 * week`` for every week in its output times.
+    weeks : sequence of float
+    statistics : subset of median, q25, q75, mean, sd (computed over patients)
+    n : int, the ``n`` written to the rows (default: number of patients in ``result``)
+    """
+    import numpy as np
+    pct = {"median": 50.0, "q25": 25.0, "q75": 75.0}
+    lines = ["week,observable,statistic,value,n,source"]
+    for w in weeks:
+        idx = np.flatnonzero(np.isclose(result.time_day, 7.0 * w))
+        if idx.size == 0:
+            raise CohortError(f"week {w:g} (day {7 * w:g}) is not an output time of the simulation")
+        j = int(idx[0])
+        for obs in observables:
+            arr = result.get(obs)[:, j]
+            nn = int(n if n is not None else arr.size)
+            for stat in statistics:
+                if stat in pct:
+                    v = float(np.percentile(arr, pct[stat]))
+                elif stat == "mean":
+                    v = float(arr.mean())
+                elif stat == "sd":
+                    if arr.size < 2:
+                        continue
+                    v = float(arr.std(ddof=1))
+                else:
+                    raise CohortError(f"cohort_from_result: unsupported statistic {stat!r}")
+                lines.append(f"{w:g},{obs},{stat},{v!r},{nn},{source}")
+    return parse_cohort("\n".join(lines) + "\n", origin=f"<{source}>")

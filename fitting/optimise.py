@@ -9,6 +9,7 @@ freedom). lmfit's :func:`lmfit.conf_interval` is called with the same likelihood
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -84,7 +85,11 @@ def minimize(problem: FitProblem, params=None, method: str = DEFAULT_METHOD, max
     mini = make_minimizer(problem, params)
     max_nfev = max_nfev or 100 * (nvary + 1)
     try:
-        result = mini.minimize(method=method, max_nfev=max_nfev, **_fit_kws(method, problem))
+        with warnings.catch_warnings():
+            # lmfit warns (sqrt of a negative variance) when the Hessian is singular, i.e. for sloppy or
+            # bound-hitting parameters; the profile likelihood reports those properly
+            warnings.simplefilter("ignore", RuntimeWarning)
+            result = mini.minimize(method=method, max_nfev=max_nfev, **_fit_kws(method, problem))
     except TregpdError:
         raise
     except Exception as exc:  # lmfit/scipy failure: report, never return garbage
@@ -144,7 +149,24 @@ class Profile:
             return "not identifiable"
         return "one-sided"
 
+    @property
+    def disconnected(self) -> list:
+        """Grid values outside the 95 % interval where the profile dips below the threshold again (the
+        95 % region is then not one interval)."""
+        lo, hi = self.ci95
+        below = self.values[self.delta <= DELTA_CHI2_95]
+        return [float(v) for v in below if (lo is not None and v < lo) or (hi is not None and v > hi)]
+
     def describe(self) -> str:
+        text = self._describe()
+        if self.disconnected:
+            d = self.disconnected
+            where = f"{min(d):.4g}" if min(d) == max(d) else f"{min(d):.4g}-{max(d):.4g}"
+            text += (f"; NOTE the 95 % region is not connected: the profile is below the threshold again at "
+                     f"{where}")
+        return text
+
+    def _describe(self) -> str:
         lo, hi = self.ci95
         f = lambda v: f"{v:.4g}"
         if self.classification == "identifiable":
@@ -188,7 +210,7 @@ def _crossing(x, d, threshold, side):
     return None
 
 
-def profile_likelihood(problem: FitProblem, result, name: str, n_points: int = 13,
+def profile_likelihood(problem: FitProblem, result, name: str, n_points: int = 9,
                        method: str = DEFAULT_METHOD, stop_delta: float = 4 * DELTA_CHI2_95) -> Profile:
     """Profile likelihood of ``name``: fix it on a grid spanning its bounds, refit the free parameters.
 
@@ -207,20 +229,30 @@ def profile_likelihood(problem: FitProblem, result, name: str, n_points: int = 1
     chis = np.full(grid.size, np.nan)
     others = {n: np.full(grid.size, np.nan) for n in refit}
     start_idx = int(np.argmin(np.abs(grid - best_value)))
+    best_start = {n: best_params[n].value for n in refit}
+    max_nfev = 50 * (len(refit) + 1)
     for direction in (-1, +1):
-        start = {n: best_params[n].value for n in refit}
+        start = dict(best_start)
         rng = range(start_idx, -1, -1) if direction < 0 else range(start_idx, grid.size)
         for i in rng:
             if not np.isnan(chis[i]):
                 start = {n: others[n][i] for n in refit}
                 continue
-            params = build_parameters(problem, start=start, extra=(name,))
-            params[name].set(value=float(grid[i]), vary=False)
             if refit:
-                _, r = minimize(problem, params, method=method)
-                chi = float(r.chisqr)
-                start = {n: r.params[n].value for n in refit}
+                # two starts (previous grid point and the best fit) guard against a refit stuck on a ridge
+                best_r = None
+                starts = [start] if start == best_start else [start, best_start]
+                for st in starts:
+                    params = build_parameters(problem, start=st, extra=(name,))
+                    params[name].set(value=float(grid[i]), vary=False)
+                    _, r = minimize(problem, params, method=method, max_nfev=max_nfev)
+                    if best_r is None or r.chisqr < best_r.chisqr:
+                        best_r = r
+                chi = float(best_r.chisqr)
+                start = {n: best_r.params[n].value for n in refit}
             else:
+                params = build_parameters(problem, start=start, extra=(name,))
+                params[name].set(value=float(grid[i]), vary=False)
                 chi = float(np.sum(problem.residuals(_values(params)) ** 2))
             chis[i] = chi
             for n in refit:
@@ -262,12 +294,15 @@ def confidence_intervals(minimizer, result, names: Sequence[str] | None = None, 
     """
     import lmfit
     names = [n for n in (names or [n for n, p in result.params.items() if p.vary])]
-    try:
-        ci = lmfit.conf_interval(minimizer, result, p_names=names, sigmas=list(sigmas),
-                                 prob_func=likelihood_ratio_prob)
-        return ci, ""
-    except Exception as exc:  # lmfit raises MinimizerException and others; report honestly
-        return None, f"lmfit.conf_interval failed: {type(exc).__name__}: {exc}"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            ci = lmfit.conf_interval(minimizer, result, p_names=names, sigmas=list(sigmas),
+                                     prob_func=likelihood_ratio_prob)
+        except Exception as exc:  # lmfit raises MinimizerException and others; report honestly
+            return None, f"lmfit.conf_interval failed: {type(exc).__name__}: {exc}"
+    notes = sorted({str(w.message) for w in caught if issubclass(w.category, UserWarning)})
+    return ci, ("lmfit warnings: " + "; ".join(notes)) if notes else ""
 
 
 def sample_posterior(problem: FitProblem, result, steps: int = 1000, walkers: int = 16, burn: int = 300,

@@ -74,7 +74,7 @@ def plot_fit(cohort, typical, population=None, *, seed=None, n_patients=500, ban
                         label=f"soft: x{r.value:g} of week 0 (±2 rel_se)")
         ax.set_xlabel("week")
         ax.set_ylabel(_PANELS[obs])
-        ax.set_xlim(0, t_end / 7.0)
+        ax.set_xlim(-0.5, t_end / 7.0 + 0.8)
         ax.grid(alpha=0.3)
         ax.legend(frameon=False, fontsize=7)
     fig.suptitle(f"Fit to {cohort.origin.split('/')[-1]} (regimen: {prob.regimen.name}, ASSUMED)", fontsize=9)

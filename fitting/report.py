@@ -129,6 +129,8 @@ def build_report(cohort, typ, pop, residuals, *, mode, seed, posterior=None, run
     add("lmfit conf_interval (likelihood-ratio test with known SEs; rows: sigma levels)")
     if typ.ci is not None:
         add(lmfit.ci_report(typ.ci, with_offset=False, ndigits=4))
+        if typ.ci_message:
+            add(f"  ({typ.ci_message}; where lmfit hit a bound, the profile-likelihood interval above applies)")
     else:
         add(f"  not available: {typ.ci_message}. The profile-likelihood intervals above are the reported "
             f"uncertainty.")

@@ -125,7 +125,7 @@ def fitted_parameter_set(problem: FitProblem, values: Mapping[str, float], mode:
 
 def fit_typical(cohort=None, parameters: ParameterSet | None = None, free: Sequence[str] | None = None,
                 regimen=None, *, profile: bool = True, profile_extra: Sequence[str] = DEFAULT_PROFILE_EXTRA,
-                fix_unidentifiable: bool = True, n_profile_points: int = 13, method: str = DEFAULT_METHOD,
+                fix_unidentifiable: bool = True, n_profile_points: int = 9, method: str = DEFAULT_METHOD,
                 confidence: bool = True) -> TypicalFit:
     """Typical-patient fit: lmfit fit, profile likelihood of every free parameter, identifiability decisions,
     refit with the non-identifiable parameters fixed at their priors, and lmfit confidence intervals.
