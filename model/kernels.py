@@ -645,6 +645,9 @@ IL2_EXACT_ZERO = 1e-17
 #: benchmarks/README.md): a quarter of the estimate gives about the same number of steps at rtol 1e-6
 #: (~5 % more) and fewer at rtol <= 1e-7, with 10-30x smaller global error at the same rtol.
 CF_INITIAL_STEP_FACTOR = 0.25
+#: within a segment, exp(l_j t) at a step start is carried from the previous step's exp(l_j h); every this
+#: many accepted steps it is recomputed with ``exp``
+CF_EXACT_EVERY = 8
 
 # ---- cf_coefficients layout
 (Q_SRC_N, Q_LOSS_N, Q_N_TO_R, Q_N_TO_R_RAPA, Q_N_TO_T, Q_IMAX_DIF_IL2, Q_IMAX_DIF_RAPA, Q_PROLIF_R,
@@ -682,26 +685,43 @@ def cf_coefficients(p):
 
 
 @njit(cache=True)
-def cf_cell_derivs(naive, treg, th17, c_il2, c_rapa, q, dy):
-    """The cell equations of :func:`cell_derivs` from precomputed coefficients ``q``; writes ``dy[0:3]``.
-    ``c_il2 = 0`` with a skipped IL-2 block gives exactly the untreated IL-2 factors."""
+def cf_rates(c_il2, c_rapa, q, rates, s):
+    """Drug-dependent rates at one time, written to ``rates[s]``: (naive->Treg induction, naive->Th17
+    differentiation, Treg proliferation, Th17 proliferation before suppression), all 1/day. They depend on
+    the concentrations only, so a DP5 step computes them for all stages before the (serial) stage chain.
+    ``c_il2 = 0`` (a skipped IL-2 block) gives exactly the untreated IL-2 factors."""
     if c_rapa < 0.0:
         c_rapa = 0.0
     i_m = c_rapa / (c_rapa + q[Q_IC50])
     if c_il2 > 0.0:
         s_r = c_il2 / (c_il2 + q[Q_EC50_R])
         s_e = c_il2 / (c_il2 + q[Q_EC50_E])
-        prolif_r = q[Q_PROLIF_R] * (1.0 + q[Q_PROLIF_R_IL2] * s_r)
-        dif = q[Q_N_TO_T] * (1.0 - q[Q_IMAX_DIF_IL2] * s_e) * (1.0 - q[Q_IMAX_DIF_RAPA] * i_m)
-        prolif_t = q[Q_PROLIF_T] * (1.0 + q[Q_EMAX_T_IL2] * s_e) * (1.0 - q[Q_IMAX_PROLIF_RAPA] * i_m)
+        rates[s, 2] = q[Q_PROLIF_R] * (1.0 + q[Q_PROLIF_R_IL2] * s_r)
+        rates[s, 1] = q[Q_N_TO_T] * (1.0 - q[Q_IMAX_DIF_IL2] * s_e) * (1.0 - q[Q_IMAX_DIF_RAPA] * i_m)
+        rates[s, 3] = q[Q_PROLIF_T] * (1.0 + q[Q_EMAX_T_IL2] * s_e) * (1.0 - q[Q_IMAX_PROLIF_RAPA] * i_m)
     else:
-        prolif_r = q[Q_PROLIF_R]
-        dif = q[Q_N_TO_T] * (1.0 - q[Q_IMAX_DIF_RAPA] * i_m)
-        prolif_t = q[Q_PROLIF_T] * (1.0 - q[Q_IMAX_PROLIF_RAPA] * i_m)
-    ind = q[Q_N_TO_R] + q[Q_N_TO_R_RAPA] * i_m
+        rates[s, 2] = q[Q_PROLIF_R]
+        rates[s, 1] = q[Q_N_TO_T] * (1.0 - q[Q_IMAX_DIF_RAPA] * i_m)
+        rates[s, 3] = q[Q_PROLIF_T] * (1.0 - q[Q_IMAX_PROLIF_RAPA] * i_m)
+    rates[s, 0] = q[Q_N_TO_R] + q[Q_N_TO_R_RAPA] * i_m
+
+
+@njit(cache=True)
+def cf_cells(naive, treg, th17, rates, s, q, dy):
+    """The cell equations of :func:`cell_derivs` given the rates in ``rates[s]`` (:func:`cf_rates`);
+    writes ``dy[0:3]``."""
+    ind = rates[s, 0]
+    dif = rates[s, 1]
     dy[0] = q[Q_SRC_N] - (q[Q_LOSS_N] + ind + dif) * naive
-    dy[1] = ind * naive + prolif_r * treg - treg * (q[Q_DEATH_R] + q[Q_DEATH_R_CROWD] * treg)
-    dy[2] = dif * naive + prolif_t * th17 / (1.0 + treg * q[Q_INV_SUPP]) - q[Q_DEATH_T] * th17
+    dy[1] = ind * naive + rates[s, 2] * treg - treg * (q[Q_DEATH_R] + q[Q_DEATH_R_CROWD] * treg)
+    dy[2] = dif * naive + rates[s, 3] * th17 / (1.0 + treg * q[Q_INV_SUPP]) - q[Q_DEATH_T] * th17
+
+
+@njit(cache=True)
+def cf_cell_derivs(naive, treg, th17, c_il2, c_rapa, q, dy, rates):
+    """Cell derivatives at given concentrations (uses ``rates[5]`` as scratch)."""
+    cf_rates(c_il2, c_rapa, q, rates, 5)
+    cf_cells(naive, treg, th17, rates, 5, q, dy)
 
 
 @njit(cache=True)
@@ -741,7 +761,7 @@ def cf_conc_now(tau, lam, coef, il2_on, enow):
 @njit(cache=True)
 def cf_stage_conc(h, lam, coef, il2_on, enow, conc):
     """Concentrations at the five distinct DP5 stage times t + DP_C[s] h (s = 1..5) from exp(l_j t) in
-    ``enow``: conc[0, s-1] = C_IL2, conc[1, s-1] = C_RAPA."""
+    ``enow``: conc[0, s-1] = C_IL2, conc[1, s-1] = C_RAPA; conc[2, j] = exp(l_j h) for the active modes."""
     for s in range(5):
         conc[0, s] = 0.0
         conc[1, s] = 0.0
@@ -759,6 +779,7 @@ def cf_stage_conc(h, lam, coef, il2_on, enow, conc):
         w72 = w36 * w36
         w80 = w72 * w8
         w90 = w72 * w18
+        conc[2, j] = w90
         g = 0 if j < 2 else 1
         conc[g, 0] += a * w18
         conc[g, 1] += a * w27
@@ -768,7 +789,7 @@ def cf_stage_conc(h, lam, coef, il2_on, enow, conc):
 
 
 @njit(cache=True)
-def cf_initial_step(y, f0, q, conc_h0_fn_lam, coef, il2_on, tau0, rtol, atol, h_max, work):
+def cf_initial_step(y, f0, q, conc_h0_fn_lam, coef, il2_on, tau0, rtol, atol, h_max, work, rates):
     """Starting step of a segment: the rule of :func:`initial_step` (order 4) with the fast RHS, times
     :data:`CF_INITIAL_STEP_FACTOR`."""
     n = 3
@@ -795,7 +816,7 @@ def cf_initial_step(y, f0, q, conc_h0_fn_lam, coef, il2_on, tau0, rtol, atol, h_
             c2 += coef[j] * e
         else:
             c3 += coef[j] * e
-    cf_cell_derivs(y1[0], y1[1], y1[2], c2, c3, q, f1)
+    cf_cell_derivs(y1[0], y1[1], y1[2], c2, c3, q, f1, rates)
     d2 = 0.0
     for i in range(n):
         sc = atol + rtol * abs(y[i])
@@ -810,12 +831,12 @@ def cf_initial_step(y, f0, q, conc_h0_fn_lam, coef, il2_on, tau0, rtol, atol, h_
 
 @njit(cache=True)
 def dopri5_cf_segment(t0, t1, y, p, q, pkc, rtol, atol, t_out, k_out, out, auc2, auc3, max_steps, work,
-                      lam, coef, enow, conc):
+                      lam, coef, enow, conc, rates):
     """Dormand-Prince 5(4) over one dose segment [t0, t1] with closed-form PK (fast path).
 
     Same contract as :func:`dopri5_segment` (state ``y`` of length 3 updated in place, dense output for
     ``t_out[k_out:]`` inside the segment); ``work`` is a (11, 3) scratch array, ``lam``/``coef``/``enow``
-    (N_MODES,) and ``conc`` (2, 5) scratch arrays. The step size restarts from :func:`cf_initial_step` in
+    (N_MODES,), ``conc`` (3, 5) and ``rates`` (6, 4) scratch arrays. The step size restarts from :func:`cf_initial_step` in
     every segment (a dose changes the forcing on the time scale of absorption).
     Returns (status, t_reached, next k_out, steps).
     """
@@ -827,9 +848,12 @@ def dopri5_cf_segment(t0, t1, y, p, q, pkc, rtol, atol, t_out, k_out, out, auc2,
     f = work[10]
     il2_on = cf_segment_setup(pkc, q, lam, coef)
     c2, c3 = cf_conc_now(t0 - pkc[PKC_T0], lam, coef, il2_on, enow)
-    cf_cell_derivs(y[0], y[1], y[2], c2, c3, q, f)
+    cf_cell_derivs(y[0], y[1], y[2], c2, c3, q, f, rates)
     span = t1 - t0
-    h = cf_initial_step(y, f, q, lam, coef, il2_on, t0 - pkc[PKC_T0], rtol, atol, span, work)
+    h = cf_initial_step(y, f, q, lam, coef, il2_on, t0 - pkc[PKC_T0], rtol, atol, span, work, rates)
+    for j in range(N_MODES):
+        conc[2, j] = 0.0
+    n_carry = 0
     t = t0
     steps = 0
     n_out = t_out.size
@@ -843,6 +867,8 @@ def dopri5_cf_segment(t0, t1, y, p, q, pkc, rtol, atol, t_out, k_out, out, auc2,
             h = t1 - t
             last = True
         cf_stage_conc(h, lam, coef, il2_on, enow, conc)
+        for s in range(5):
+            cf_rates(conc[0, s], conc[1, s], q, rates, s)
         for i in range(n):
             k[0, i] = f[i]
         for s in range(1, 6):
@@ -851,13 +877,13 @@ def dopri5_cf_segment(t0, t1, y, p, q, pkc, rtol, atol, t_out, k_out, out, auc2,
                 for r in range(s):
                     acc += DP_A[s, r] * k[r, i]
                 ytmp[i] = y[i] + h * acc
-            cf_cell_derivs(ytmp[0], ytmp[1], ytmp[2], conc[0, s - 1], conc[1, s - 1], q, k[s])
+            cf_cells(ytmp[0], ytmp[1], ytmp[2], rates, s - 1, q, k[s])
         for i in range(n):
             acc = 0.0
             for r in range(6):
                 acc += DP_B[r] * k[r, i]
             ynew[i] = y[i] + h * acc
-        cf_cell_derivs(ynew[0], ynew[1], ynew[2], conc[0, 4], conc[1, 4], q, k[6])
+        cf_cells(ynew[0], ynew[1], ynew[2], rates, 4, q, k[6])
         steps += 1
         for i in range(n):
             acc = 0.0
@@ -892,8 +918,15 @@ def dopri5_cf_segment(t0, t1, y, p, q, pkc, rtol, atol, t_out, k_out, out, auc2,
                 f[i] = k[6, i]
             t = t_new
             if not last:
-                # exact exponentials at the new step start (no multiplicative drift across steps)
-                cf_conc_now(t - pkc[PKC_T0], lam, coef, il2_on, enow)
+                # exponentials at the new step start: carried multiplicatively (relative rounding ~1e-15 per
+                # step), recomputed exactly every CF_EXACT_EVERY accepted steps so that nothing drifts
+                n_carry += 1
+                if n_carry >= CF_EXACT_EVERY:
+                    cf_conc_now(t - pkc[PKC_T0], lam, coef, il2_on, enow)
+                    n_carry = 0
+                else:
+                    for j in range(N_MODES):
+                        enow[j] *= conc[2, j]
                 fac = MAX_FACTOR if en == 0.0 else min(MAX_FACTOR, SAFETY * en ** -0.2)
                 h *= fac
         else:
@@ -930,7 +963,8 @@ def simulate_patient_cf_dp5(theta, dose_t, dose_cmt, dose_amt, t_out, rtol, atol
     lam = np.empty(N_MODES)
     coef = np.empty(N_MODES)
     enow = np.empty(N_MODES)
-    conc = np.empty((2, 5))
+    conc = np.empty((3, 5))
+    rates = np.empty((6, 4))
     tmp = np.empty(3)
     a2 = np.zeros(2)
     a3 = np.zeros(3)
@@ -966,7 +1000,7 @@ def simulate_patient_cf_dp5(theta, dose_t, dose_cmt, dose_amt, t_out, rtol, atol
             t_next = dose_t[i_dose]
         status, t_reached, k_out, nst = dopri5_cf_segment(
             t, t_next, y, p, q, pkc, rtol, atol, t_out, k_out, out, auc2, auc3, max_steps - steps, work,
-            lam, coef, enow, conc)
+            lam, coef, enow, conc, rates)
         steps += nst
         if status != STATUS_OK:
             return status, t_reached, steps
