@@ -95,18 +95,22 @@ class DaskBackend(Backend):
         Chunks submitted ahead of the one being consumed (default: 2 per worker, at least 4).
     dashboard : bool
         Start the LocalCluster's diagnostics dashboard (off by default).
+    parallel_kernel : bool
+        Use the numba prange kernel inside each worker (default False: serial kernel, one core per worker
+        process; see benchmarks/scale.py for the measurement behind the default).
     """
 
     name = "dask"
     parallel_kernel = False
 
     def __init__(self, scheduler: str | None = None, n_workers: int | None = None,
-                 max_in_flight: int | None = None, dashboard: bool = False):
+                 max_in_flight: int | None = None, dashboard: bool = False, parallel_kernel: bool = False):
         try:
             from distributed import Client, LocalCluster
         except ImportError:  # pragma: no cover - depends on the installation
             raise BackendError("the Dask backend needs dask[distributed]; install it with "
                                "pip install 'tregpd[sensitivity]'") from None
+        self.parallel_kernel = bool(parallel_kernel)
         if scheduler is not None and n_workers is not None:
             raise BackendError("give either a scheduler address or a number of local workers, not both")
         self._cluster = None
@@ -114,7 +118,7 @@ class DaskBackend(Backend):
             if not isinstance(scheduler, str) or "://" not in scheduler:
                 raise BackendError(f"scheduler address must look like tcp://host:port, got {scheduler!r}")
             try:
-                self._client = Client(scheduler, timeout="20s")
+                self._client = Client(scheduler, timeout="10s")
             except (OSError, TimeoutError) as exc:
                 raise BackendError(f"cannot connect to the Dask scheduler at {scheduler}: {exc}") from None
             self.address = scheduler

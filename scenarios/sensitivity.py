@@ -53,6 +53,16 @@ class SensitivityError(TregpdError):
     """Bad sensitivity-analysis settings."""
 
 
+def _salib(kind: str):
+    """SALib's sample and analyze modules for ``kind`` ("sobol" or "morris"), with a clear error if absent."""
+    try:
+        import importlib
+        return (importlib.import_module(f"SALib.sample.{kind}"), importlib.import_module(f"SALib.analyze.{kind}"))
+    except ImportError:
+        raise SensitivityError("global sensitivity needs SALib; install it with pip install 'tregpd[sensitivity]'") \
+            from None
+
+
 #: Outputs of :class:`TregpdModel` (name -> unit).
 OUTPUTS: dict[str, str] = {"treg_w24": "cells/uL", "th17_w24": "cells/uL", "ratio_w24": "1",
                            "selectivity_margin": "1", "treg_fold_w24": "1", "th17_fold_w24": "1",
@@ -378,8 +388,7 @@ def sobol_analysis(model: SensitivityModel, space: ParameterSpace, n: int = 256,
     Ranked by ST. Confidence intervals are SALib's bootstrap 95 % intervals (seeded). ``log_outputs``
     (default: the model's ``log_outputs``) analyses ln(y).
     """
-    from SALib.analyze import sobol as sobol_analyze
-    from SALib.sample import sobol as sobol_sample
+    sobol_sample, sobol_analyze = _salib("sobol")
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 2 or (n & (n - 1)):
         raise SensitivityError(f"Sobol base sample size must be a power of 2 (>= 2), got {n!r}")
     problem = space.salib_problem()
@@ -407,8 +416,7 @@ def morris_analysis(model: SensitivityModel, space: ParameterSpace, n: int = 64,
     Inputs are on the unit hypercube, so mu* is the mean absolute change of the output for a step of
     2/3 of each parameter's (log-)range (4 levels), in output units (of ln y with ``log_outputs``).
     """
-    from SALib.analyze import morris as morris_analyze
-    from SALib.sample import morris as morris_sample
+    morris_sample, morris_analyze = _salib("morris")
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 2:
         raise SensitivityError(f"number of Morris trajectories must be an integer >= 2, got {n!r}")
     problem = space.salib_problem()

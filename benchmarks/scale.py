@@ -1,0 +1,76 @@
+"""Scaling of ``tregpd trial``: patients per second in-process and on a Dask LocalCluster of 1 and 2 workers.
+
+Run: ``.venv/bin/python benchmarks/scale.py [--patients 100000] [--chunk 10240]``. Prints a Markdown table
+(wall-clock including the reduction; LocalCluster start-up excluded and reported separately) and checks that
+every configuration gives the bit-identical summary.
+
+Configurations
+--------------
+* in-process, prange kernel (numba threads = cores)        -- the default without --workers
+* in-process, serial kernel                                  -- one core, the per-core reference
+* Dask LocalCluster, 1 worker process, serial kernel
+* Dask LocalCluster, 2 worker processes, serial kernel       -- the default with --workers 2
+* Dask LocalCluster, 2 worker processes, prange kernel       -- oversubscribed (2 processes x 2 threads)
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import time
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--patients", type=int, default=100_000)
+    ap.add_argument("--chunk", type=int, default=10_240)
+    ap.add_argument("--repeats", type=int, default=1)
+    args = ap.parse_args()
+
+    import pandas as pd
+    from tregpd.model import default_parameters, reference_regimen
+    from tregpd.scenarios.backends import DaskBackend, InProcessBackend
+    from tregpd.scenarios.trial import make_plan, run_trial
+
+    plan = make_plan(default_parameters(), [reference_regimen()], args.patients, seed=1)
+    run_trial(make_plan(default_parameters(), [reference_regimen()], 2048, seed=1), 1024)   # warm the JIT cache
+
+    configs = [
+        ("in-process, prange kernel", lambda: InProcessBackend(parallel_kernel=True)),
+        ("in-process, serial kernel", lambda: InProcessBackend(parallel_kernel=False)),
+        ("Dask LocalCluster, 1 worker, serial kernel", lambda: DaskBackend(n_workers=1)),
+        ("Dask LocalCluster, 2 workers, serial kernel", lambda: DaskBackend(n_workers=2)),
+        ("Dask LocalCluster, 2 workers, prange kernel", lambda: DaskBackend(n_workers=2, parallel_kernel=True)),
+    ]
+    rows, reference = [], None
+    for label, factory in configs:
+        t0 = time.perf_counter()
+        backend = factory()
+        startup = time.perf_counter() - t0
+        try:
+            if isinstance(backend, DaskBackend):      # let each worker load the numba cache once
+                run_trial(make_plan(default_parameters(), [reference_regimen()], 4096, seed=2), 1024, backend)
+            best = None
+            for _ in range(args.repeats):
+                res = run_trial(plan, args.chunk, backend)
+                best = res if best is None or res.elapsed_s < best.elapsed_s else best
+        finally:
+            backend.close()
+        same = True if reference is None else reference.summary.equals(best.summary)
+        reference = reference if reference is not None else best
+        rows.append({"configuration": label, "patients": args.patients, "wall s": round(best.elapsed_s, 1),
+                     "patients/s": round(best.patients_per_second), "cluster start s": round(startup, 1),
+                     "identical summary": same})
+        print(rows[-1], flush=True)
+    df = pd.DataFrame(rows)
+    print(f"\n{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, chunk {args.chunk}, "
+          f"reference regimen, 24 weeks, outputs at weeks 0/6/12/24\n")
+    cols = list(df.columns)
+    print("| " + " | ".join(cols) + " |")
+    print("|" + "|".join("---" for _ in cols) + "|")
+    for _, r in df.iterrows():
+        print("| " + " | ".join(str(r[c]) for c in cols) + " |")
+
+
+if __name__ == "__main__":
+    main()
