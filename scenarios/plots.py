@@ -80,62 +80,91 @@ def plot_scenario(result, axes=None, title=None, ratio_target=None, band=(5, 95)
     return fig
 
 
-def plot_comparison(outcomes, axes=None, max_bands: int = 6):
-    """Compare scenarios: median trajectories (bands for the first ``max_bands``) and a bar chart of the
-    week-24 (or last) median ratio with 90 % intervals.
+def _week24(o):
+    return 24.0 if o.scenario.weeks >= 24 else float(o.scenario.weeks)
+
+
+def plot_comparison(outcomes, axes=None, max_trajectories: int = 8, max_bands: int = 4):
+    """Compare scenarios.
+
+    With at most ``max_trajectories`` scenarios: median trajectories of Treg, Th17 and ratio (with 90 % bands
+    when there are at most ``max_bands``),
+    and a bar chart of the week-24 (or last) median ratio with 90 % intervals. With more: bar charts of
+    week-24 Treg and ratio only (one bar per scenario, coloured by study question), since dozens of
+    overlaid trajectories cannot be read; use per-question figures for trajectories.
 
     Parameters
     ----------
     outcomes : sequence of ScenarioOutcome
-    axes : four Axes (Treg, Th17, ratio, bars), optional
+    axes : Axes to draw into (4 for the trajectory layout, 2 for the bar layout), optional
     """
     plt = _plt()
+    outcomes = list(outcomes)
+    few = len(outcomes) <= max_trajectories
     if axes is None:
-        fig = plt.figure(figsize=(15, 8), constrained_layout=True)
-        gs = fig.add_gridspec(2, 3, height_ratios=[1, 1.1])
-        axes = [fig.add_subplot(gs[0, i]) for i in range(3)] + [fig.add_subplot(gs[1, :])]
+        if few:
+            fig = plt.figure(figsize=(14, 7.5), constrained_layout=True)
+            gs = fig.add_gridspec(2, 3, height_ratios=[1, 0.9])
+            axes = [fig.add_subplot(gs[0, i]) for i in range(3)] + [fig.add_subplot(gs[1, :])]
+        else:
+            fig, axes = plt.subplots(2, 1, figsize=(max(10, 0.42 * len(outcomes) + 3), 8.5),
+                                     constrained_layout=True, sharex=True)
+            axes = list(axes)
     else:
         axes = list(np.atleast_1d(axes))
         fig = axes[0].figure
-    cmap = plt.get_cmap("tab20")
-    for i, o in enumerate(outcomes):
-        color = cmap(i % 20)
-        res = o.result
-        weeks = res.time_day / 7.0
+    if few:
+        cmap = plt.get_cmap("tab10")
+        colors = [cmap(i % 10) for i in range(len(outcomes))]
+        for o, color in zip(outcomes, colors):
+            res = o.result
+            weeks = res.time_day / 7.0
+            for ax, (var, ylabel) in zip(axes[:3], _PANELS):
+                lo, med, hi = np.percentile(res.get(var), [5, 50, 95], axis=0)
+                ax.plot(weeks, med, color=color, lw=1.3, label=o.scenario.name)
+                if len(outcomes) <= max_bands:
+                    ax.fill_between(weeks, lo, hi, color=color, alpha=0.10, lw=0)
         for ax, (var, ylabel) in zip(axes[:3], _PANELS):
-            arr = res.get(var)
-            lo, med, hi = np.percentile(arr, [5, 50, 95], axis=0)
-            ax.plot(weeks, med, color=color, lw=1.2, label=o.scenario.name)
-            if len(outcomes) <= max_bands:
-                ax.fill_between(weeks, lo, hi, color=color, alpha=0.12, lw=0)
-    for ax, (var, ylabel) in zip(axes[:3], _PANELS):
+            _shade_healthy(ax, var)
+            ax.set_xlabel("week")
+            ax.set_ylabel(f"{ylabel}\nmedian" + (", 90% PI" if len(outcomes) <= max_bands else ""))
+            ax.grid(alpha=0.3)
+        axes[2].legend(frameon=False, fontsize=7)
+        bar_axes = [(axes[3], "ratio", "Th17/Treg")]
+    else:
+        from .schema import QUESTIONS
+        qcmap = plt.get_cmap("tab10")
+        qs = list(QUESTIONS)
+        colors = [qcmap(qs.index(o.scenario.question) % 10) if o.scenario.question in qs else "grey"
+                  for o in outcomes]
+        bar_axes = [(axes[0], "treg", "Treg (cells/µL)"), (axes[1], "ratio", "Th17/Treg")]
+    names = [o.scenario.name + ("" if _week24(o) == 24 else f" (wk{_week24(o):g})") for o in outcomes]
+    x = np.arange(len(outcomes))
+    for ax, var, ylabel in bar_axes:
+        med = np.array([o.value(var, _week24(o), "median") for o in outcomes])
+        lo = np.array([o.value(var, _week24(o), "p05") for o in outcomes])
+        hi = np.array([o.value(var, _week24(o), "p95") for o in outcomes])
         _shade_healthy(ax, var)
-        ax.set_xlabel("week")
-        ax.set_ylabel(f"{ylabel}, median")
-        ax.grid(alpha=0.3)
-    names, med, lo, hi, colors = [], [], [], [], []
-    for i, o in enumerate(outcomes):
-        w = 24.0 if o.scenario.weeks >= 24 else o.scenario.weeks
-        names.append(o.scenario.name + ("" if w == 24 else f" (wk{w:g})"))
-        med.append(o.value("ratio", w, "median"))
-        lo.append(o.value("ratio", w, "p05"))
-        hi.append(o.value("ratio", w, "p95"))
-        colors.append(cmap(i % 20))
-    ax = axes[3]
-    x = np.arange(len(names))
-    med, lo, hi = np.array(med), np.array(lo), np.array(hi)
-    ax.bar(x, med, color=colors, alpha=0.85)
-    ax.errorbar(x, med, yerr=[med - lo, hi - med], fmt="none", ecolor="k", lw=0.8, capsize=2)
-    target = outcomes[0].value("ratio_target", None, "value") if outcomes else None
-    if target is not None and np.isfinite(target):
-        ax.axhline(target, color="k", ls="--", lw=0.8, label=f"target {target:g}")
-        ax.legend(frameon=False, fontsize=8)
-    ax.set_xticks(x)
-    ax.set_xticklabels(names, rotation=60, ha="right", fontsize=7)
-    ax.set_ylabel("Th17/Treg at week 24\nmedian, 90% PI")
-    ax.grid(alpha=0.3, axis="y")
-    if len(outcomes) <= 12:
-        axes[2].legend(frameon=False, fontsize=6)
+        ax.bar(x, med, color=colors, alpha=0.85)
+        ax.errorbar(x, med, yerr=[med - lo, hi - med], fmt="none", ecolor="k", lw=0.8, capsize=2)
+        if var == "ratio" and outcomes:
+            target = outcomes[0].value("ratio_target", None, "value")
+            if np.isfinite(target):
+                ax.axhline(target, color="k", ls="--", lw=0.8, label=f"target {target:g}")
+        ax.set_ylabel(f"{ylabel} at week 24\nmedian, 90% PI")
+        ax.grid(alpha=0.3, axis="y")
+        ax.set_xticks(x)
+        ax.set_xticklabels(names, rotation=60, ha="right", fontsize=7)
+    if not few:
+        from matplotlib.patches import Patch
+        present = [q for q in QUESTIONS if any(o.scenario.question == q for o in outcomes)]
+        handles = [Patch(color=qcmap(qs.index(q) % 10), label=q) for q in present]
+        axes[0].legend(handles=handles, frameon=False, fontsize=7, ncol=4, title="study question",
+                       title_fontsize=7)
+        axes[1].legend(frameon=False, fontsize=7)
+        axes[0].tick_params(labelbottom=False)
+    else:
+        axes[3].legend(frameon=False, fontsize=7)
     return fig
 
 

@@ -14,7 +14,9 @@ Per scenario, into ``out_dir/<name>/``:
 * ``provenance.json``.
 
 Across scenarios (:func:`run_library`): ``comparison.csv`` and ``comparison.md`` (one row per scenario),
-``summary_all.csv``, ``comparison.png`` and ``dose_response.png``.
+``summary_all.csv``, ``comparison.png`` (trajectories for up to 8 scenarios, else week-24 bar charts),
+``comparison_<question>.png`` (trajectories of the reference and each study question's scenarios, for larger
+runs) and ``dose_response.png``.
 """
 from __future__ import annotations
 
@@ -224,7 +226,7 @@ def write_outputs(outcome: ScenarioOutcome, folder: Path) -> list[Path]:
     if "png" in sc.outputs:
         from . import plots
         fig = plots.plot_scenario(outcome.result, title=sc.name, ratio_target=sc.ratio_target)
-        files.append(atomic_save_figure(folder / "trajectories.png", fig))
+        files.append(atomic_save_figure(folder / "trajectories.png", fig, bbox_inches=None))
         plots.close(fig)
     files.append(atomic_write_json(folder / "provenance.json", prov))
     return files
@@ -386,10 +388,20 @@ def run_library(paths: Sequence[str | Path | Scenario], out_dir: str | Path | No
         if figures:
             from . import plots
             fig = plots.plot_comparison(outcomes)
-            files.append(atomic_save_figure(out / "comparison.png", fig))
+            files.append(atomic_save_figure(out / "comparison.png", fig, bbox_inches=None))
             plots.close(fig)
+            # per-question trajectory comparisons (reference + the scenarios tagged with the question)
+            questions = [q for q in QUESTIONS if q != "reference"
+                         and any(o.scenario.question == q for o in outcomes)]
+            if len(outcomes) > 8 and questions:
+                for q in questions:
+                    group = [o for o in outcomes if o.scenario.question in ("reference", q)]
+                    fig = plots.plot_comparison(group, max_trajectories=max(8, len(group)))
+                    fig.suptitle(f"{q}: {QUESTIONS[q]}", fontsize=10)
+                    files.append(atomic_save_figure(out / f"comparison_{q}.png", fig, bbox_inches=None))
+                    plots.close(fig)
             fig = plots.plot_dose_response(table)
             if fig is not None:
-                files.append(atomic_save_figure(out / "dose_response.png", fig))
+                files.append(atomic_save_figure(out / "dose_response.png", fig, bbox_inches=None))
                 plots.close(fig)
     return LibraryRun(outcomes, table, md, files, time.perf_counter() - t0)
