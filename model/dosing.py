@@ -363,6 +363,8 @@ def no_treatment() -> Regimen:
 
 # ----------------------------------------------------------------------------------- NONMEM-style files
 NONMEM_COLUMNS = ("ID", "TIME", "AMT", "CMT", "EVID", "II", "ADDL")
+#: largest ADDL accepted on one record (100 years of hourly doses); a typo such as 1e9 would exhaust memory
+MAX_ADDL = 1_000_000
 
 
 def write_nonmem(events: dict[int, EventTable] | EventTable, path: str | Path | None = None,
@@ -423,7 +425,8 @@ def read_nonmem(source: str | Path | io.StringIO) -> dict[int, EventTable]:
     try:
         df = pd.read_csv(source, comment="#", skipinitialspace=True)
     except Exception as exc:  # pandas raises several types for malformed CSV
-        raise RegimenError(f"{name}: not a readable CSV ({exc})") from None
+        reason = " ".join(str(exc).split())  # pandas messages can end in a newline; keep one line
+        raise RegimenError(f"{name}: not a readable CSV ({reason})") from None
     df.columns = [str(c).strip().upper() for c in df.columns]
     missing = [c for c in ("ID", "TIME", "AMT", "CMT", "EVID") if c not in df.columns]
     if missing:
@@ -438,6 +441,13 @@ def read_nonmem(source: str | Path | io.StringIO) -> dict[int, EventTable]:
         if bad.size:
             r = int(bad[0])
             raise RegimenError(f"{name} row {r + 1}: column {col} must be a number, got {df[col].iloc[r]!r}")
+        if col in ("ID", "EVID", "CMT", "ADDL", "MDV"):
+            # integer columns: inf or 1.5 would overflow int() or be silently truncated
+            arr = vals.to_numpy(dtype=float)
+            bad = np.flatnonzero(~np.isfinite(arr) | (arr != np.round(arr)))
+            if bad.size:
+                r = int(bad[0])
+                raise RegimenError(f"{name} row {r + 1}: column {col} must be an integer, got {float(arr[r])}")
         df[col] = vals
     out: dict[int, tuple[list, list, list]] = {}
     prev = {}
@@ -471,6 +481,9 @@ def read_nonmem(source: str | Path | io.StringIO) -> dict[int, EventTable]:
         if addl != int(addl) or addl < 0:
             raise RegimenError(f"{name} row {r}: ADDL must be a non-negative integer, got {addl!r}")
         addl = int(addl)
+        if addl > MAX_ADDL:
+            raise RegimenError(f"{name} row {r}: ADDL must be <= {MAX_ADDL} (additional doses expanded in "
+                               f"memory), got {addl}")
         if addl > 0 and not ii > 0:
             raise RegimenError(f"{name} row {r}: II must be > 0 when ADDL > 0, got {ii!r}")
         ts, cs, as_ = out.setdefault(pid, ([], [], []))

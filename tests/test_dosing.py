@@ -182,7 +182,7 @@ def test_read_nonmem_accepts_observations_and_lowercase_headers():
     ("ID,TIME,AMT,CMT,EVID\n1,0,1,1,1\n1,abc,1,1,1\n", "row 2: column TIME must be a number, got 'abc'"),
     ("ID,TIME,AMT,CMT,EVID\n1,0,-5,1,1\n", "row 1: AMT must be finite and > 0, got -5.0"),
     ("ID,TIME,AMT,CMT,EVID\n1,0,5,9,1\n", "row 1: CMT must be one of (1, 2, 3), got 9"),
-    ("ID,TIME,AMT,CMT,EVID\n1,0,5,1.5,1\n", "row 1: CMT must be one of (1, 2, 3), got 1.5"),
+    ("ID,TIME,AMT,CMT,EVID\n1,0,5,1.5,1\n", "row 1: column CMT must be an integer, got 1.5"),
     ("ID,TIME,AMT,CMT,EVID\n1,2,5,1,1\n1,1,5,1,1\n", "row 2: TIME 1.0 is before the previous TIME 2.0 of ID 1"),
     ("ID,TIME,AMT,CMT,EVID\n1,-1,5,1,1\n", "row 1: TIME must be finite and >= 0, got -1.0"),
     ("ID,TIME,AMT,CMT,EVID\n1,0,5,1,3\n", "row 1: EVID must be 0, 1, 2 or 4, got 3"),
@@ -190,11 +190,19 @@ def test_read_nonmem_accepts_observations_and_lowercase_headers():
     ("ID,TIME,AMT,CMT,EVID,II,ADDL\n1,0,5,1,1,1,-2\n", "row 1: ADDL must be a non-negative integer, got -2"),
     ("ID,TIME,AMT,CMT,EVID,RATE\n1,0,5,1,1,10\n", "row 1: RATE must be 0 (bolus doses only)"),
     ("ID,TIME,AMT,CMT,EVID\n1,0,5,1,1\n1,1,5,1,4\n", "row 2: EVID 4 (reset) is only supported as the first"),
+    # found by fuzzing: inf in an integer column escaped as OverflowError, 1.5 was truncated silently
+    ("ID,TIME,AMT,CMT,EVID\n1,0,5,1,inf\n", "row 1: column EVID must be an integer, got inf"),
+    ("ID,TIME,AMT,CMT,EVID\ninf,0,5,1,1\n", "row 1: column ID must be an integer, got inf"),
+    ("ID,TIME,AMT,CMT,EVID\n1.5,0,5,1,1\n", "row 1: column ID must be an integer, got 1.5"),
+    ("ID,TIME,AMT,CMT,EVID,II,ADDL\n1,0,5,1,1,1,inf\n", "row 1: column ADDL must be an integer, got inf"),
+    ("ID,TIME,AMT,CMT,EVID,II,ADDL\n1,0,5,1,1,1,1e9\n", "row 1: ADDL must be <= 1000000"),
+    ("ID\n0\n0,0\n", "not a readable CSV (Error tokenizing data"),
 ])
 def test_read_nonmem_errors_name_row_and_column(body, fragment):
     with pytest.raises(RegimenError) as exc:
         read_nonmem(io.StringIO(body))
     assert fragment in str(exc.value)
+    assert "\n" not in str(exc.value)
 
 
 def test_read_nonmem_file_errors(tmp_path):
