@@ -15,6 +15,9 @@ def _common(p, out_default: str) -> None:
     p.add_argument("--population", type=int, default=None,
                    help="override every scenario's population size (e.g. 20 for a quick look)")
     p.add_argument("--step-day", type=float, default=None, help="override the trajectory grid spacing (days)")
+    p.add_argument("--ratio-target", type=float, default=None,
+                   help="Th17/Treg target for 'time with ratio below target' (default: each file's ratio_target, "
+                        "0.29 = the study's week-24 median; e.g. 0.76 = top of the healthy range)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -101,7 +104,7 @@ def run_command(args: argparse.Namespace) -> int:
     if not files:
         raise ScenarioError("give scenario files (e.g. scenarios/library/*.toml) or --library")
     run = run_library(files, args.out, parameters=_load_params(args.params), progress=not args.no_progress,
-                      population=args.population, output_step_day=args.step_day)
+                      population=args.population, output_step_day=args.step_day, ratio_target=args.ratio_target)
     print(run.markdown)
     failed = int(run.table["n_failed"].sum())
     if failed:
@@ -152,7 +155,8 @@ def question_command(args: argparse.Namespace) -> int:
         if q == "reference" and len(names) > 1:
             continue
         run = run_question(q, args.out, parameters=params, progress=not args.no_progress,
-                           population=args.population, output_step_day=args.step_day)
+                           population=args.population, output_step_day=args.step_day,
+                           ratio_target=args.ratio_target)
         print(run.answer)
         print(f"wrote {args.out / q}/")
     return 0

@@ -328,7 +328,7 @@ class LibraryRun:
 
 def run_library(paths: Sequence[str | Path | Scenario], out_dir: str | Path | None, parameters=None,
                 progress: bool = True, population: int | None = None, output_step_day: float | None = None,
-                parallel: bool = True, figures: bool = True) -> LibraryRun:
+                parallel: bool = True, figures: bool = True, ratio_target: float | None = None) -> LibraryRun:
     """Run several scenarios and compare them.
 
     Parameters
@@ -338,7 +338,8 @@ def run_library(paths: Sequence[str | Path | Scenario], out_dir: str | Path | No
     parameters : ParameterSet or parameter file, optional
         Used for every scenario (e.g. the fitted set from ``tregpd all``); default: each file's own choice.
     progress : tqdm bar over scenarios
-    population, output_step_day : optional overrides for every scenario (e.g. a quick smoke run)
+    population, output_step_day, ratio_target : optional overrides for every scenario (e.g. a quick smoke run,
+        or a healthy-range ratio target instead of the study's week-24 median 0.29)
 
     Returns
     -------
@@ -357,6 +358,8 @@ def run_library(paths: Sequence[str | Path | Scenario], out_dir: str | Path | No
         over["population"] = population
     if output_step_day is not None:
         over["output_step_day"] = output_step_day
+    if ratio_target is not None:
+        over["ratio_target"] = ratio_target
     if over:
         scenarios = [s.with_overrides(**over) for s in scenarios]
     if isinstance(parameters, (str, Path)):

@@ -362,3 +362,18 @@ def test_dosefind_cli(tmp_path, capsys):
     assert "Best feasible" in capsys.readouterr().out
     for name in ("dosefind_grid.csv", "dosefind.md", "dosefind.png", "provenance.json"):
         assert (tmp_path / name).is_file()
+
+
+def test_washout_returns_towards_baseline_and_rebound_week():
+    """Untreated is the baseline steady state, so 24 weeks after stopping the typical patient is back near it."""
+    from tregpd.scenarios.questions import rebound_week
+    sc = load_scenario(Path(LIBRARY[0]).parent / "stop24_washout48.toml").with_overrides(population=1)
+    out = run_scenario(sc, None, progress=False)
+    assert out.value("ratio", 24) < 0.29 < out.value("ratio", 0)
+    assert out.value("ratio", 48) == pytest.approx(out.value("ratio", 0), rel=0.05)
+    wk = rebound_week(out, 0.29)
+    ratio = out.result.get("ratio")[0]
+    weeks = out.result.time_day / 7
+    assert 24 < wk < 48
+    k = np.flatnonzero(np.isclose(weeks, wk))[0]
+    assert ratio[k] >= 0.29 and ratio[k - 1] < 0.29
