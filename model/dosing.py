@@ -49,12 +49,18 @@ ROUTES = {"il2": {"sc": CMT_IL2_DEPOT, "iv": CMT_IL2_CENTRAL}, "sirolimus": {"or
 AMOUNT_UNITS = {"il2": {"MIU": 1e6, "WIU": 1e4, "IU": 1.0}, "sirolimus": {"mg": 1.0, "ug": 1e-3}}
 MODEL_AMOUNT_UNIT = {"il2": "IU", "sirolimus": "mg"}
 DRUG_OF_CMT = {CMT_IL2_DEPOT: "il2", CMT_IL2_CENTRAL: "il2", CMT_RAPA_GUT: "sirolimus"}
+#: most doses one schedule may compile to (100 years of hourly doses); more is a typo that would exhaust memory
+MAX_DOSES_PER_SCHEDULE = 1_000_000
 
 
 def _number(value, fieldname: str, where: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
         raise RegimenError(f"{where}: field {fieldname!r} must be a number, got {value!r}")
-    value = float(value)
+    try:
+        value = float(value)
+    except OverflowError:  # an integer beyond the float range
+        raise RegimenError(f"{where}: field {fieldname!r} must be finite, got an integer of {len(str(value))} "
+                           "digits") from None
     if not math.isfinite(value):
         raise RegimenError(f"{where}: field {fieldname!r} must be finite, got {value!r}")
     return value
@@ -110,11 +116,11 @@ class DoseSchedule:
         if self.drug not in DRUGS:
             raise RegimenError(f"dose schedule: field 'drug' must be one of {DRUGS}, got {self.drug!r}")
         route = self.route if self.route is not None else next(iter(ROUTES[self.drug]))
-        if route not in ROUTES[self.drug]:
+        if not isinstance(route, str) or route not in ROUTES[self.drug]:
             raise RegimenError(
                 f"{where}: field 'route' must be one of {tuple(ROUTES[self.drug])}, got {route!r}")
         object.__setattr__(self, "route", route)
-        if self.unit not in AMOUNT_UNITS[self.drug]:
+        if not isinstance(self.unit, str) or self.unit not in AMOUNT_UNITS[self.drug]:
             raise RegimenError(
                 f"{where}: field 'unit' must be one of {tuple(AMOUNT_UNITS[self.drug])}, got {self.unit!r}")
         amount = _number(self.amount, "amount", where)
@@ -127,6 +133,10 @@ class DoseSchedule:
         object.__setattr__(self, "interval_day", interval)
         object.__setattr__(self, "doses_per_course", _count(self.doses_per_course, "doses_per_course", where))
         object.__setattr__(self, "n_courses", _count(self.n_courses, "n_courses", where))
+        if self.doses_per_course * self.n_courses > MAX_DOSES_PER_SCHEDULE:
+            raise RegimenError(
+                f"{where}: doses_per_course x n_courses = {self.doses_per_course * self.n_courses} exceeds "
+                f"{MAX_DOSES_PER_SCHEDULE} doses")
         start = _number(self.start_day, "start_day", where)
         if start < 0:
             raise RegimenError(f"{where}: field 'start_day' must be >= 0, got {start!r}")
@@ -269,6 +279,10 @@ class Regimen:
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.strip():
             raise RegimenError(f"regimen: field 'name' must be a non-empty string, got {self.name!r}")
+        for fld in ("description", "assumption"):
+            if not isinstance(getattr(self, fld), str):
+                raise RegimenError(f"regimen {self.name!r}: field {fld!r} must be a string, "
+                                   f"got {getattr(self, fld)!r}")
         scheds = tuple(self.schedules)
         for s in scheds:
             if not isinstance(s, DoseSchedule):

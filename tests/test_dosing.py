@@ -100,6 +100,22 @@ def test_schedule_validation_messages(kwargs, fragment):
     assert fragment in str(exc.value)
 
 
+@pytest.mark.parametrize("kwargs,fragment", [
+    # found by fuzzing Regimen.from_dict: these escaped as TypeError, OverflowError, ValueError or MemoryError
+    (dict(drug="il2", amount=1.0, unit="MIU", route=["sc"]), "'route' must be one of ('sc', 'iv'), got ['sc']"),
+    (dict(drug="il2", amount=1.0, unit=["MIU"]), "'unit' must be one of ('MIU', 'WIU', 'IU'), got ['MIU']"),
+    (dict(drug="il2", amount=10**400, unit="MIU"), "'amount' must be finite, got an integer of 401 digits"),
+    (dict(drug="il2", amount=1.0, unit="MIU", interval_day=10**400), "'interval_day' must be finite"),
+    (dict(drug="il2", amount=1.0, unit="MIU", doses_per_course=10**30), "exceeds 1000000 doses"),
+    (dict(drug="il2", amount=1.0, unit="MIU", doses_per_course=10**4, n_courses=1000, course_interval_day=1e5),
+     "doses_per_course x n_courses = 10000000 exceeds 1000000 doses"),
+])
+def test_schedule_validation_of_wrong_types_and_sizes(kwargs, fragment):
+    with pytest.raises(RegimenError) as exc:
+        DoseSchedule(**kwargs)
+    assert fragment in str(exc.value)
+
+
 def test_event_table_validation():
     with pytest.raises(RegimenError, match=r"row 2: TIME 1.0 is before the previous row's 3.0; events must be"):
         EventTable([0.0, 3.0, 1.0], [1, 1, 1], [1.0, 1.0, 1.0])
@@ -133,6 +149,8 @@ def test_regimen_from_dict_round_trip_and_errors():
         Regimen.from_dict([1, 2], where="r")
     with pytest.raises(RegimenError, match="'name' must be a non-empty string"):
         Regimen.from_dict({"name": "", "schedules": []})
+    with pytest.raises(RegimenError, match="regimen 'x': field 'description' must be a string, got 5"):
+        Regimen.from_dict({"name": "x", "description": 5, "schedules": []})
 
 
 # -------------------------------------------------------------------------------------- NONMEM files
