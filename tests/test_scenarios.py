@@ -377,3 +377,19 @@ def test_washout_returns_towards_baseline_and_rebound_week():
     assert 24 < wk < 48
     k = np.flatnonzero(np.isclose(weeks, wk))[0]
     assert ratio[k] >= 0.29 and ratio[k - 1] < 0.29
+
+
+def test_parameter_file_relative_to_scenario_and_patient_output(tmp_path):
+    base = default_parameters()
+    (tmp_path / "params").mkdir()
+    (tmp_path / "params" / "p.toml").write_text(base.with_values(treg_baseline=20.0).to_toml())
+    text = GOOD.replace("weeks = 4", 'weeks = 4\nparameters = "params/p.toml"\noutputs = ["csv", "patients"]')
+    sc = load_scenario(write(tmp_path, text))
+    out = run_scenario(sc, tmp_path / "out", progress=False)
+    assert out.parameters.value("treg_baseline") == 20.0
+    patients = pd.read_parquet(tmp_path / "out" / "t1" / "patients.parquet")
+    assert sorted(patients["patient"].unique()) == [0, 1, 2]
+    week0 = patients[(patients["variable"] == "treg") & (patients["time_day"] == 0)]["value"].to_numpy()
+    np.testing.assert_allclose(np.sort(week0), np.sort(out.result.get("treg")[:, 0]))
+    assert not (tmp_path / "out" / "t1" / "trajectories.parquet").exists()     # not asked for
+    assert not (tmp_path / "out" / "t1" / "trajectories.png").exists()
