@@ -106,6 +106,9 @@ class Parameter:
             v = getattr(self, fld)
             if isinstance(v, bool) or not isinstance(v, (int, float)):
                 raise ParameterError(f"{where}: field {fld!r} must be a number, got {v!r}")
+            if isinstance(v, int) and abs(v) > 1e300:  # math.isfinite would overflow converting it
+                raise ParameterError(f"{where}: field {fld!r} must be finite, got an integer of "
+                                     f"{len(str(abs(v)))} digits")
             if not math.isfinite(v):
                 raise ParameterError(f"{where}: field {fld!r} must be finite, got {v!r}")
             object.__setattr__(self, fld, float(v))
@@ -123,10 +126,12 @@ class Parameter:
             raise ParameterError(f"{where}: lower bound {self.lower} is negative; all parameters are >= 0")
         if not isinstance(self.fitted, bool):
             raise ParameterError(f"{where}: field 'fitted' must be true or false, got {self.fitted!r}")
-        if self.status not in _STATUSES:
+        if not isinstance(self.status, str) or self.status not in _STATUSES:
             raise ParameterError(f"{where}: status {self.status!r} is not one of {sorted(_STATUSES)}")
         if not isinstance(self.source, str) or not self.source.strip():
             raise ParameterError(f"{where}: field 'source' must name where the value comes from")
+        if not isinstance(self.note, str):
+            raise ParameterError(f"{where}: field 'note' must be a string, got {self.note!r}")
 
 
 @dataclass(frozen=True)

@@ -136,6 +136,10 @@ def _edit(text, name, field, new):
     (lambda t: t.replace("[rapa_vp]", "[rapa_vp_removed]"), "unknown parameter 'rapa_vp_removed'"),
     (lambda t: t.replace("\n[il2_cl]\n", "\n[il2_cl]\nbogus = 1\n"), "parameter 'il2_cl' has unknown fields ['bogus']"),
     (lambda t: "stray = 3\n" + t, "[stray] must be a table"),
+    # found by fuzzing: these escaped as TypeError / OverflowError, or broke to_toml later
+    (lambda t: _edit(t, "il2_cl", "status", '["VERIFIED"]'), "status ['VERIFIED'] is not one of"),
+    (lambda t: _edit(t, "il2_cl", "value", "1" + "0" * 400), "field 'value' must be finite, got an integer of 401"),
+    (lambda t: t.replace("\n[il2_cl]\n", "\n[il2_cl]\nnote = 5\n"), "field 'note' must be a string, got 5"),
 ])
 def test_parameter_file_errors_name_file_parameter_and_value(edit, fragment):
     with pytest.raises(ParameterError) as exc:
