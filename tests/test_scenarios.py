@@ -18,7 +18,7 @@ from tregpd.cli import main as cli_main
 from tregpd.model import (DoseSchedule, Regimen, ScenarioError, SimulationResult, default_parameters,
                           reference_regimen)
 from tregpd.model import kernels as K
-from tregpd.scenarios import (QUESTIONS, library_paths, load_scenario, parse_scenario, run_library, run_scenario,
+from tregpd.scenarios import (QUESTIONS, library_paths, load_scenario, run_library, run_scenario,
                               time_below)
 from tregpd.scenarios import metrics as M
 from tregpd.scenarios.dosefind import candidate_regimens, dose_find
@@ -217,7 +217,6 @@ def test_summary_against_explicit_loops():
         if week:
             change = sorted(100 * (treg[i, k] - treg[i, 0]) / treg[i, 0] for i in range(n))
             assert L("treg_change_pct", week, "median") == pytest.approx(change[n // 2])
-            below = sorted(ratio)
             assert L("fraction_ratio_below_target", week, "fraction") == pytest.approx(
                 sum(r < 0.3 for r in ratio) / n)
     # the median of changes differs from the change of medians here (a reason to report the former)
