@@ -85,6 +85,24 @@ def answer_text(question: str, run: LibraryRun) -> str:
     return "\n".join(lines)
 
 
+def answers_markdown(outcomes) -> str:
+    """Answers to every study question present among ``outcomes`` (each: the reference plus the scenarios
+    tagged with it), from runs already made; used by :func:`tregpd.scenarios.runner.run_library`."""
+    from .runner import comparison_markdown, comparison_table
+    parts = []
+    for q in QUESTIONS:
+        if q == "reference":
+            continue
+        group = [o for o in outcomes if o.scenario.question in ("reference", q)]
+        if not any(o.scenario.question == q for o in group):
+            continue
+        table = comparison_table(group)
+        rank = {n: i for i, n in enumerate(table["scenario"])}
+        group.sort(key=lambda o: rank[o.scenario.name])
+        parts.append(answer_text(q, LibraryRun(group, table, comparison_markdown(table), [], 0.0)))
+    return "\n\n".join(parts)
+
+
 def run_question(question: str, out_dir: str | Path | None, parameters=None, paths=None, progress: bool = True,
                  population: int | None = None, output_step_day: float | None = None,
                  ratio_target: float | None = None) -> LibraryRun:

@@ -14,6 +14,7 @@ Per scenario, into ``out_dir/<name>/``:
 * ``provenance.json``.
 
 Across scenarios (:func:`run_library`): ``comparison.csv`` and ``comparison.md`` (one row per scenario),
+``answers.md`` (one short answer per study question present, see :mod:`tregpd.scenarios.questions`),
 ``summary_all.csv``, ``comparison.png`` (trajectories for up to 8 scenarios, else week-24 bar charts),
 ``comparison_<question>.png`` (trajectories of the reference and each study question's scenarios, for larger
 runs) and ``dose_response.png``.
@@ -386,6 +387,9 @@ def run_library(paths: Sequence[str | Path | Scenario], out_dir: str | Path | No
                           scenarios=[str(s.path or s.name) for s in scenarios])
         files.append(atomic_write_frame(out / "comparison.csv", table, prov))
         files.append(atomic_write_text(out / "comparison.md", md))
+        if len({o.scenario.question for o in outcomes} - {"", "reference"}) > 1:
+            from .questions import answers_markdown
+            files.append(atomic_write_text(out / "answers.md", answers_markdown(outcomes) + "\n"))
         files.append(atomic_write_frame(out / "summary_all.csv",
                                         pd.concat([o.summary for o in outcomes], ignore_index=True), prov))
         if figures:

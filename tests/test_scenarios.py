@@ -392,3 +392,13 @@ def test_parameter_file_relative_to_scenario_and_patient_output(tmp_path):
     np.testing.assert_allclose(np.sort(week0), np.sort(out.result.get("treg")[:, 0]))
     assert not (tmp_path / "out" / "t1" / "trajectories.parquet").exists()     # not asked for
     assert not (tmp_path / "out" / "t1" / "trajectories.png").exists()
+
+
+def test_library_run_writes_answers_per_question(tmp_path):
+    lib = Path(LIBRARY[0]).parent
+    files = [lib / f"{n}.toml" for n in ("shanxi_reference", "il2_alone", "il2_dose_3p0miu", "untreated")]
+    run = run_library(files, tmp_path, population=4, output_step_day=7.0, progress=False, figures=False)
+    text = (tmp_path / "answers.md").read_text()
+    assert "## combination:" in text and "## il2_dose:" in text and "## washout" not in text
+    # comparison rows in study-question order: reference first
+    assert list(run.table["scenario"]) == ["shanxi_reference", "il2_alone", "untreated", "il2_dose_3p0miu"]
