@@ -1,0 +1,218 @@
+"""Bounded fuzzing of every user-input parser: whatever the input, the parser either succeeds or raises a
+TregpdError subclass (whose message the CLI prints as one line) — never another exception type.
+
+Parsers: ``parse_parameters`` (random TOML-ish text, and mutations of the bundled valid file),
+``read_nonmem`` (random CSV text built from NONMEM-ish headers and awkward tokens), ``Regimen.from_dict``
+(random nested dicts with the right and wrong keys and values of every TOML type), and, when present, the
+cohort loader (fitting/) and the scenario-file parser (scenarios/).
+
+The number of examples per test comes from the "tregpd" profile (conftest.py); ``FUZZ_EXAMPLES`` raises it
+(e.g. ``FUZZ_EXAMPLES=5000 pytest tests/test_fuzz.py`` for a bug hunt).
+"""
+from __future__ import annotations
+
+import io
+import math
+import os
+from importlib import resources
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tregpd.model import Regimen, TregpdError, parse_parameters, read_nonmem
+
+EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "0")) or None
+fuzz_settings = settings(max_examples=EXAMPLES, suppress_health_check=list(HealthCheck)) if EXAMPLES \
+    else settings(suppress_health_check=list(HealthCheck))
+
+RAW_PARAMS = resources.files("tregpd.model").joinpath("data", "parameters.toml").read_text()
+
+#: tokens that tend to break parsers: special floats, huge and tiny numbers, wrong types, TOML syntax
+TOKENS = ["0", "-0", "1", "-1", "0.5", "1e308", "1e400", "-1e400", "1e-320", "nan", "inf", "-inf", "+inf",
+          "10" * 30, "-" + "9" * 40, "0x1F", "0o17", "0b101", "1_000", "true", "false", '"text"', "''", '""',
+          "[]", "[1, 2]", "{}", "{a = 1}", "1979-05-27", "07:32:00", "1979-05-27T07:32:00Z", '"µL"', "'\\'",
+          '"""', "=", "[", "]", "[[x]]", "#", "\n", "\x00", "\ufeff", " ", ",", ".", "abc", "ID", "NaN", "1.5",
+          "3", "2", "4", "1e6", "1e20", "99999999999999999999", "-5", "1" + "0" * 400, '["VERIFIED"]',
+          '["L/h"]', '"L/h"', '"1/h"', '"VERIFIED"', "{value = 1}", "[[1], [2]]", "1.0e-400"]
+
+
+def _only_tregpd_errors(fn, *args):
+    try:
+        fn(*args)
+    except TregpdError as exc:
+        msg = str(exc)
+        assert msg and "\n" not in msg.split(": not valid TOML")[0], msg
+    # anything else propagates and fails the test
+
+
+# ------------------------------------------------------------------------------------- parameter files
+@fuzz_settings
+@given(text=st.text(max_size=400))
+def test_parse_parameters_random_text(text):
+    _only_tregpd_errors(parse_parameters, text, "fuzz.toml")
+
+
+@st.composite
+def mutated_parameter_file(draw):
+    lines = RAW_PARAMS.splitlines()
+    for _ in range(draw(st.integers(1, 4))):
+        kind = draw(st.sampled_from(["value", "delete", "insert", "duplicate", "swap", "table"]))
+        i = draw(st.integers(0, len(lines) - 1))
+        if kind == "value" and " = " in lines[i]:
+            key = lines[i].split(" = ", 1)[0]
+            lines[i] = f"{key} = {draw(st.sampled_from(TOKENS))}"
+        elif kind == "delete":
+            del lines[i]
+        elif kind == "insert":
+            lines.insert(i, draw(st.one_of(st.sampled_from(TOKENS), st.text(max_size=30))))
+        elif kind == "duplicate":
+            lines.insert(i, lines[i])
+        elif kind == "swap":
+            j = draw(st.integers(0, len(lines) - 1))
+            lines[i], lines[j] = lines[j], lines[i]
+        else:
+            lines.insert(i, f"[{draw(st.sampled_from(['meta', 'il2_cl', 'x', 'value', '']))}]")
+    return "\n".join(lines)
+
+
+@fuzz_settings
+@given(text=mutated_parameter_file())
+def test_parse_parameters_mutated_valid_file(text):
+    _only_tregpd_errors(parse_parameters, text, "mutated.toml")
+
+
+nasty = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(-10**500, 10**500), st.integers(-5, 5),
+              st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=10),
+              st.sampled_from(["1/h", "L/h", "pM", "1", "VERIFIED", "ASSUMPTION", "il2", "sirolimus", "MIU", "mg",
+                               "sc", "oral", "iv", "", " "])),
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=4), inner, max_size=3)),
+    max_leaves=5)
+
+VALID_ENTRY = {"value": 10.0, "unit": "L/h", "lower": 5.0, "upper": 30.0, "fitted": False, "status": "VERIFIED",
+               "source": "a source", "note": ""}
+
+
+@fuzz_settings
+@given(corrupt=st.dictionaries(st.sampled_from(sorted(VALID_ENTRY)), nasty, min_size=1, max_size=3),
+       drop=st.sets(st.just("note"), max_size=1))
+def test_parameter_entry_values_of_every_type(corrupt, drop):
+    """A valid parameter entry with 1-3 fields replaced by values of any type and size (what TOML can
+    express: integers of any length, special floats, strings, arrays, tables); missing fields are checked by
+    the file parser (next test)."""
+    from tregpd.model.parameters import Parameter
+    entry = {k: v for k, v in (VALID_ENTRY | corrupt).items() if k not in drop}
+    _only_tregpd_errors(lambda: Parameter(name="il2_cl", **entry))
+
+
+@fuzz_settings
+@given(corrupt=st.dictionaries(st.sampled_from(sorted(VALID_ENTRY) + ["extra"]), nasty, min_size=1, max_size=3))
+def test_parameter_file_with_corrupted_entry(corrupt):
+    """The same corruption through the file parser (TOML text written with tomli-compatible syntax)."""
+    from tregpd.model import default_parameters
+    text = default_parameters().to_toml()
+    fields = []
+    for k, v in corrupt.items():
+        fields.append(f"{k} = {_toml_literal(v)}")
+    text = text.replace("[il2_cl]\n", "[il2_cl]\n" + "\n".join(fields) + "\n", 1)
+    _only_tregpd_errors(parse_parameters, text, "corrupt.toml")
+
+
+def _toml_literal(v):
+    if v is None:
+        return '""'
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, float):
+        return "nan" if math.isnan(v) else ("inf" if v == math.inf else "-inf" if v == -math.inf else repr(v))
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, str):
+        return '"' + v.encode("unicode_escape").decode("ascii").replace('"', '\\"') + '"'
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_literal(x) for x in v) + "]"
+    return "{" + ", ".join(f'"{k.encode("unicode_escape").decode("ascii")}" = {_toml_literal(x)}'
+                           for k, x in v.items()) + "}"
+
+
+# ---------------------------------------------------------------------------------------- event files
+NONMEM_HEADERS = ["ID", "TIME", "AMT", "CMT", "EVID", "II", "ADDL", "RATE", "DV", "MDV", "id", " time ", "FOO", ""]
+CSV_TOKENS = ["0", "1", "2", "3", "4", "1.5", "-1", "1e6", "0.5", "nan", "NaN", "inf", "-inf", "1e308", "1e400",
+              "", ".", "abc", '"1"', "1e20", "99999999999999999999", "0x10", " 7 ", "1,2", '"', "#"]
+
+
+@st.composite
+def nonmem_text(draw):
+    header = draw(st.lists(st.sampled_from(NONMEM_HEADERS), min_size=0, max_size=8))
+    if draw(st.booleans()):  # mostly valid columns, so the row checks are reached
+        header = ["ID", "TIME", "AMT", "CMT", "EVID"] + draw(st.lists(st.sampled_from(["II", "ADDL", "RATE", "DV"]),
+                                                                        max_size=3, unique=True))
+    n_rows = draw(st.integers(0, 6))
+    rows = [",".join(draw(st.lists(st.sampled_from(CSV_TOKENS), min_size=max(len(header) - 1, 0),
+                                   max_size=len(header) + 1))) for _ in range(n_rows)]
+    lead = draw(st.sampled_from(["", "# comment\n", "\ufeff", "\n"]))
+    return lead + ",".join(header) + "\n" + "\n".join(rows) + draw(st.sampled_from(["", "\n"]))
+
+
+@fuzz_settings
+@given(text=nonmem_text())
+def test_read_nonmem_structured_random_csv(text):
+    _only_tregpd_errors(read_nonmem, io.StringIO(text))
+
+
+@fuzz_settings
+@given(text=st.text(max_size=300))
+def test_read_nonmem_random_text(text):
+    _only_tregpd_errors(read_nonmem, io.StringIO(text))
+
+
+@fuzz_settings
+@given(data=st.binary(max_size=200))
+def test_read_nonmem_random_bytes_file(tmp_path_factory, data):
+    path = tmp_path_factory.mktemp("fuzz") / "events.csv"
+    path.write_bytes(data)
+    _only_tregpd_errors(read_nonmem, path)
+
+
+# ------------------------------------------------------------------------------------------ regimens
+VALID_SCHEDULES = [
+    {"drug": "il2", "amount": 0.5, "unit": "MIU", "interval_day": 1, "doses_per_course": 5, "n_courses": 6,
+     "course_interval_day": 28, "start_day": 0, "stop_day": 168, "route": "sc"},
+    {"drug": "sirolimus", "amount": 0.5, "unit": "mg", "interval_day": 2, "doses_per_course": 84},
+    {"drug": "il2", "amount": 1, "unit": "WIU"},
+]
+big_or_odd_numbers = st.one_of(st.integers(-10, 10**13), st.integers(-10**500, 10**500),
+                               st.floats(-1e3, 1e12), st.floats(allow_nan=True, allow_infinity=True))
+
+
+@st.composite
+def schedule_dict(draw):
+    d = dict(draw(st.sampled_from(VALID_SCHEDULES)))
+    for _ in range(draw(st.integers(0, 3))):
+        key = draw(st.sampled_from(sorted(d) + ["every", "course_interval_day", "stop_day", "route"]))
+        if draw(st.booleans()) and key in d:
+            del d[key]
+        else:
+            d[key] = draw(st.one_of(nasty, big_or_odd_numbers))
+    return d
+
+
+regimen_dicts = st.one_of(
+    nasty,
+    st.fixed_dictionaries({"name": st.one_of(st.text(max_size=5), nasty),
+                           "schedules": st.one_of(st.lists(schedule_dict(), max_size=3), nasty)},
+                          optional={"description": nasty, "assumption": nasty, "doses": nasty,
+                                    "bogus": nasty}),
+)
+
+
+@fuzz_settings
+@given(d=regimen_dicts)
+def test_regimen_from_dict_random_dicts(d):
+    def build():
+        reg = Regimen.from_dict(d, where="fuzz [regimen]")
+        ev = reg.events()  # compiling must not blow up either
+        assert len(ev) >= 0
+        reg.to_dict()
+    _only_tregpd_errors(build)
