@@ -349,7 +349,7 @@ def record(row, t, y, p, pkc, mode, auc2, auc3):
 
 
 # ============================================================================================ solvers
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def err_norm(err, y, ynew, rtol, atol):
     """RMS of err / (atol + rtol * max(|y|, |ynew|)) (Hairer; scipy common.norm)."""
     s = 0.0
@@ -684,7 +684,7 @@ def cf_coefficients(p):
     return q
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def cf_rates(c_il2, c_rapa, q, rates, s):
     """Drug-dependent rates at one time, written to ``rates[s]``: (naive->Treg induction, naive->Th17
     differentiation, Treg proliferation, Th17 proliferation before suppression), all 1/day. They depend on
@@ -706,7 +706,7 @@ def cf_rates(c_il2, c_rapa, q, rates, s):
     rates[s, 0] = q[Q_N_TO_R] + q[Q_N_TO_R_RAPA] * i_m
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def cf_cells(naive, treg, th17, rates, s, q, dy):
     """The cell equations of :func:`cell_derivs` given the rates in ``rates[s]`` (:func:`cf_rates`);
     writes ``dy[0:3]``."""
@@ -717,14 +717,14 @@ def cf_cells(naive, treg, th17, rates, s, q, dy):
     dy[2] = dif * naive + rates[s, 3] * th17 / (1.0 + treg * q[Q_INV_SUPP]) - q[Q_DEATH_T] * th17
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def cf_cell_derivs(naive, treg, th17, c_il2, c_rapa, q, dy, rates):
     """Cell derivatives at given concentrations (uses ``rates[5]`` as scratch)."""
     cf_rates(c_il2, c_rapa, q, rates, 5)
     cf_cells(naive, treg, th17, rates, 5, q, dy)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def cf_segment_setup(pkc, q, lam, coef):
     """Copy a segment's PK modes from ``pkc`` to ``lam``/``coef`` (N_MODES,); returns whether the IL-2 block
     can change the right-hand side at all in this segment (see the fast-path notes above)."""
@@ -739,7 +739,7 @@ def cf_segment_setup(pkc, q, lam, coef):
     return bound * q[Q_IL2_SENS] >= IL2_EXACT_ZERO
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def cf_conc_now(tau, lam, coef, il2_on, enow):
     """Concentrations at ``tau`` days into the segment; stores exp(l_j tau) in ``enow``."""
     c2 = 0.0
@@ -758,7 +758,7 @@ def cf_conc_now(tau, lam, coef, il2_on, enow):
     return c2, c3
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def cf_stage_conc(h, lam, coef, il2_on, enow, conc):
     """Concentrations at the five distinct DP5 stage times t + DP_C[s] h (s = 1..5) from exp(l_j t) in
     ``enow``: conc[0, s-1] = C_IL2, conc[1, s-1] = C_RAPA; conc[2, j] = exp(l_j h) for the active modes."""
@@ -788,7 +788,7 @@ def cf_stage_conc(h, lam, coef, il2_on, enow, conc):
         conc[g, 4] += a * w90
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def cf_initial_step(y, f0, q, conc_h0_fn_lam, coef, il2_on, tau0, rtol, atol, h_max, work, rates):
     """Starting step of a segment: the rule of :func:`initial_step` (order 4) with the fast RHS, times
     :data:`CF_INITIAL_STEP_FACTOR`."""
@@ -829,7 +829,7 @@ def cf_initial_step(y, f0, q, conc_h0_fn_lam, coef, il2_on, tau0, rtol, atol, h_
     return min(CF_INITIAL_STEP_FACTOR * min(100 * h0, h1), h_max)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def dopri5_cf_segment(t0, t1, y, p, q, pkc, rtol, atol, t_out, k_out, out, auc2, auc3, max_steps, work,
                       lam, coef, enow, conc, rates):
     """Dormand-Prince 5(4) over one dose segment [t0, t1] with closed-form PK (fast path).
@@ -934,7 +934,7 @@ def dopri5_cf_segment(t0, t1, y, p, q, pkc, rtol, atol, t_out, k_out, out, auc2,
     return STATUS_OK, t, k_out, steps
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def pk_advance_inplace(a, lam, m, tau, tmp):
     """In-place twin of :func:`pk_advance` (``tmp`` scratch of the same length as ``a``)."""
     n = a.size
@@ -951,7 +951,7 @@ def pk_advance_inplace(a, lam, m, tau, tmp):
         a[r] = tmp[r]
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def simulate_patient_cf_dp5(theta, dose_t, dose_cmt, dose_amt, t_out, rtol, atol, max_steps, out):
     """:func:`simulate_patient` for MODE_CLOSED_FORM with METHOD_DOPRI5 (the default), via the fast path.
     Same arguments (minus method/mode) and return values."""
