@@ -90,8 +90,8 @@ def test_reference_file_matches_model_reference_regimen():
 
 @pytest.mark.parametrize("path", LIBRARY, ids=[p.stem for p in LIBRARY])
 def test_library_smoke_run(path):
-    """Every library file runs (5 patients, weekly grid) with finite summaries at its report weeks."""
-    sc = load_scenario(path).with_overrides(population=5, output_step_day=7.0)
+    """Every library file runs (3 patients, weekly grid) with finite summaries at its report weeks."""
+    sc = load_scenario(path).with_overrides(population=3, output_step_day=7.0)
     out = run_scenario(sc, None, progress=False)
     assert out.result.n_failed == 0
     s = out.summary
