@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from tregpd.cli import main as cli_main
 from tregpd.model import (DoseSchedule, Regimen, ScenarioError, SimulationResult, default_parameters,
@@ -402,3 +403,15 @@ def test_library_run_writes_answers_per_question(tmp_path):
     assert "## combination:" in text and "## il2_dose:" in text and "## washout" not in text
     # comparison rows in study-question order: reference first
     assert list(run.table["scenario"]) == ["shanxi_reference", "il2_alone", "untreated", "il2_dose_3p0miu"]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.floats(0.0, 2.0), min_size=2, max_size=12), st.floats(0.05, 1.95))
+def test_time_below_plus_time_above_is_the_whole_period(values, target):
+    """Below-target time of v plus below-(-target) time of -v (i.e. time above) covers the whole period."""
+    v = np.asarray(values)
+    t = np.cumsum(np.r_[0.0, np.full(v.size - 1, 1.5)])
+    below = time_below(t, v[None, :], target)[0]
+    above = time_below(t, -v[None, :], -target)[0]
+    assert 0.0 <= below <= t[-1] + 1e-12
+    assert below + above == pytest.approx(t[-1], abs=1e-9) or np.any(np.isclose(v, target))
