@@ -30,9 +30,14 @@ test: $(STAMP)
 test-nojit: $(STAMP)
 	NUMBA_DISABLE_JIT=1 $(BIN)/python -m pytest -q -m "not slow"
 
+# make bench [BENCH_ARGS=--quick]: peers side by side (benchmarks/README.md). numbalsoda builds from source and
+# needs gfortran: installed here with apt-get when missing and possible; without it numbalsoda is skipped.
 bench: $(STAMP)
-	$(BIN)/python -m pip install --quiet -e ".[bench]"
-	$(BIN)/python benchmarks/run.py
+	@command -v gfortran >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
+		&& apt-get update -qq && apt-get install -y -qq gfortran >/dev/null; } \
+		|| echo "bench: gfortran unavailable; numbalsoda will be skipped"
+	$(BIN)/python -m pip install --quiet -e ".[bench]" || $(BIN)/python -m pip install --quiet -e ".[test]"
+	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) $(OUT)

@@ -1,0 +1,712 @@
+#!/usr/bin/env python
+"""tregpd against the tools a pharmacometrician would otherwise use, measured in one run.
+
+    python benchmarks/run.py            # full run (~10-15 min on 2 cores); what benchmarks/README.md records
+    python benchmarks/run.py --quick    # smaller populations, fewer repeats, no Radau reference (~2-3 min)
+
+(``make bench`` installs the ``bench`` extra -- libroadrunner, python-libsbml, numbalsoda -- and runs the full
+benchmark.) Every peer integrates the same model -- the 8-state ODE with the PK as states
+(benchmarks/peers.py; libroadrunner gets the SBML written by :func:`tregpd.model.sbml.to_sbml`) -- on the same
+reference regimen (24 weeks), from the same parameter vector, segment by segment between doses where the tool
+has no events. A peer that is not importable is skipped with the reason printed.
+
+Measured, for each tool: max normalised error of Treg and Th17 at weeks 6, 12 and 24 against a tight
+reference (solve_ivp Radau rtol 1e-12; DOP853 rtol 1e-12 as cross-check and as the reference in --quick),
+wall time per patient (median of repeats after a warm-up), ratio to scipy LSODA measured in this run,
+first-call time with a cold numba cache (compile) and with a warm one, peak resident memory; then tregpd's
+population throughput at 1, 1,000, 100,000 and 1,000,000 patients (the million streamed in chunks, each
+reduced to summaries), and the cost against simulated duration. Results go to benchmarks/results/ (CSV +
+run.json with versions and machine) and benchmarks/scaling.png.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.metadata as md
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import peers  # noqa: E402
+from tregpd.model import (default_parameters, reference_regimen, sample_population, simulate,  # noqa: E402
+                          simulate_population)
+from tregpd.model import kernels as K  # noqa: E402
+from tregpd.model.io import atomic_save_figure, atomic_write_frame, atomic_write_json  # noqa: E402
+
+T_OUT = np.array([0.0, 42.0, 84.0, 168.0])      # baseline + weeks 6, 12, 24
+RTOL, ATOL = 1e-6, 1e-8                          # one setting for every tool (tregpd's default)
+TARGET_RATIO = 1000.0
+TARGET_PPS = 10_000.0
+
+
+# ------------------------------------------------------------------------------------------ helpers
+def _status_kb(field):
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def reset_peak():
+    """Reset the kernel's peak-RSS counter (VmHWM) of this process (Linux; a no-op elsewhere)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def rss_mb():
+    kb = _status_kb("VmRSS")
+    return kb / 1024 if kb else float("nan")
+
+
+def peak_mb():
+    kb = _status_kb("VmHWM")
+    if kb is None:
+        import resource
+        kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return kb / 1024
+
+
+class Measure:
+    """Context: wall time, peak RSS and its increase over the RSS at entry."""
+
+    def __enter__(self):
+        import gc
+        gc.collect()
+        reset_peak()
+        self.rss0 = rss_mb()
+        self.cpu0 = time.process_time()
+        self.t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        self.seconds = time.perf_counter() - self.t0
+        self.cpu_seconds = time.process_time() - self.cpu0
+        self.peak = peak_mb()
+        self.delta = self.peak - self.rss0
+        return False
+
+
+def median_time(fn, repeats, warmup=1):
+    for _ in range(warmup):
+        fn()
+    ts = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    return float(np.median(ts)), ts
+
+
+def max_err(values, ref):
+    """Max |x/ref - 1| over Treg and Th17 at weeks 6, 12, 24; values/ref shape (4, 2)."""
+    return float(np.max(np.abs(np.asarray(values)[1:] / ref[1:] - 1.0)))
+
+
+def version(dist):
+    try:
+        return md.version(dist)
+    except md.PackageNotFoundError:
+        return None
+
+
+def machine_info():
+    cpu = platform.processor()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = None
+    try:
+        for line in open("/proc/meminfo"):
+            if line.startswith("MemTotal"):
+                mem = round(int(line.split()[1]) / 1024 / 1024, 1)
+    except OSError:
+        pass
+    import numba
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True,
+                                text=True, timeout=10).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    return {
+        "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
+        "cpu": cpu, "logical_cpus": os.cpu_count(),
+        "cpus_available": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "numba_threads": numba.get_num_threads(), "memory_gib": mem,
+        "load_average_at_start": os.getloadavg() if hasattr(os, "getloadavg") else None,
+        "python": platform.python_version(), "platform": platform.platform(), "git_commit": commit,
+        "versions": {d: version(d) for d in ("tregpd", "numpy", "scipy", "numba", "llvmlite", "libroadrunner",
+                                             "python-libsbml", "numbalsoda", "pandas", "matplotlib")},
+    }
+
+
+def cold_compile_seconds(snippet, timeout=900):
+    """Run ``snippet`` (which prints the seconds of its timed part) in a fresh interpreter with an empty
+    numba cache: the first-call cost including JIT compilation. Returns (cold, warm) seconds; warm is a
+    second fresh interpreter reusing that cache."""
+    with tempfile.TemporaryDirectory(prefix="tregpd-bench-cache-") as cache:
+        env = dict(os.environ, NUMBA_CACHE_DIR=cache, PYTHONPATH=str(HERE) + os.pathsep
+                   + os.environ.get("PYTHONPATH", ""))
+        out = []
+        for _ in range(2):
+            r = subprocess.run([sys.executable, "-c", snippet], env=env, capture_output=True, text=True,
+                               timeout=timeout)
+            if r.returncode != 0:
+                raise RuntimeError(r.stderr.strip().splitlines()[-1] if r.stderr.strip() else "failed")
+            out.append(float(r.stdout.strip().splitlines()[-1]))
+        return out[0], out[1]
+
+
+_SETUP = """
+import time, numpy as np
+from tregpd.model import default_parameters, reference_regimen
+p0 = default_parameters(); ev = reference_regimen(24).events(); th = p0.to_theta()
+t_out = np.array([0.0, 42.0, 84.0, 168.0])
+"""
+COMPILE_SNIPPETS = {
+    "tregpd": _SETUP + """
+from tregpd.model import kernels as K
+out = np.zeros((4, K.N_OUT)); t0 = time.perf_counter()
+K.simulate_patient(th, ev.time_day, ev.cmt, ev.amount, t_out, 1e-6, 1e-8, 0, 0, 10**6, out)
+print(time.perf_counter() - t0)""",
+    "numba_rhs": _SETUP + """
+t0 = time.perf_counter()
+import peers
+p = peers.derived_parameters(th); peers.rhs_numba(0.0, peers.initial_state(p), p)
+print(time.perf_counter() - t0)""",
+    "numbalsoda": _SETUP + """
+t0 = time.perf_counter()
+import peers, numbalsoda
+p = peers.derived_parameters(th); peers.numbalsoda_patient(p, ev, t_out)
+print(time.perf_counter() - t0)""",
+}
+
+
+def fmt_table(rows, cols, formats):
+    head = [c for c in cols]
+    body = []
+    for r in rows:
+        body.append([("" if r.get(c) is None else (formats.get(c, "{}").format(r[c])
+                                                   if not isinstance(r.get(c), str) else r[c]))
+                     for c in cols])
+    widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(head)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths)),
+             "  ".join("-" * w for w in widths)]
+    for b in body:
+        lines.append("  ".join(v.rjust(w) if i else v.ljust(w) for i, (v, w) in enumerate(zip(b, widths))))
+    return "\n".join(lines)
+
+
+def log(msg):
+    print(msg, flush=True)
+
+
+# -------------------------------------------------------------------------------------- main parts
+def reference_solution(p, events, quick):
+    log("reference: solve_ivp DOP853 rtol 1e-12 (numba RHS) ...")
+    dop, _ = peers.solve_ivp_patient(p, events, T_OUT, "DOP853", 1e-12, 1e-14, fun=peers.rhs_numba)
+    info = {"reference": "solve_ivp DOP853 rtol 1e-12 atol 1e-14"}
+    ref = dop
+    if not quick:
+        log("reference: solve_ivp Radau rtol 1e-12 (numba RHS; ~2 min) ...")
+        t0 = time.perf_counter()
+        rad, _ = peers.solve_ivp_patient(p, events, T_OUT, "Radau", 1e-12, 1e-14, fun=peers.rhs_numba)
+        info = {"reference": "solve_ivp Radau rtol 1e-12 atol 1e-14",
+                "cross_check": "solve_ivp DOP853 rtol 1e-12 atol 1e-14",
+                "max_rel_difference_between_them": max_err(dop[:, 6:8], rad[:, 6:8]),
+                "radau_seconds": time.perf_counter() - t0}
+        ref = rad
+    return ref[:, [peers.TREG, peers.TH17]], info
+
+
+def single_patient_tools(p0, p, reg, events, theta, quick):
+    """name -> (tool, method, rtol, callable returning (4, 2) Treg/Th17 at T_OUT, repeats, compile key)."""
+    out = np.zeros((T_OUT.size, K.N_OUT))
+    sel = [K.OUT_TREG, K.OUT_TH17]
+    ev = events
+
+    def kernel(method, mode, rtol):
+        def run():
+            s, _, _ = K.simulate_patient(theta, ev.time_day, ev.cmt, ev.amount, T_OUT, rtol, ATOL, method, mode,
+                                         10**7, out)
+            if s != 0:
+                raise RuntimeError(f"tregpd status {s}")
+            return out[:, sel].copy()
+        return run
+
+    def api(rtol):
+        def run():
+            res = simulate(p0, reg, t_out=T_OUT, rtol=rtol, atol=ATOL)
+            return np.stack([res.get("treg")[0], res.get("th17")[0]], axis=1)
+        return run
+
+    def scipy(method, fun, rtol=RTOL):
+        def run():
+            y, _ = peers.solve_ivp_patient(p, ev, T_OUT, method, rtol, ATOL, fun=fun)
+            return y[:, [peers.TREG, peers.TH17]]
+        return run
+
+    r_slow = 1 if quick else 3
+    tools = [
+        ("tregpd simulate_patient (kernel)", "DP5, closed-form PK", RTOL, kernel(0, 0, RTOL), 200, "tregpd"),
+        ("tregpd simulate() (Python API)", "DP5, closed-form PK", RTOL, api(RTOL), 50, "tregpd"),
+        ("tregpd simulate_patient (kernel)", "Rosenbrock 2(3), closed-form PK", RTOL, kernel(1, 0, RTOL), 20,
+         "tregpd"),
+        ("tregpd simulate_patient (kernel)", "DP5, PK as ODE states", RTOL, kernel(0, 1, RTOL), 20, "tregpd"),
+        ("scipy solve_ivp, Python RHS", "LSODA", RTOL, scipy("LSODA", peers.rhs_python), r_slow, None),
+        ("scipy solve_ivp, Python RHS", "RK45", RTOL, scipy("RK45", peers.rhs_python), r_slow, None),
+        ("scipy solve_ivp, Python RHS", "Radau", RTOL, scipy("Radau", peers.rhs_python), r_slow, None),
+        ("scipy solve_ivp, Python RHS", "BDF", RTOL, scipy("BDF", peers.rhs_python), r_slow, None),
+        ("scipy solve_ivp, numba RHS", "LSODA", RTOL, scipy("LSODA", peers.rhs_numba), r_slow, "numba_rhs"),
+    ]
+    skipped = []
+    try:
+        import numbalsoda  # noqa: F401
+
+        def nbl(rtol=RTOL):
+            def run():
+                return peers.numbalsoda_patient(p, ev, T_OUT, rtol, ATOL)[:, [peers.TREG, peers.TH17]]
+            return run
+        tools.append(("numbalsoda (cfunc RHS)", "LSODA", RTOL, nbl(), 20, "numbalsoda"))
+    except ImportError as exc:
+        skipped.append(("numbalsoda", f"not importable ({exc}); `make bench` installs it (needs gfortran)"))
+    try:
+        import roadrunner
+        from tregpd.model.sbml import to_sbml
+        roadrunner.Logger.setLevel(roadrunner.Logger.LOG_ERROR)
+        xml = to_sbml(p0, reg)
+        t0 = time.perf_counter()
+        rr = roadrunner.RoadRunner(xml)
+        rr_load = time.perf_counter() - t0
+        rr.integrator.relative_tolerance = RTOL
+        rr.integrator.absolute_tolerance = ATOL
+        rr.integrator.maximum_num_steps = 100_000
+
+        def rr_run():
+            rr.resetAll()
+            r = np.asarray(rr.simulate(times=list(T_OUT), selections=["treg", "th17"]))
+            return r
+        tools.append(("libroadrunner (tregpd SBML export)", "CVODE (default)", RTOL, rr_run, 10,
+                      ("roadrunner", rr_load)))
+    except ImportError as exc:
+        skipped.append(("libroadrunner", f"not importable ({exc}); `make bench` installs it"))
+    return tools, skipped
+
+
+def run_single(tools, ref, quick):
+    rows = []
+    compile_cache = {}
+    for name, method, rtol, fn, repeats, ckey in tools:
+        log(f"  {name} [{method}] ...")
+        with Measure() as m:
+            vals = fn()
+            t, ts = median_time(fn, repeats if not quick else max(1, repeats // 4), warmup=0)
+        row = {"tool": name, "method": method, "rtol": rtol, "atol": ATOL, "max_norm_error": max_err(vals, ref),
+               "ms_per_patient": t * 1e3, "repeats": len(ts), "peak_rss_mb": m.peak, "peak_delta_mb": m.delta}
+        if isinstance(ckey, tuple):      # roadrunner: model load (LLVM JIT) time
+            row["compile_s"] = ckey[1]
+            row["first_call_warm_s"] = ckey[1]
+        elif ckey is not None:
+            if ckey not in compile_cache:
+                if quick:
+                    compile_cache[ckey] = (None, None)
+                else:
+                    try:
+                        compile_cache[ckey] = cold_compile_seconds(COMPILE_SNIPPETS[ckey])
+                    except Exception as exc:  # a measurement, not a feature: record and go on
+                        log(f"    compile-time measurement failed: {exc}")
+                        compile_cache[ckey] = (None, None)
+            row["compile_s"], row["first_call_warm_s"] = compile_cache[ckey]
+        else:
+            row["compile_s"] = 0.0
+            row["first_call_warm_s"] = None
+        rows.append(row)
+    lsoda = next(r for r in rows if r["tool"].startswith("scipy solve_ivp, Python") and r["method"] == "LSODA")
+    for r in rows:
+        r["speedup_vs_lsoda"] = lsoda["ms_per_patient"] / r["ms_per_patient"]
+    return rows
+
+
+def work_precision(p, events, theta, ref, quick):
+    """Error and time over a tolerance sweep, per tool (the honest basis of 'at equal accuracy')."""
+    rows = []
+    out = np.zeros((T_OUT.size, K.N_OUT))
+    ev = events
+    for rtol in ([1e-5, 1e-6, 1e-7, 3e-8, 1e-8, 1e-9, 1e-10]):
+        def run(rtol=rtol):
+            K.simulate_patient(theta, ev.time_day, ev.cmt, ev.amount, T_OUT, rtol, min(ATOL, rtol * 1e-2), 0, 0,
+                               10**7, out)
+            return out[:, [K.OUT_TREG, K.OUT_TH17]].copy()
+        v = run()
+        t, _ = median_time(run, 30 if quick else 100)
+        rows.append({"tool": "tregpd", "rtol": rtol, "max_norm_error": max_err(v, ref), "ms_per_patient": t * 1e3})
+    for rtol in ([1e-4, 1e-5, 1e-6, 1e-7, 1e-8] if not quick else [1e-4, 1e-6, 1e-8]):
+        def run(rtol=rtol):
+            y, _ = peers.solve_ivp_patient(p, ev, T_OUT, "LSODA", rtol, min(ATOL, rtol * 1e-2))
+            return y[:, [peers.TREG, peers.TH17]]
+        v = run()
+        t, _ = median_time(run, 1, warmup=0)
+        rows.append({"tool": "scipy LSODA (Python RHS)", "rtol": rtol, "max_norm_error": max_err(v, ref),
+                     "ms_per_patient": t * 1e3})
+    try:
+        import numbalsoda  # noqa: F401
+        for rtol in [1e-4, 1e-5, 1e-6, 1e-7, 1e-8, 1e-9, 1e-10]:
+            def run(rtol=rtol):
+                return peers.numbalsoda_patient(p, ev, T_OUT, rtol, min(ATOL, rtol * 1e-2))[:, [peers.TREG,
+                                                                                               peers.TH17]]
+            v = run()
+            t, _ = median_time(run, 5)
+            rows.append({"tool": "numbalsoda", "rtol": rtol, "max_norm_error": max_err(v, ref),
+                         "ms_per_patient": t * 1e3})
+    except ImportError:
+        pass
+    try:
+        import roadrunner
+        from tregpd.model import default_parameters as _dp
+        from tregpd.model.sbml import to_sbml
+        roadrunner.Logger.setLevel(roadrunner.Logger.LOG_ERROR)
+        rr = roadrunner.RoadRunner(to_sbml(_dp(), reference_regimen(24)))
+        rr.integrator.maximum_num_steps = 100_000
+        for rtol in [1e-4, 1e-6, 1e-8, 1e-10]:
+            def run(rtol=rtol):
+                rr.resetAll()
+                rr.integrator.relative_tolerance = rtol
+                rr.integrator.absolute_tolerance = min(ATOL, rtol * 1e-2)
+                return np.asarray(rr.simulate(times=list(T_OUT), selections=["treg", "th17"]))
+            v = run()
+            t, _ = median_time(run, 3)
+            rows.append({"tool": "libroadrunner (CVODE)", "rtol": rtol, "max_norm_error": max_err(v, ref),
+                         "ms_per_patient": t * 1e3})
+    except ImportError:
+        pass
+    return rows
+
+
+def population_throughput(p0, reg, quick):
+    """tregpd simulate_population at 1 and 1,000 patients, parallel and serial (larger sizes: scaling)."""
+    rows = []
+    for n in (1, 1000):
+        theta = sample_population(p0, n, seed=1)
+        for parallel in (True, False):
+            def run():
+                return simulate_population(theta, reg, t_out=T_OUT, parallel=parallel, on_failure="keep")
+            res = run()
+            reps = 20 if n == 1 else 3
+            with Measure() as m:
+                t, _ = median_time(run, reps, warmup=0)
+            rows.append({"tool": "tregpd simulate_population", "parallel": parallel, "n_patients": n,
+                         "seconds": t, "patients_per_s": n / t, "patients_per_cpu_s": n * reps / m.cpu_seconds,
+                         "n_failed": res.n_failed, "peak_rss_mb": m.peak, "peak_delta_mb": m.delta})
+            log(f"  tregpd n={n:>7} parallel={parallel!s:5}: {n / t:10.0f} patients/s")
+    return rows
+
+
+def peer_throughput(single_rows, budget_s):
+    """Peers have no population driver: N patients = N sequential single-patient runs. Measured only where
+    the estimate fits the budget; otherwise the estimate is reported as such."""
+    rows = []
+    for r in single_rows:
+        if r["tool"].startswith("tregpd"):
+            continue
+        for n in (1, 1000, 100_000):
+            est = n * r["ms_per_patient"] / 1e3
+            rows.append({"tool": r["tool"], "method": r["method"], "n_patients": n,
+                         "patients_per_s": 1e3 / r["ms_per_patient"],
+                         "how": "measured (single-patient median)" if n == 1 else
+                         f"not run: would take ~{est:,.0f} s (sequential loop; rate as for 1 patient)"})
+    return rows
+
+
+def stream_million(p0, reg, n_total, chunk):
+    """n_total patients in chunks: sample, simulate, reduce each chunk to summaries, drop it."""
+    n_chunks = -(-n_total // chunk)
+    ratio24 = np.empty(n_total, dtype=np.float32)
+    treg24_sum = 0.0
+    n_failed = 0
+    with Measure() as m:
+        for i in range(n_chunks):
+            n = min(chunk, n_total - i * chunk)
+            theta = sample_population(p0, n, seed=10_000 + i)
+            res = simulate_population(theta, reg, t_out=T_OUT, parallel=True, on_failure="keep")
+            ok = res.ok
+            n_failed += int((~ok).sum())
+            r = np.full(n, np.nan, dtype=np.float32)
+            r[ok] = res.at("ratio", 168.0)
+            ratio24[i * chunk:i * chunk + n] = r
+            treg24_sum += float(res.at("treg", 168.0).sum())
+            del res, theta
+    good = ratio24[np.isfinite(ratio24)]
+    return {"n_patients": n_total, "chunk": chunk, "seconds": m.seconds, "patients_per_s": n_total / m.seconds,
+            "patients_per_cpu_s": n_total / m.cpu_seconds,
+            "peak_rss_mb": m.peak, "peak_delta_mb": m.delta, "n_failed": n_failed,
+            "median_ratio_week24": float(np.median(good)), "mean_treg_week24": treg24_sum / max(good.size, 1)}
+
+
+def scaling_patients(p0, reg, quick):
+    rows = []
+    sizes = [1, 10, 100, 1000, 10_000, 100_000] if not quick else [1, 10, 100, 1000, 10_000]
+    for n in sizes:
+        theta = sample_population(p0, n, seed=2)
+        reps = 1 if n >= 10_000 else 3
+        with Measure() as m:
+            t, _ = median_time(lambda: simulate_population(theta, reg, t_out=T_OUT, parallel=True,
+                                                           on_failure="keep"), reps)
+        rows.append({"n_patients": n, "streamed": False, "seconds": t, "patients_per_s": n / t,
+                     "patients_per_cpu_s": n * reps / m.cpu_seconds, "peak_rss_mb": m.peak,
+                     "peak_delta_mb": m.delta})
+        log(f"  n={n:>9}: {t:8.3f} s, {n / t:10.0f} patients/s, peak RSS {m.peak:7.1f} MB (+{m.delta:.1f})")
+        del theta
+    return rows
+
+
+def scaling_duration(p0, quick):
+    rows = []
+    out_n = 2000 if not quick else 500
+    for weeks in (4, 12, 24, 48, 104):
+        reg = reference_regimen(weeks)
+        ev = reg.events()
+        t_end = weeks * 7.0
+        t_out = np.array([0.0, t_end])
+        theta = p0.to_theta()
+        out = np.zeros((2, K.N_OUT))
+        t1, _ = median_time(lambda: K.simulate_patient(theta, ev.time_day, ev.cmt, ev.amount, t_out, RTOL, ATOL,
+                                                       0, 0, 10**7, out), 50)
+        th = sample_population(p0, out_n, seed=3)
+        tp, _ = median_time(lambda: simulate_population(th, reg, t_out=t_out, parallel=True), 2)
+        steps = K.simulate_patient(theta, ev.time_day, ev.cmt, ev.amount, t_out, RTOL, ATOL, 0, 0, 10**7, out)[2]
+        rows.append({"weeks": weeks, "n_doses": len(ev), "steps": int(steps), "ms_per_patient_single": t1 * 1e3,
+                     "population_patients_per_s": out_n / tp})
+        log(f"  {weeks:>3} weeks: {t1 * 1e3:7.3f} ms/patient, {out_n / tp:8.0f} patients/s (population)")
+    return rows
+
+
+def plot(scale_n, million, scale_d, wp, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.4))
+    ax = axes[0]
+    n = [r["n_patients"] for r in scale_n] + ([million["n_patients"]] if million else [])
+    sec = [r["seconds"] for r in scale_n] + ([million["seconds"]] if million else [])
+    mem = [r["peak_rss_mb"] for r in scale_n] + ([million["peak_rss_mb"]] if million else [])
+    ax.loglog(n, sec, "o-", color="C0", label="wall time")
+    ax.set_xlabel("patients (24 weeks each)")
+    ax.set_ylabel("wall time [s]", color="C0")
+    ax.set_title("tregpd population: time and memory vs patients")
+    ax2 = ax.twinx()
+    ax2.semilogx(n, mem, "s--", color="C3", label="peak RSS")
+    ax2.set_ylabel("peak RSS of the process [MB]", color="C3")
+    ax2.set_ylim(0, max(mem) * 1.3)
+    if million:
+        ax.annotate(f"{million['n_patients']:,} streamed\nin chunks of {million['chunk']:,}",
+                    (million["n_patients"], million["seconds"]), textcoords="offset points", xytext=(-110, -10),
+                    fontsize=8)
+    ax = axes[1]
+    w = [r["weeks"] for r in scale_d]
+    ax.plot(w, [r["ms_per_patient_single"] for r in scale_d], "o-", label="one patient, kernel [ms]")
+    ax.set_xlabel("simulated duration [weeks] (reference regimen continued)")
+    ax.set_ylabel("ms per patient")
+    ax.set_title("cost vs simulated duration")
+    ax.grid(alpha=0.3)
+    ax = axes[2]
+    for tool in dict.fromkeys(r["tool"] for r in wp):
+        rr = [r for r in wp if r["tool"] == tool]
+        ax.loglog([r["ms_per_patient"] for r in rr], [r["max_norm_error"] for r in rr], "o-", label=tool)
+    ax.set_xlabel("ms per patient")
+    ax.set_ylabel("max normalised error (Treg, Th17; wk 6/12/24)")
+    ax.set_title("work-precision (tolerance sweep)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3, which="both")
+    fig.tight_layout()
+    atomic_save_figure(path, fig)
+    plt.close(fig)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="smaller sizes and repeats, DOP853 reference")
+    ap.add_argument("--out", default=str(HERE / "results"), help="results folder (default benchmarks/results)")
+    ap.add_argument("--plot", default=str(HERE / "scaling.png"), help="scaling figure path")
+    ap.add_argument("--million", type=int, default=None,
+                    help="patients in the streamed run (default 1,000,000; --quick 200,000)")
+    ap.add_argument("--chunk", type=int, default=100_000, help="chunk size of the streamed run")
+    args = ap.parse_args(argv)
+    quick = args.quick
+    t_start = time.perf_counter()
+    out_dir = Path(args.out)
+    info = machine_info()
+    log(f"tregpd benchmarks ({'quick' if quick else 'full'}) - {info['date_utc']} UTC, {info['cpu']}, "
+        f"{info['cpus_available']} CPUs, numba threads {info['numba_threads']}, load {info['load_average_at_start']}")
+    log("versions: " + ", ".join(f"{k} {v}" for k, v in info["versions"].items() if v))
+
+    p0 = default_parameters()
+    reg = reference_regimen(24)
+    events = reg.events()
+    theta = p0.to_theta()
+    p = peers.derived_parameters(theta)
+    K.simulate_patient(theta, events.time_day, events.cmt, events.amount, T_OUT, RTOL, ATOL, 0, 0, 10**6,
+                       np.zeros((T_OUT.size, K.N_OUT)))         # load/compile outside the timings
+
+    ref, ref_info = reference_solution(p, events, quick)
+    log(f"reference Treg/Th17 at weeks 0, 6, 12, 24:\n{ref}")
+    if "max_rel_difference_between_them" in ref_info:
+        log(f"Radau vs DOP853 at rtol 1e-12: max rel. difference {ref_info['max_rel_difference_between_them']:.1e}")
+
+    log("\n== single patient, 24 weeks, reference regimen, rtol 1e-6 atol 1e-8 ==")
+    tools, skipped = single_patient_tools(p0, p, reg, events, theta, quick)
+    for name, why in skipped:
+        log(f"  SKIPPED {name}: {why}")
+    single = run_single(tools, ref, quick)
+
+    log("\n== work-precision sweep ==")
+    wp = work_precision(p, events, theta, ref, quick)
+    lsoda = next(r for r in single if r["tool"].startswith("scipy solve_ivp, Python") and r["method"] == "LSODA")
+    matched = [r for r in wp if r["tool"] == "tregpd" and r["max_norm_error"] <= lsoda["max_norm_error"]]
+    matched_row = max(matched, key=lambda r: r["rtol"]) if matched else None
+    if matched_row is not None:
+        single.insert(1, {"tool": "tregpd simulate_patient (kernel), accuracy-matched", "method": "DP5, closed-form PK",
+                          "rtol": matched_row["rtol"], "atol": min(ATOL, matched_row["rtol"] * 1e-2),
+                          "max_norm_error": matched_row["max_norm_error"],
+                          "ms_per_patient": matched_row["ms_per_patient"],
+                          "speedup_vs_lsoda": lsoda["ms_per_patient"] / matched_row["ms_per_patient"],
+                          "compile_s": single[0]["compile_s"], "first_call_warm_s": single[0]["first_call_warm_s"],
+                          "peak_rss_mb": single[0]["peak_rss_mb"], "peak_delta_mb": single[0]["peak_delta_mb"],
+                          "repeats": 100})
+
+    log("\n== population throughput (tregpd) ==")
+    pop = population_throughput(p0, reg, quick)
+    peer_pop = peer_throughput(single, budget_s=60)
+
+    log("\n== scaling with the number of patients ==")
+    scale_n = scaling_patients(p0, reg, quick)
+    n_million = args.million or (200_000 if quick else 1_000_000)
+    log(f"  streaming {n_million:,} patients in chunks of {args.chunk:,} ...")
+    million = stream_million(p0, reg, n_million, args.chunk)
+    log(f"  n={n_million:>9}: {million['seconds']:8.1f} s, {million['patients_per_s']:10.0f} patients/s, "
+        f"peak RSS {million['peak_rss_mb']:7.1f} MB (+{million['peak_delta_mb']:.1f}), failed {million['n_failed']}")
+
+    big = scale_n[-1]
+    pop.append({"tool": "tregpd simulate_population", "parallel": True, "n_patients": big["n_patients"],
+                "seconds": big["seconds"], "patients_per_s": big["patients_per_s"],
+                "patients_per_cpu_s": big["patients_per_cpu_s"], "n_failed": None,
+                "peak_rss_mb": big["peak_rss_mb"], "peak_delta_mb": big["peak_delta_mb"]})
+    pop.append({"tool": "tregpd simulate_population (streamed, chunks of %d)" % args.chunk, "parallel": True,
+                "n_patients": million["n_patients"], "seconds": million["seconds"],
+                "patients_per_s": million["patients_per_s"], "patients_per_cpu_s": million["patients_per_cpu_s"],
+                "n_failed": million["n_failed"], "peak_rss_mb": million["peak_rss_mb"],
+                "peak_delta_mb": million["peak_delta_mb"]})
+
+    log("\n== scaling with simulated duration ==")
+    scale_d = scaling_duration(p0, quick)
+
+    # ---- targets
+    tregpd_row = single[0]
+    pps_2core = big
+    targets = {
+        "single_patient_ratio_at_rtol_1e-6": tregpd_row["speedup_vs_lsoda"],
+        "single_patient_ratio_accuracy_matched": matched_row and lsoda["ms_per_patient"] / matched_row["ms_per_patient"],
+        "accuracy_matched_rtol": matched_row and matched_row["rtol"],
+        "lsoda_ms_per_patient": lsoda["ms_per_patient"],
+        "lsoda_max_norm_error": lsoda["max_norm_error"],
+        "target_ratio": TARGET_RATIO,
+        "population_patients_per_s": pps_2core["patients_per_s"],
+        "population_n": pps_2core["n_patients"],
+        "population_patients_per_cpu_s": pps_2core["patients_per_cpu_s"],
+        "population_idle_estimate_patients_per_s": pps_2core["patients_per_cpu_s"] * info["cpus_available"],
+        "target_patients_per_s": TARGET_PPS,
+        "million_streamed_peak_rss_mb": million["peak_rss_mb"],
+        "million_completed": million["n_patients"] >= 1_000_000,
+    }
+    info["load_average_at_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
+    info["total_seconds"] = time.perf_counter() - t_start
+    info["mode"] = "quick" if quick else "full"
+
+    # ---- print
+    log("\n================================ RESULTS ================================")
+    log(f"reference: {ref_info['reference']}; tolerance for all tools rtol {RTOL:g}, atol {ATOL:g} unless noted")
+    log(fmt_table(single, ["tool", "method", "rtol", "max_norm_error", "ms_per_patient", "speedup_vs_lsoda",
+                           "compile_s", "first_call_warm_s", "peak_rss_mb", "peak_delta_mb"],
+                  {"rtol": "{:.0e}", "max_norm_error": "{:.1e}", "ms_per_patient": "{:.3f}",
+                   "speedup_vs_lsoda": "{:,.1f}x", "compile_s": "{:.2f}", "first_call_warm_s": "{:.2f}",
+                   "peak_rss_mb": "{:.0f}", "peak_delta_mb": "{:+.1f}"}))
+    log("\nwork-precision:")
+    log(fmt_table(wp, ["tool", "rtol", "max_norm_error", "ms_per_patient"],
+                  {"rtol": "{:.0e}", "max_norm_error": "{:.1e}", "ms_per_patient": "{:.3f}"}))
+    log("\npopulation throughput (24 weeks, reference regimen, sampled IIV, outputs at weeks 0/6/12/24):")
+    log(fmt_table(pop, ["tool", "parallel", "n_patients", "seconds", "patients_per_s", "patients_per_cpu_s",
+                        "n_failed", "peak_rss_mb"],
+                  {"parallel": "{}", "n_patients": "{:,}", "seconds": "{:.3f}", "patients_per_s": "{:,.0f}",
+                   "patients_per_cpu_s": "{:,.0f}", "n_failed": "{}", "peak_rss_mb": "{:.0f}"}))
+    log(fmt_table([r for r in peer_pop if r["n_patients"] == 1],
+                  ["tool", "method", "patients_per_s", "how"], {"patients_per_s": "{:,.1f}"}))
+    log("\nscaling vs patients:")
+    log(fmt_table(scale_n + [dict(million, streamed=True)],
+                  ["n_patients", "streamed", "seconds", "patients_per_s", "patients_per_cpu_s", "peak_rss_mb",
+                   "peak_delta_mb"],
+                  {"n_patients": "{:,}", "streamed": "{}", "seconds": "{:.3f}", "patients_per_s": "{:,.0f}",
+                   "patients_per_cpu_s": "{:,.0f}",
+                   "peak_rss_mb": "{:.0f}", "peak_delta_mb": "{:+.0f}"}))
+    log("\nscaling vs duration:")
+    log(fmt_table(scale_d, ["weeks", "n_doses", "steps", "ms_per_patient_single", "population_patients_per_s"],
+                  {"weeks": "{}", "n_doses": "{}", "steps": "{}", "ms_per_patient_single": "{:.3f}",
+                   "population_patients_per_s": "{:,.0f}"}))
+    log("\ntargets (../shared/design.md):")
+    r1 = targets["single_patient_ratio_accuracy_matched"]
+    log(f"  single patient >= {TARGET_RATIO:,.0f}x scipy LSODA at equal accuracy: "
+        f"{r1:,.0f}x at rtol {targets['accuracy_matched_rtol']:g} (error {matched_row['max_norm_error']:.1e} <= "
+        f"LSODA's {lsoda['max_norm_error']:.1e}) -> {'MET' if r1 >= TARGET_RATIO else 'MISSED by %.1fx' % (TARGET_RATIO / r1)}"
+        if r1 else "  no tregpd tolerance reached LSODA's accuracy")
+    log(f"  (same rtol 1e-6: {tregpd_row['speedup_vs_lsoda']:,.0f}x, error {tregpd_row['max_norm_error']:.1e})")
+    pps = targets["population_patients_per_s"]
+    log(f"  population >= {TARGET_PPS:,.0f} patients x 24 weeks / s on {info['cpus_available']} cores: "
+        f"{pps:,.0f} at n = {targets['population_n']:,} -> "
+        f"{'MET' if pps >= TARGET_PPS else 'MISSED by %.2fx' % (TARGET_PPS / pps)}")
+    est = targets["population_idle_estimate_patients_per_s"]
+    log(f"    per CPU-second {targets['population_patients_per_cpu_s']:,.0f} patients -> {est:,.0f} patients/s on "
+        f"{info['cpus_available']} otherwise idle cores (estimate; the measured wall rate includes other load: "
+        f"load average {info['load_average_at_start']})")
+    log(f"  {million['n_patients']:,}-patient streamed run: completed, peak RSS {million['peak_rss_mb']:.0f} MB "
+        f"(+{million['peak_delta_mb']:.0f} MB over the process before it)")
+    log(f"total benchmark time {info['total_seconds']:.0f} s; load average start {info['load_average_at_start']}, "
+        f"end {info['load_average_at_end']}")
+
+    # ---- save
+    import pandas as pd
+    prov = {"benchmark": "tregpd benchmarks/run.py", "mode": info["mode"], "date_utc": info["date_utc"],
+            "git_commit": info["git_commit"]}
+    atomic_write_frame(out_dir / "single_patient.csv", pd.DataFrame(single), prov)
+    atomic_write_frame(out_dir / "work_precision.csv", pd.DataFrame(wp), prov)
+    atomic_write_frame(out_dir / "population.csv", pd.DataFrame(pop + peer_pop), prov)
+    atomic_write_frame(out_dir / "scaling_patients.csv", pd.DataFrame(scale_n + [dict(million, streamed=True)]),
+                       prov)
+    atomic_write_frame(out_dir / "scaling_duration.csv", pd.DataFrame(scale_d), prov)
+    atomic_write_json(out_dir / "run.json", {"machine": info, "reference": ref_info, "targets": targets,
+                                             "skipped": dict(skipped), "million": million,
+                                             "reference_values_treg_th17": ref.tolist()})
+    plot(scale_n, million, scale_d, wp, Path(args.plot))
+    log(f"\nwrote {out_dir}/*.csv, {out_dir}/run.json and {args.plot}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
