@@ -175,9 +175,17 @@ def _err(origin: str, key: str, msg: str) -> ScenarioError:
     return ScenarioError(f"{origin}: [scenario] {key}: {msg}")
 
 
+def _finite(v) -> bool:
+    """math.isfinite that also accepts TOML integers beyond the float range (reported as not finite)."""
+    try:
+        return math.isfinite(v)
+    except OverflowError:
+        return False
+
+
 def _number(sc: dict, key: str, origin: str, default=None, positive=True) -> float:
     v = sc.get(key, default)
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not _finite(v):
         raise _err(origin, key, f"must be a number, got {v!r}")
     if positive and v <= 0:
         raise _err(origin, key, f"must be > 0, got {v!r}")
@@ -274,7 +282,7 @@ def parse_scenario(data: Mapping[str, Any], origin: str = "<scenario>", base_dir
         for k, v in iiv.items():
             if k not in PARAMETER_NAMES:
                 raise _err(origin, "iiv", f"unknown parameter {k!r}; known: {', '.join(PARAMETER_NAMES)}")
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not _finite(v) or v < 0:
                 raise _err(origin, "iiv", f"omega of {k!r} must be a number >= 0, got {v!r}")
         merged = dict(DEFAULT_IIV)
         merged.update({k: float(v) for k, v in iiv.items()})

@@ -216,3 +216,122 @@ def test_regimen_from_dict_random_dicts(d):
         assert len(ev) >= 0
         reg.to_dict()
     _only_tregpd_errors(build)
+
+
+# ------------------------------------------------------------------------ cohort files (fitting/)
+cohort = pytest.importorskip("tregpd.fitting.cohort")
+COHORT_TEXT = resources.files("tregpd.fitting").joinpath("data", cohort.SEED_COHORT_FILE).read_text(encoding="utf-8")
+COHORT_TOKENS = ["0", "24", "-1", "1e400", "nan", "inf", "", " ", "treg", "th17", "ratio", "naive", "cd8", "median",
+                 "q25", "median_fold_change", "mean", "82", "0.5", "1.5", "-82", "1" + "0" * 400, '"', '""', "abc",
+                 "cells/uL", "cells/µL", "1", "#", "week", "value", "\x00", "1e-320"]
+
+
+@st.composite
+def mutated_cohort(draw):
+    lines = COHORT_TEXT.splitlines()
+    for _ in range(draw(st.integers(1, 4))):
+        i = draw(st.integers(0, len(lines) - 1))
+        kind = draw(st.sampled_from(["cell", "delete", "insert", "duplicate", "column"]))
+        if kind == "cell" and not lines[i].startswith("#"):
+            cells = lines[i].split(",")
+            j = draw(st.integers(0, len(cells) - 1))
+            cells[j] = draw(st.one_of(st.sampled_from(COHORT_TOKENS), st.text(max_size=6)))
+            lines[i] = ",".join(cells)
+        elif kind == "delete":
+            del lines[i]
+        elif kind == "insert":
+            lines.insert(i, ",".join(draw(st.lists(st.sampled_from(COHORT_TOKENS), max_size=8))))
+        elif kind == "duplicate":
+            lines.insert(i, lines[i])
+        else:
+            lines[i] = lines[i] + "," + draw(st.sampled_from(COHORT_TOKENS))
+    return "\n".join(lines)
+
+
+@fuzz_settings
+@given(text=st.one_of(mutated_cohort(), st.text(max_size=300)))
+def test_parse_cohort_fuzz(text):
+    from tregpd.model import CohortError
+    try:
+        cohort.parse_cohort(text, origin="fuzz.csv")
+    except CohortError as exc:
+        assert "\n" not in str(exc), str(exc)
+
+
+@fuzz_settings
+@given(data=st.binary(max_size=200))
+def test_load_cohort_random_bytes(tmp_path_factory, data):
+    path = tmp_path_factory.mktemp("cohort") / "c.csv"
+    path.write_bytes(data)
+    _only_tregpd_errors(cohort.load_cohort, path)
+
+
+# ----------------------------------------------------------------------- scenario files (scenarios/)
+schema = pytest.importorskip("tregpd.scenarios.schema")
+
+
+def _scenario_data():
+    import tomllib
+    path = next(p for p in schema.library_paths() if p.name == "il2_alone.toml")
+    return tomllib.loads(path.read_text(encoding="utf-8"))
+
+
+SCENARIO = _scenario_data()
+SCENARIO_KEYS = sorted(set(SCENARIO["scenario"]) | {"iiv", "ratio_target", "bogus"})
+
+
+@st.composite
+def mutated_scenario(draw):
+    import copy
+    data = copy.deepcopy(SCENARIO)
+    for _ in range(draw(st.integers(1, 3))):
+        where = draw(st.sampled_from(["scenario", "regimen", "schedule", "top"]))
+        if where == "scenario" and isinstance(data.get("scenario"), dict):
+            key = draw(st.sampled_from(SCENARIO_KEYS))
+            if draw(st.integers(0, 4)) == 0:
+                data["scenario"].pop(key, None)
+            elif key == "iiv":
+                data["scenario"]["iiv"] = draw(st.dictionaries(st.sampled_from(["il2_cl", "nope", "treg_baseline"]),
+                                                               st.one_of(nasty, big_or_odd_numbers), max_size=2))
+            else:
+                data["scenario"][key] = draw(st.one_of(nasty, big_or_odd_numbers,
+                                                       st.sampled_from(["default", "fitted", "x/../y.toml"])))
+        elif where == "regimen":
+            data["regimen"] = draw(st.one_of(nasty, st.just({"schedules": [draw(schedule_dict())]})))
+        elif where == "schedule" and isinstance(data.get("regimen"), dict) \
+                and isinstance(data["regimen"].get("schedules"), list) and data["regimen"]["schedules"]:
+            data["regimen"]["schedules"][0] = draw(schedule_dict())
+        else:
+            data[draw(st.sampled_from(["scenario", "regimen", "extra"]))] = draw(nasty)
+    return data
+
+
+@fuzz_settings
+@given(data=mutated_scenario())
+def test_parse_scenario_fuzz(tmp_path_factory, data):
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _only_tregpd_errors(schema.parse_scenario, data, "fuzz.toml", tmp_path_factory.getbasetemp())
+
+
+@fuzz_settings
+@given(data=st.binary(max_size=300))
+def test_load_scenario_random_bytes(tmp_path_factory, data):
+    path = tmp_path_factory.mktemp("scen") / "s.toml"
+    path.write_bytes(data)
+    _only_tregpd_errors(schema.load_scenario, path)
+
+
+def test_scenario_integer_beyond_float_range_is_a_scenario_error():
+    """Found by the fuzzer above: output_step_day = <400-digit integer> escaped as OverflowError."""
+    import copy
+    from tregpd.model import ScenarioError
+    data = copy.deepcopy(SCENARIO)
+    data["scenario"]["output_step_day"] = 10**400
+    with pytest.raises(ScenarioError, match="output_step_day"):
+        schema.parse_scenario(data, "big.toml")
+    data = copy.deepcopy(SCENARIO)
+    data["scenario"]["iiv"] = {"il2_cl": -(10**400)}
+    with pytest.raises(ScenarioError, match="iiv"):
+        schema.parse_scenario(data, "big.toml")
