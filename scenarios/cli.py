@@ -112,7 +112,7 @@ def run_command(args: argparse.Namespace) -> int:
               "metric n_failed, and provenance.json 'failures'); they are excluded from the statistics",
               file=sys.stderr)
     print(f"{len(run.outcomes)} scenarios in {run.seconds:.1f} s; wrote {args.out}/ "
-          "(comparison.csv, comparison.md, comparison.png, dose_response.png, <scenario>/...)")
+          "(comparison.csv/.md/.png, answers.md, comparison_<question>.png, dose_response.png, <scenario>/...)")
     return 0
 
 
