@@ -111,8 +111,9 @@ def run_command(args: argparse.Namespace) -> int:
         print(f"note: {failed} virtual patients failed to integrate across scenarios (see each summary.csv, "
               "metric n_failed, and provenance.json 'failures'); they are excluded from the statistics",
               file=sys.stderr)
-    print(f"{len(run.outcomes)} scenarios in {run.seconds:.1f} s; wrote {args.out}/ "
-          "(comparison.csv/.md/.png, answers.md, comparison_<question>.png, dose_response.png, <scenario>/...)")
+    top = [Path(f).name for f in run.files if Path(f).parent == Path(args.out)]
+    print(f"{len(run.outcomes)} scenarios in {run.seconds:.1f} s; wrote {args.out}/ ({', '.join(top)}) and "
+          f"{args.out}/<scenario>/")
     return 0
 
 
