@@ -211,13 +211,16 @@ def _crossing(x, d, threshold, side):
 
 
 def profile_likelihood(problem: FitProblem, result, name: str, n_points: int = 9,
-                       method: str = DEFAULT_METHOD, stop_delta: float = 4 * DELTA_CHI2_95) -> Profile:
+                       method: str = DEFAULT_METHOD, stop_delta: float = 4 * DELTA_CHI2_95,
+                       refine: int = 5) -> Profile:
     """Profile likelihood of ``name``: fix it on a grid spanning its bounds, refit the free parameters.
 
     The sweep starts at the best fit and walks outwards in both directions, warm-starting each refit from the
-    previous grid point; a direction stops once ``delta chi2 > stop_delta`` (well past the 95 % threshold).
-    ``name`` may also be a parameter the fit keeps fixed (e.g. ``il2_ec50_treg``): the profile then shows
-    whether the data could have determined it jointly with the free ones.
+    previous grid point (and, as a second start, from the best fit); a direction stops once
+    ``delta chi2 > stop_delta`` (well past the 95 % threshold). Each threshold crossing (68 % and 95 %) is then
+    located by ``refine`` bisection steps between the bracketing grid points. ``name`` may also be a
+    parameter the fit keeps fixed (e.g. ``il2_ec50_treg``): the profile then shows whether the data could
+    have determined it jointly with the free ones.
     """
     p = problem.parameters[name]
     prior = problem.priors[name].value
@@ -226,42 +229,68 @@ def profile_likelihood(problem: FitProblem, result, name: str, n_points: int = 9
     best_chi = float(result.chisqr)
     grid, log_grid = _grid(p.lower, p.upper, best_value, prior, n_points)
     refit = tuple(n for n in problem.free if n != name)
-    chis = np.full(grid.size, np.nan)
-    others = {n: np.full(grid.size, np.nan) for n in refit}
-    start_idx = int(np.argmin(np.abs(grid - best_value)))
     best_start = {n: best_params[n].value for n in refit}
     max_nfev = 50 * (len(refit) + 1)
+    points: dict[float, tuple[float, dict]] = {}
+
+    def evaluate(value: float, start: dict, second_start: bool = True) -> tuple[float, dict]:
+        if refit:
+            # two starts (warm start and the best fit) guard against a refit stuck on a ridge
+            best_r = None
+            for st in ([start] if (start == best_start or not second_start) else [start, best_start]):
+                params = build_parameters(problem, start=st, extra=(name,))
+                params[name].set(value=float(value), vary=False)
+                _, r = minimize(problem, params, method=method, max_nfev=max_nfev)
+                if best_r is None or r.chisqr < best_r.chisqr:
+                    best_r = r
+            out = (float(best_r.chisqr), {n: best_r.params[n].value for n in refit})
+        else:
+            params = build_parameters(problem, start=start, extra=(name,))
+            params[name].set(value=float(value), vary=False)
+            out = (float(np.sum(problem.residuals(_values(params)) ** 2)), {})
+        points[float(value)] = out
+        return out
+
+    start_idx = int(np.argmin(np.abs(grid - best_value)))
     for direction in (-1, +1):
         start = dict(best_start)
         rng = range(start_idx, -1, -1) if direction < 0 else range(start_idx, grid.size)
         for i in rng:
-            if not np.isnan(chis[i]):
-                start = {n: others[n][i] for n in refit}
-                continue
-            if refit:
-                # two starts (previous grid point and the best fit) guard against a refit stuck on a ridge
-                best_r = None
-                starts = [start] if start == best_start else [start, best_start]
-                for st in starts:
-                    params = build_parameters(problem, start=st, extra=(name,))
-                    params[name].set(value=float(grid[i]), vary=False)
-                    _, r = minimize(problem, params, method=method, max_nfev=max_nfev)
-                    if best_r is None or r.chisqr < best_r.chisqr:
-                        best_r = r
-                chi = float(best_r.chisqr)
-                start = {n: best_r.params[n].value for n in refit}
-            else:
-                params = build_parameters(problem, start=start, extra=(name,))
-                params[name].set(value=float(grid[i]), vary=False)
-                chi = float(np.sum(problem.residuals(_values(params)) ** 2))
-            chis[i] = chi
-            for n in refit:
-                others[n][i] = start[n]
+            v = float(grid[i])
+            chi, start = points[v] if v in points else evaluate(v, start)
             if chi - best_chi > stop_delta:
                 break
-    keep = ~np.isnan(chis)
-    grid, chis = grid[keep], chis[keep]
-    others = {n: v[keep] for n, v in others.items()}
+
+    def arrays():
+        vals = np.array(sorted(points))
+        return vals, np.array([points[v][0] for v in vals])
+
+    # refine each crossing by bisection (in log space on a log grid)
+    to_x = (lambda v: math.log(v)) if log_grid else (lambda v: v)
+    from_x = (lambda x: math.exp(x)) if log_grid else (lambda x: x)
+    for thr in (DELTA_CHI2_68, DELTA_CHI2_95):
+        for side in (-1, +1):
+            for _ in range(refine):
+                vals, chis = arrays()
+                ref = min(best_chi, float(np.min(chis)))
+                d = chis - ref
+                i0 = int(np.argmin(d))
+                idx = list(range(i0, -1, -1)) if side < 0 else list(range(i0, vals.size))
+                bracket = None
+                for a, b in zip(idx, idx[1:]):
+                    if d[a] <= thr < d[b]:
+                        bracket = (a, b)
+                        break
+                if bracket is None:
+                    break
+                a, b = bracket
+                xa, xb = to_x(vals[a]), to_x(vals[b])
+                if abs(xb - xa) <= 1e-3 * max(abs(xa), abs(xb), 1e-12):
+                    break
+                evaluate(from_x(0.5 * (xa + xb)), points[float(vals[a])][1], second_start=False)
+
+    grid, chis = arrays()
+    others = {n: np.array([points[float(v)][1].get(n, np.nan) for v in grid]) for n in refit}
     # a refit can find a lower minimum than the reported best fit (e.g. a fit stuck at a bound)
     best_chi = min(best_chi, float(np.min(chis)))
     prof = Profile(name=name, values=grid, chisqr=chis, best_value=float(best_value), best_chisqr=best_chi,

@@ -183,8 +183,12 @@ class FitProblem:
         res = self.simulate(values)
         return log_residuals(self.statistics(res), self.observed, self.sigma)
 
-    def residual_table(self, values: Mapping[str, float], population_values: Mapping[str, float] | None = None):
-        """Every cohort row with the typical (and, if given, population) model value and residual in SE units."""
+    def residual_table(self, values: Mapping[str, float], population_values: Mapping[str, float] | None = None,
+                       population_problem: "FitProblem | None" = None):
+        """Every cohort row with the typical (and, if given, population) model value and residual in SE units.
+
+        ``population_values`` are simulated with ``population_problem`` (its size, IIV and seed; default: this
+        problem's population settings)."""
         import pandas as pd
         t = self.table.copy()
         typ = self.simulate(values, mode="typical")
@@ -193,7 +197,8 @@ class FitProblem:
         t["model_typical"] = np.where(ok_typ, model_typ, np.nan)
         t["residual_typical_se"] = (np.log(t["model_typical"]) - np.log(t["value"])) / t["sigma_log"]
         if population_values is not None:
-            pop = self.simulate(population_values, mode="population")
+            pp = population_problem if population_problem is not None else self
+            pop = pp.simulate(population_values, mode="population")
             t["model_population"] = self.statistics(pop, rows=t)
             t["residual_population_se"] = (np.log(t["model_population"]) - np.log(t["value"])) / t["sigma_log"]
         t["relative_error"] = t["model_typical"] / t["value"] - 1.0

@@ -177,7 +177,12 @@ def fit_typical(cohort=None, parameters: ParameterSet | None = None, free: Seque
             n: initial.params[n].value for n in problem.free}), method=method)
     ci, ci_message = (None, "not requested")
     if confidence:
-        ci, ci_message = confidence_intervals(minimizer, result)
+        # lmfit's intervals for the identifiable parameters; bounded ones have one-sided profile intervals
+        names = [n for n in final_free if not profiles or profiles[n].classification == "identifiable"]
+        if names:
+            ci, ci_message = confidence_intervals(minimizer, result, names=names)
+        else:
+            ci_message = "no identifiable free parameter"
     values = {n: p.value for n, p in result.params.items()}
     intervals = {n: profiles[n].ci95 for n in final_free if n in profiles}
     notes = {n: f"not identifiable from {cohort.origin}; fixed at prior. {profiles[n].describe()}"
@@ -274,7 +279,8 @@ def run_fit(cohort_path=None, out_dir="out/fit", mode: str = "both", seed: int =
     posterior = None
     if emcee_steps and emcee_steps > 0:
         posterior = sample_posterior(typ.problem, typ.result, steps=int(emcee_steps), seed=seed)
-    residuals = typ.problem.residual_table(typ.values, pop.values if pop is not None else None)
+    residuals = typ.problem.residual_table(typ.values, pop.values if pop is not None else None,
+                                           population_problem=pop.problem if pop is not None else None)
     chosen = pop.parameters if (pop is not None and mode != "typical") else typ.parameters
     runtime = time.perf_counter() - t0
     report = build_report(cohort, typ, pop, residuals, mode=mode, seed=seed, posterior=posterior,
