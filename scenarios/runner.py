@@ -226,7 +226,9 @@ def write_outputs(outcome: ScenarioOutcome, folder: Path) -> list[Path]:
     files.append(atomic_write_frame(folder / "summary.csv", outcome.summary, prov))
     if "png" in sc.outputs:
         from . import plots
-        fig = plots.plot_scenario(outcome.result, title=sc.name, ratio_target=sc.ratio_target)
+        import textwrap
+        title = textwrap.fill(f"{sc.name}: {sc.description}", width=150)
+        fig = plots.plot_scenario(outcome.result, title=title, ratio_target=sc.ratio_target)
         files.append(atomic_save_figure(folder / "trajectories.png", fig, bbox_inches=None))
         plots.close(fig)
     files.append(atomic_write_json(folder / "provenance.json", prov))
