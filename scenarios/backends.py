@@ -131,17 +131,16 @@ class DaskBackend(Backend):
                                          silence_logs=logging.ERROR)
             self._client = Client(self._cluster)
             self.address = self._cluster.scheduler_address
-        info = self._client.scheduler_info()
-        workers = info.get("workers", {})
-        if not workers and scheduler is not None:
+        nthreads = self._client.nthreads()            # {worker address: threads}
+        if not nthreads and scheduler is not None:
             try:
                 self._client.wait_for_workers(1, timeout=20)
             except (TimeoutError, OSError):
                 self.close()
                 raise BackendError(f"the Dask scheduler at {scheduler} has no workers") from None
-            workers = self._client.scheduler_info().get("workers", {})
-        self.n_workers = max(1, len(workers))
-        self.n_threads = sum(w.get("nthreads", 1) for w in workers.values()) or 1
+            nthreads = self._client.nthreads()
+        self.n_workers = max(1, len(nthreads))
+        self.n_threads = max(1, sum(nthreads.values()))
         self.max_in_flight = max_in_flight if max_in_flight is not None else max(4, 2 * self.n_threads)
 
     def describe(self) -> dict:
