@@ -118,7 +118,8 @@ class FitProblem:
             elif r.statistic == "sd":
                 roles.append("weight only")
             elif r.statistic not in FITTED_STATISTICS[self.mode]:
-                roles.append(f"not fitted in {self.mode} mode")
+                roles.append("population fit only" if r.statistic in FITTED_STATISTICS["population"]
+                             else f"not fitted in {self.mode} mode")
             else:
                 roles.append("fitted")
         f["role"] = roles

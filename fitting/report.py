@@ -84,6 +84,7 @@ def build_report(cohort, typ, pop, residuals, *, mode, seed, posterior=None, run
         cols += ["model_population", "relative_error_population", "residual_population_se"]
     cols += ["sigma_log", "role"]
     add(_table(residuals, cols))
+    add(_implied_th17(cohort, typ))
     add("")
     add("Typical-patient fit, all flagged parameters free (lmfit)")
     add("-------------------------------------------------------")
@@ -150,6 +151,49 @@ def build_report(cohort, typ, pop, residuals, *, mode, seed, posterior=None, run
         add(f"acceptance fraction {np.mean(posterior.acceptance_fraction):.2f}")
     add("")
     return "\n".join(lines)
+
+
+def _implied_th17(cohort, typ) -> str:
+    """Th17 implied by the Treg and ratio medians (ratio of medians stands in for the median ratio) against
+    the fitted typical patient: shows whether the model can move Th17 the way the data need."""
+    r0, q0 = cohort.value(0, "treg", "median"), cohort.value(0, "ratio", "median")
+    if r0 is None or q0 is None:
+        return ""
+    out = []
+    weeks = [w for w in cohort.weeks if w > 0 and cohort.value(w, "treg", "median") is not None
+             and cohort.value(w, "ratio", "median") is not None]
+    if not weeks:
+        return ""
+    res = typ.problem.simulate(typ.values, t_out=[0.0] + [7.0 * w for w in weeks], mode="typical")
+    th17 = res.get("th17")[0]
+    for k, w in enumerate(weeks):
+        implied = cohort.value(w, "ratio", "median") * cohort.value(w, "treg", "median") / (q0 * r0)
+        out.append(f"week {w:g}: implied Th17 fold change {implied:.3g}, fitted typical patient "
+                   f"{th17[k + 1] / th17[0]:.3g}")
+    # structural check: every Th17-lowering effect at its no-effect bound, IL-2 on Th17 at its upper bound
+    prob = typ.problem
+    extreme = dict(typ.values)
+    for name, side in NO_TH17_LOWERING.items():
+        par = prob.parameters[name]
+        extreme[name] = par.upper if side == "upper" else par.lower
+    try:
+        ext = prob.simulate(extreme, t_out=[0.0] + [7.0 * w for w in weeks], mode="typical").get("th17")[0]
+        ceiling = "; ".join(f"week {w:g}: {ext[k + 1] / ext[0]:.3g}" for k, w in enumerate(weeks))
+        lowering = [n for n in NO_TH17_LOWERING if n != "il2_emax_th17"]
+        ceiling_txt = (f" Largest Th17 fold change the model allows at the fitted Treg response (Th17-lowering "
+                       f"effects {', '.join(lowering)} switched off at their bounds, il2_emax_th17 at its upper "
+                       f"bound): {ceiling}.")
+    except Exception as exc:  # pragma: no cover - a diagnostic, reported rather than hidden
+        ceiling_txt = f" (structural Th17 check failed: {exc})"
+    return ("Th17 implied by the medians (ratio x Treg, relative to week 0; the ratio of medians stands in for "
+            "the median ratio): " + "; ".join(out) + "." + ceiling_txt + " A model whose drug effects can only "
+            "lower Th17 cannot follow an implied rise; the residuals above then split the difference between "
+            "Treg and the ratio.")
+
+
+#: parameters whose bound switches off a Th17-lowering effect (value: which bound) - structural check only
+NO_TH17_LOWERING = {"treg_suppression": "upper", "rapa_imax_th17_prolif": "lower", "rapa_imax_th17_diff": "lower",
+                    "il2_imax_th17_diff": "lower", "rapa_emax_treg_induction": "lower", "il2_emax_th17": "upper"}
 
 
 def _row_names(residuals):
