@@ -98,6 +98,8 @@ def test_dask_local_cluster_gives_the_same_numbers_as_in_process(params):
     plan = make_plan(params, [reference_regimen(), no_treatment()], 2000,
                      seed=3, block=100, weeks=WEEKS)
     local = run_trial(plan, chunk_patients=500)
+    # compile (or load) the serial kernel here first, so the workers load it from numba's cache
+    simulate_population(trial_theta(plan, 0, 2)[0], reference_regimen(), t_out=plan.t_out, parallel=False)
     model = TregpdModel(params, ParameterSpace.from_parameters(params))
     u = np.random.default_rng(0).random((60, model.space.dimension))
     y_local = evaluate(model, model.space.to_values(u), chunk=25)
