@@ -124,6 +124,7 @@ def test_provenance_record(params):
     json.dumps(rec, default=float)
 
 
+@pytest.mark.slow
 def test_rerun_with_same_seed_is_bit_identical(tmp_path, params, reference):
     """Same seed -> identical population and identical output file bytes (timestamp excluded)."""
     def run(folder):

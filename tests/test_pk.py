@@ -153,6 +153,7 @@ def test_sirolimus_repeated_doses_superpose(params, reference):
     np.testing.assert_allclose(res.get("c_rapa")[0], ref, rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.slow
 def test_pk_ode_mode_matches_closed_form(params, reference):
     """PK as ODE states (dopri5 at rtol 1e-10) reproduces the closed-form PK and the cells."""
     t = np.array([0.0, 0.5, 2.0, 4.5, 42.0, 84.0, 168.0])

@@ -2,6 +2,8 @@
 and numerical faults (a failed patient is reported with a status and a clear message, never NaN)."""
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -11,11 +13,12 @@ from tregpd.model import kernels as K
 from tregpd.model.parameters import I_IL2_EMAX_R, I_NAIVE_DEATH, I_R_CROWD
 
 T = [0.0, 42.0, 84.0, 168.0]
+NO_JIT = os.environ.get("NUMBA_DISABLE_JIT", "0") not in ("", "0")
 
 
 @pytest.fixture(scope="module")
 def theta(params):
-    return sample_population(params, n=60, seed=7)
+    return sample_population(params, n=12 if NO_JIT else 60, seed=7)
 
 
 # -------------------------------------------------------------------------------------------- sampling
@@ -107,6 +110,10 @@ def test_population_result_views(theta, reference, params):
 
 
 # ------------------------------------------------------------------------------------ numerical faults
+#: enough for every normal patient here (~1000 steps), far too few for the stiff one (needs ~1e9 explicit steps)
+MAX_STEPS = 5_000
+
+
 def _faulty(params, n_ok=4):
     """A population in which patient 2 explodes (Emax 1e300: the Treg growth rate overflows) and patient 4 is
     so stiff (naive death 1e7 /day) that explicit dopri5 runs out of steps."""
@@ -129,7 +136,7 @@ def test_single_patient_failure_raises_clear_error(params, reference):
 
 def test_population_keep_counts_failures_and_keeps_the_rest(params, reference):
     th = _faulty(params)
-    pop = simulate_population(th, reference, t_out=T, on_failure="keep", max_steps=20_000,
+    pop = simulate_population(th, reference, t_out=T, on_failure="keep", max_steps=MAX_STEPS,
                               patient_ids=np.arange(100, 106))
     assert pop.n_failed == 2
     np.testing.assert_array_equal(pop.ok, [True, True, False, True, False, True])
@@ -150,7 +157,7 @@ def test_population_keep_counts_failures_and_keeps_the_rest(params, reference):
 
 def test_population_raise_names_patients_and_times(params, reference):
     with pytest.raises(IntegrationError) as exc:
-        simulate_population(_faulty(params), reference, t_out=T, max_steps=20_000)
+        simulate_population(_faulty(params), reference, t_out=T, max_steps=MAX_STEPS)
     msg = str(exc.value)
     assert msg.startswith("integration failed for 2 of 6 patients")
     assert "patient 2: step size became too small" in msg and "patient 4: maximum number of steps" in msg
