@@ -297,7 +297,8 @@ def comparison_table(outcomes: Iterable[ScenarioOutcome], sort: bool = True):
 def _fmt(x, nd=2):
     if x is None or (isinstance(x, float) and not math.isfinite(x)):
         return "–"
-    return f"{x:.{nd}f}"
+    text = f"{x:.{nd}f}"
+    return text[1:] if text.startswith("-") and float(text) == 0 else text     # no "-0"
 
 
 def comparison_markdown(table) -> str:
