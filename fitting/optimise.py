@@ -157,8 +157,30 @@ class Profile:
         below = self.values[self.delta <= DELTA_CHI2_95]
         return [float(v) for v in below if (lo is not None and v < lo) or (hi is not None and v > hi)]
 
+    def compensation(self, min_slope: float = 0.3) -> list[str]:
+        """Refitted parameters that compensate this one along the profile (|log-log slope| >= ``min_slope``):
+        the data then determine a combination of them, not each one."""
+        out = []
+        v = np.asarray(self.values, dtype=float)
+        for n, q in self.others.items():
+            q = np.asarray(q, dtype=float)
+            ok = (v > 0) & (q > 0) & np.isfinite(q)
+            if ok.sum() < 3 or np.ptp(np.log(v[ok])) < 1e-6:
+                continue
+            if q[ok].max() < 1e-6 or q[ok].max() / q[ok].min() < 1.2:   # stays put (or pinned at zero)
+                continue
+            slope = np.polyfit(np.log(v[ok]), np.log(q[ok]), 1)[0]
+            if abs(slope) >= min_slope:
+                out.append(f"{n} compensates along the profile (refitted from {q[ok].min():.4g} to "
+                           f"{q[ok].max():.4g}, log-log slope {slope:+.2f}), so only a combination of the two "
+                           f"is determined")
+        return out
+
     def describe(self) -> str:
         text = self._describe()
+        if self.classification != "identifiable":
+            for c in self.compensation():
+                text += f"; {c}"
         if self.disconnected:
             d = self.disconnected
             where = f"{min(d):.4g}" if min(d) == max(d) else f"{min(d):.4g}-{max(d):.4g}"
