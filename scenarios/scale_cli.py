@@ -141,6 +141,8 @@ def run_trial_command(args: argparse.Namespace) -> int:
         from .scale_plots import plot_trial_summary
         fig = plot_trial_summary(res.summary)
         atomic_save_figure(out / "trial_summary.png", fig)
+        import matplotlib.pyplot as plt
+        plt.close(fig)
         written.append(out / "trial_summary.png")
     for reg in regimens:
         if reg.assumption:
@@ -157,50 +159,71 @@ def run_trial_command(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------------- sensitivity
 def run_sensitivity_command(args: argparse.Namespace) -> int:
-    from tregpd.model.io import atomic_save_figure, atomic_write_frame, atomic_write_json, provenance
     from tregpd.model.parameters import load_parameters
     from .backends import make_backend
-    from tregpd.model.simulate import SolverOptions
-    from .sensitivity import ParameterSpace, TregpdModel, run_sensitivity
-    LOCAL_OPTIONS = SolverOptions(rtol=1e-9, atol=1e-11)
 
     _check_positive(args.workers, "--workers")
     _check_positive(args.chunk, "--chunk")
     _check_positive(args.top, "--top")
     params = load_parameters(args.params)
     regimen = resolve_regimen(args.regimen, 24.0)
-    space = ParameterSpace.from_parameters(params)
-    model = TregpdModel(params, space, regimen)
-    out = Path(args.out)
-    written = []
     with make_backend(workers=args.workers, scheduler=args.scheduler) as backend:
-        desc = backend.describe()
-        for method in dict.fromkeys(args.method):
-            _print(f"sensitivity ({method}): {space.dimension} parameters, regimen {regimen.name}, "
-                   f"backend {desc['backend']}")
-            # local differences need a tight solver tolerance (solver error / step << truncation error)
-            m = model if method != "local" else TregpdModel(params, space, regimen, options=LOCAL_OPTIONS)
-            res = run_sensitivity(method, m, space, args.n, seed=args.seed, backend=backend, chunk=args.chunk,
-                                  progress=not args.no_progress and sys.stderr.isatty())
-            prov = provenance(params, regimen, args.seed, command="tregpd sensitivity", method=method,
-                              settings=res.settings, n_evaluations=res.n_evaluations,
-                              elapsed_s=round(res.elapsed_s, 2), backend=desc, model=m.describe(),
-                              input_space=space.to_frame().to_dict(orient="records"))
-            atomic_write_frame(out / f"sensitivity_{method}.csv", res.table, prov)
-            atomic_write_json(out / f"sensitivity_{method}.json",
-                              {"provenance": prov, "table": res.table.to_dict(orient="records")})
-            written += [out / f"sensitivity_{method}.csv", out / f"sensitivity_{method}.json"]
-            if not args.no_plot:
-                from .scale_plots import plot_sensitivity
-                fig = plot_sensitivity(res.table, top=args.top)
-                atomic_save_figure(out / f"sensitivity_{method}.png", fig)
-                written.append(out / f"sensitivity_{method}.png")
-            key = {"sobol": ["S1", "ST"], "morris": ["mu_star", "sigma"], "local": ["elasticity"]}[method]
-            for output in model.output_names:
-                t = res.table[(res.table["output"] == output) & (res.table["rank"] <= min(args.top, 5))]
-                cells = ", ".join(f"{p} ({'/'.join(f'{v:.3g}' for v in vals)})"
-                                  for p, vals in zip(t["parameter"], t[key].to_numpy()))
-                _print(f"  {output:<20s} {'/'.join(key)}: {cells}")
-            _print(f"  {res.n_evaluations} model runs in {res.elapsed_s:.1f} s")
+        written = write_sensitivity(params, args.out, methods=args.method, n=args.n, regimen=regimen,
+                                    seed=args.seed, backend=backend, chunk=args.chunk, top=args.top,
+                                    plot=not args.no_plot, progress=not args.no_progress and sys.stderr.isatty())
     _print("wrote " + ", ".join(str(p) for p in written))
     return 0
+
+
+def write_sensitivity(parameters, out, methods=("local", "sobol"), n=None, regimen=None, seed: int = 1,
+                      backend=None, chunk: int = 2000, top: int = 12, plot: bool = True, progress: bool = False,
+                      echo=_print) -> list[Path]:
+    """Run the sensitivity ``methods`` for ``parameters`` and write ``sensitivity_<method>.csv/.json/.png``
+    under ``out``; prints the top parameters per output through ``echo``. Returns the written paths.
+
+    This is what ``tregpd sensitivity`` does (``regimen`` default: the reference regimen; ``backend`` default:
+    in-process); the pipeline can call it with the fitted parameters.
+    """
+    from tregpd.model.dosing import reference_regimen
+    from tregpd.model.io import atomic_save_figure, atomic_write_frame, atomic_write_json, provenance
+    from tregpd.model.simulate import SolverOptions
+    from .backends import InProcessBackend
+    from .sensitivity import ParameterSpace, TregpdModel, run_sensitivity
+
+    regimen = regimen if regimen is not None else reference_regimen(24.0)
+    backend = backend if backend is not None else InProcessBackend()
+    space = ParameterSpace.from_parameters(parameters)
+    model = TregpdModel(parameters, space, regimen)
+    out = Path(out)
+    written: list[Path] = []
+    desc = backend.describe()
+    for method in dict.fromkeys(methods):
+        echo(f"sensitivity ({method}): {space.dimension} parameters, regimen {regimen.name}, "
+             f"backend {desc['backend']}")
+        # local differences need a tight solver tolerance (solver error / step << truncation error)
+        m = model if method != "local" else TregpdModel(parameters, space, regimen,
+                                                         options=SolverOptions(rtol=1e-9, atol=1e-11))
+        res = run_sensitivity(method, m, space, n, seed=seed, backend=backend, chunk=chunk, progress=progress)
+        prov = provenance(parameters, regimen, seed, command="tregpd sensitivity", method=method,
+                          settings=res.settings, n_evaluations=res.n_evaluations,
+                          elapsed_s=round(res.elapsed_s, 2), backend=desc, model=m.describe(),
+                          input_space=space.to_frame().to_dict(orient="records"))
+        atomic_write_frame(out / f"sensitivity_{method}.csv", res.table, prov)
+        atomic_write_json(out / f"sensitivity_{method}.json",
+                          {"provenance": prov, "table": res.table.to_dict(orient="records")})
+        written += [out / f"sensitivity_{method}.csv", out / f"sensitivity_{method}.json"]
+        if plot:
+            from .scale_plots import plot_sensitivity
+            fig = plot_sensitivity(res.table, top=top)
+            atomic_save_figure(out / f"sensitivity_{method}.png", fig)
+            import matplotlib.pyplot as plt
+            plt.close(fig)
+            written.append(out / f"sensitivity_{method}.png")
+        key = {"sobol": ["S1", "ST"], "morris": ["mu_star", "sigma"], "local": ["elasticity"]}[method]
+        for output in model.output_names:
+            t = res.table[(res.table["output"] == output) & (res.table["rank"] <= min(top, 5))]
+            cells = ", ".join(f"{p} ({'/'.join(f'{v:.3g}' for v in vals)})"
+                              for p, vals in zip(t["parameter"], t[key].to_numpy()))
+            echo(f"  {output:<20s} {'/'.join(key)}: {cells}")
+        echo(f"  {res.n_evaluations} model runs in {res.elapsed_s:.1f} s")
+    return written
