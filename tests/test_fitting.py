@@ -193,3 +193,31 @@ def test_cli_rejects_bad_cohort(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "line 3" in err and "'value'" in err and "Traceback" not in err
     assert not (tmp_path / "o").exists()
+
+
+def test_user_cohort_with_more_weeks_iqr_and_other_observables():
+    """A cohort in the same format with weeks 0-36, IQRs, naive counts and a mean/sd pair fits without code
+    changes: baselines from week 0, roles per mode, regimen long enough, finite residuals."""
+    text = "\n".join([
+        "week,observable,statistic,value,n,source",
+        "0,treg,median,12,40,x", "0,treg,q25,7,40,x", "0,treg,q75,19,40,x", "0,ratio,median,0.5,40,x",
+        "0,naive,median,180,40,x", "6,treg,median,25,38,x", "12,ratio,median,0.3,37,x",
+        "12,th17,mean,6,37,x", "12,th17,sd,3,37,x", "36,treg,median,21,30,x", "36,naive,median,160,30,x",
+    ]) + "\n"
+    cohort = parse_cohort(text, origin="user.csv")
+    typical = FitProblem(cohort, free=("il2_emax_treg",))
+    assert typical.parameters["naive_baseline"].value == 180.0
+    assert typical.parameters["th17_baseline"].value == pytest.approx(6.0)
+    assert typical.regimen.events().time_day.max() < 36 * 7 and typical.t_out.max() == 36 * 7
+    roles = dict(zip(zip(typical.table["week"], typical.table["observable"], typical.table["statistic"]),
+                     typical.table["role"]))
+    assert roles[(12.0, "th17", "mean")] == "population fit only"
+    assert roles[(12.0, "th17", "sd")] == "weight only"
+    assert roles[(36.0, "naive", "median")] == "fitted"
+    assert typical.n_targets == 4
+    population = FitProblem(cohort, free=("il2_emax_treg",), mode="population", n_patients=30, rtol=1e-6,
+                            atol=1e-8)
+    assert population.n_targets == 7           # + week-0 q25/q75 and the week-12 mean
+    for problem in (typical, population):
+        r = problem.residuals({"il2_emax_treg": 10.0})
+        assert r.shape == (problem.n_targets,) and np.all(np.isfinite(r))
