@@ -127,6 +127,10 @@ def build_report(cohort, typ, pop, residuals, *, mode, seed, posterior=None, run
     add("---------------------------------")
     add(lmfit.fit_report(typ.result))
     add("")
+    add("Note: lmfit's '+/-' values are Wald errors from the Jacobian at the optimum; with parameters pinned at "
+        "bounds or on ridges they are not meaningful. Quote the profile-likelihood intervals and the lmfit "
+        "conf_interval below (same likelihood-ratio test), computed for the identifiable parameters.")
+    add("")
     add("lmfit conf_interval (likelihood-ratio test with known SEs; rows: sigma levels)")
     if typ.ci is not None:
         add(lmfit.ci_report(typ.ci, with_offset=False, ndigits=4))

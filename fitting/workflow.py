@@ -106,7 +106,7 @@ def fitted_parameter_set(problem: FitProblem, values: Mapping[str, float], mode:
             if ci is not None:
                 lo = "bound" if ci[0] is None else f"{ci[0]:.4g}"
                 hi = "bound" if ci[1] is None else f"{ci[1]:.4g}"
-                ci_txt = f"; 95% profile interval [{lo}, {hi}]"
+                ci_txt = f"; 95% profile interval (typical-patient fit) [{lo}, {hi}]"
             src = (f"fitted to {problem.cohort.origin} ({mode} mode){ci_txt}; prior {prior.value:g} "
                    f"({prior.status}: {prior.source})")
             params[p.name] = replace(p, status="FITTED", fitted=True, source=src, note=notes.get(p.name, ""))
