@@ -87,6 +87,7 @@ def test_scaling_doses_scales_auc_exactly(p, reg, factor):
         np.testing.assert_allclose(b.get(var), factor * a.get(var), rtol=1e-12, atol=1e-300, err_msg=var)
 
 
+@pytest.mark.slow  # 8 patients x 10 examples in the stiff corners of the box: ~100 s without JIT
 @given(seed=st.integers(0, 2**31 - 1), method=st.sampled_from(["dopri5", "rosenbrock23"]),
        reg=regimens)
 @settings(max_examples=10)
