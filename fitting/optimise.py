@@ -356,17 +356,37 @@ def confidence_intervals(minimizer, result, names: Sequence[str] | None = None, 
     return ci, ("lmfit warnings: " + "; ".join(notes)) if notes else ""
 
 
-def sample_posterior(problem: FitProblem, result, steps: int = 1000, walkers: int = 16, burn: int = 300,
-                     thin: int = 5, seed: int = 1):
+def sample_posterior(problem: FitProblem, result, steps: int = 1000, walkers: int = 16, burn: int | None = None,
+                     thin: int | None = None, seed: int = 1):
     """Posterior sample with lmfit's emcee interface (uniform priors within the bounds).
 
-    The residuals are already divided by their standard errors, hence ``is_weighted=True``. Returns the
-    lmfit MinimizerResult (``.flatchain`` is a pandas DataFrame of draws).
+    The residuals are already divided by their standard errors, hence ``is_weighted=True``. Walkers start in
+    a small ball around the fit, reflected into the bounds (parameters pinned at a bound would otherwise start
+    half the walkers outside the prior). ``burn`` defaults to a quarter of ``steps``; ``thin`` to 1.
+    Returns the lmfit MinimizerResult (``.flatchain`` is a pandas DataFrame of draws).
     """
     try:
         import emcee  # noqa: F401
     except ImportError:  # pragma: no cover
         raise TregpdError("posterior sampling needs the optional dependency 'emcee' (pip install tregpd[mcmc])")
-    mini = make_minimizer(problem, result.params.copy())
-    return mini.minimize(method="emcee", steps=steps, nwalkers=walkers, burn=burn, thin=thin,
-                         is_weighted=True, seed=seed, progress=False)
+    steps = int(steps)
+    if steps < 8:
+        raise TregpdError(f"posterior sampling needs at least 8 steps, got {steps}")
+    burn = steps // 4 if burn is None else min(int(burn), steps - 4)
+    thin = 1 if thin is None else max(1, int(thin))
+    params = result.params.copy()
+    names = [n for n, p in params.items() if p.vary]
+    rng = np.random.default_rng(seed)
+    pos = np.empty((walkers, len(names)))
+    for k, n in enumerate(names):
+        p = params[n]
+        width = 1e-3 * (p.max - p.min) if np.isfinite(p.max - p.min) else 1e-3 * max(abs(p.value), 1.0)
+        x = p.value + width * rng.standard_normal(walkers)
+        x = np.where(x < p.min, 2 * p.min - x, x)
+        x = np.where(x > p.max, 2 * p.max - x, x)
+        pos[:, k] = np.clip(x, p.min, p.max)
+    mini = make_minimizer(problem, params)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return mini.minimize(method="emcee", steps=steps, nwalkers=walkers, burn=burn, thin=thin, pos=pos,
+                             is_weighted=True, seed=seed, progress=False)

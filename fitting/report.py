@@ -152,7 +152,16 @@ def build_report(cohort, typ, pop, residuals, *, mode, seed, posterior=None, run
         for c in fc.columns:
             q = np.percentile(fc[c], [2.5, 50, 97.5])
             add(f"{c}: median {q[1]:.4g}, 95% credible [{q[0]:.4g}, {q[2]:.4g}]")
-        add(f"acceptance fraction {np.mean(posterior.acceptance_fraction):.2f}")
+        add(f"acceptance fraction {np.mean(posterior.acceptance_fraction):.2f}; {len(fc)} draws after burn-in")
+        acor = getattr(posterior, "acor", None)
+        if acor is not None:
+            add("integrated autocorrelation time (steps): " + ", ".join(
+                f"{c} {a:.1f}" for c, a in zip(fc.columns, np.atleast_1d(acor))) +
+                ". A chain shorter than ~50 autocorrelation times is not converged; treat the intervals as "
+                "indicative only.")
+        else:
+            add("autocorrelation time not available (chain too short for emcee to estimate it): the chain is "
+                "not converged; treat the intervals as indicative only.")
     add("")
     return "\n".join(lines)
 

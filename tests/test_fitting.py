@@ -177,7 +177,7 @@ def test_posterior_sampling_runs_within_bounds(truth_cohort):
     problem = FitProblem(cohort, free=("il2_emax_treg",))
     _, result = minimize(problem)
     best, stderr = result.params["il2_emax_treg"].value, result.params["il2_emax_treg"].stderr
-    post = sample_posterior(problem, result, steps=80, walkers=6, burn=20, thin=1, seed=3)
+    post = sample_posterior(problem, result, steps=80, walkers=6, burn=20, seed=3)
     draws = post.flatchain["il2_emax_treg"].to_numpy()
     assert draws.size == 6 * 60
     p = problem.parameters["il2_emax_treg"]
