@@ -16,6 +16,10 @@ from tregpd.fitting import (FitProblem, confidence_intervals, fit_population, fi
 from tregpd.fitting.cohort import cohort_from_result
 from tregpd.fitting.optimise import DELTA_CHI2_95, build_parameters
 
+# Every test here runs hundreds of ODE solves; without the JIT (make test-nojit) they would take hours, so
+# they are marked slow (still part of `make test`).
+pytestmark = pytest.mark.slow
+
 WEEKS = (0, 6, 12, 24)
 T_OUT = [7.0 * w for w in WEEKS]
 FREE = ("il2_emax_treg", "treg_suppression", "rapa_imax_th17_prolif")
