@@ -430,17 +430,34 @@ def read_nonmem(source: str | Path | io.StringIO) -> dict[int, EventTable]:
 
     Required columns: ID, TIME, AMT, CMT, EVID; optional II, ADDL (expanded), RATE (must be 0). Rows with
     EVID 0 (observations) are ignored; EVID 1 (dose) and 4 (reset and dose; only at the start) are read.
-    Lines starting with '#' are comments. Errors name the line and column.
+    Lines starting with '#' are comments. Errors name the file line and the column.
     """
     import pandas as pd
     name = str(source) if not isinstance(source, io.StringIO) else "<text>"
-    if isinstance(source, (str, Path)) and not Path(source).is_file():
-        raise RegimenError(f"event file {name!r} does not exist")
+    if isinstance(source, (str, Path)):
+        if not Path(source).is_file():
+            raise RegimenError(f"event file {name!r} does not exist")
+        try:
+            text = Path(source).read_text(encoding="utf-8-sig")
+        except UnicodeDecodeError as exc:
+            raise RegimenError(f"{name}: not a UTF-8 text file ({exc.reason} at byte {exc.start})") from None
+        except OSError as exc:
+            raise RegimenError(f"event file {name!r} cannot be read: {exc.strerror or exc}") from None
+    else:  # StringIO or another text stream
+        text = source.getvalue() if hasattr(source, "getvalue") else source.read()
+    # keep the file line number of every header/data line, so errors can name it
+    kept = [(i + 1, ln) for i, ln in enumerate(text.splitlines())
+            if ln.strip() and not ln.lstrip().startswith("#")]
     try:
-        df = pd.read_csv(source, comment="#", skipinitialspace=True)
+        df = pd.read_csv(io.StringIO("\n".join(ln for _, ln in kept)), comment="#", skipinitialspace=True)
     except Exception as exc:  # pandas raises several types for malformed CSV
         reason = " ".join(str(exc).split())  # pandas messages can end in a newline; keep one line
         raise RegimenError(f"{name}: not a readable CSV ({reason})") from None
+    line_of = [n for n, _ in kept[1:]] if len(kept) - 1 == len(df) else None
+
+    def at(r: int) -> str:
+        """Location of data record r (1-based): the file line when known."""
+        return f"{name}, line {line_of[r - 1]}" if line_of is not None else f"{name}, record {r}"
     df.columns = [str(c).strip().upper() for c in df.columns]
     missing = [c for c in ("ID", "TIME", "AMT", "CMT", "EVID") if c not in df.columns]
     if missing:
@@ -454,14 +471,14 @@ def read_nonmem(source: str | Path | io.StringIO) -> dict[int, EventTable]:
         bad = np.flatnonzero(vals.isna().to_numpy() & ~(col == "DV"))
         if bad.size:
             r = int(bad[0])
-            raise RegimenError(f"{name} row {r + 1}: column {col} must be a number, got {df[col].iloc[r]!r}")
+            raise RegimenError(f"{at(r + 1)}: column {col} must be a number, got {df[col].iloc[r]!r}")
         if col in ("ID", "EVID", "CMT", "ADDL", "MDV"):
             # integer columns: inf or 1.5 would overflow int() or be silently truncated
             arr = vals.to_numpy(dtype=float)
             bad = np.flatnonzero(~np.isfinite(arr) | (arr != np.round(arr)))
             if bad.size:
                 r = int(bad[0])
-                raise RegimenError(f"{name} row {r + 1}: column {col} must be an integer, got {float(arr[r])}")
+                raise RegimenError(f"{at(r + 1)}: column {col} must be an integer, got {float(arr[r])}")
         df[col] = vals
     out: dict[int, tuple[list, list, list]] = {}
     prev = {}
@@ -471,35 +488,35 @@ def read_nonmem(source: str | Path | io.StringIO) -> dict[int, EventTable]:
         pid = int(rec["ID"])
         t = float(rec["TIME"])
         if not math.isfinite(t) or t < 0:
-            raise RegimenError(f"{name} row {r}: TIME must be finite and >= 0, got {t!r}")
+            raise RegimenError(f"{at(r)}: TIME must be finite and >= 0, got {t!r}")
         if pid in prev and t < prev[pid]:
-            raise RegimenError(f"{name} row {r}: TIME {t} is before the previous TIME {prev[pid]} of ID {pid}; "
+            raise RegimenError(f"{at(r)}: TIME {t} is before the previous TIME {prev[pid]} of ID {pid}; "
                                "records must be sorted by time within each ID")
         prev[pid] = t
         if evid == 0 or evid == 2:
             continue
         if evid not in (1, 4):
-            raise RegimenError(f"{name} row {r}: EVID must be 0, 1, 2 or 4, got {evid}")
+            raise RegimenError(f"{at(r)}: EVID must be 0, 1, 2 or 4, got {evid}")
         if evid == 4 and pid in out and out[pid][0]:
-            raise RegimenError(f"{name} row {r}: EVID 4 (reset) is only supported as the first dose of an ID")
+            raise RegimenError(f"{at(r)}: EVID 4 (reset) is only supported as the first dose of an ID")
         if rec.get("RATE", 0) not in (0, 0.0):
-            raise RegimenError(f"{name} row {r}: RATE must be 0 (bolus doses only), got {rec['RATE']!r}")
+            raise RegimenError(f"{at(r)}: RATE must be 0 (bolus doses only), got {rec['RATE']!r}")
         amt = float(rec["AMT"])
         if not math.isfinite(amt) or amt <= 0:
-            raise RegimenError(f"{name} row {r}: AMT must be finite and > 0, got {amt!r}")
+            raise RegimenError(f"{at(r)}: AMT must be finite and > 0, got {amt!r}")
         cmt = int(rec["CMT"])
         if cmt not in DOSABLE_CMTS or cmt != rec["CMT"]:
-            raise RegimenError(f"{name} row {r}: CMT must be one of {DOSABLE_CMTS}, got {rec['CMT']!r}")
+            raise RegimenError(f"{at(r)}: CMT must be one of {DOSABLE_CMTS}, got {rec['CMT']!r}")
         ii = float(rec.get("II", 0.0))
         addl = rec.get("ADDL", 0)
         if addl != int(addl) or addl < 0:
-            raise RegimenError(f"{name} row {r}: ADDL must be a non-negative integer, got {addl!r}")
+            raise RegimenError(f"{at(r)}: ADDL must be a non-negative integer, got {addl!r}")
         addl = int(addl)
         if addl > MAX_ADDL:
-            raise RegimenError(f"{name} row {r}: ADDL must be <= {MAX_ADDL} (additional doses expanded in "
+            raise RegimenError(f"{at(r)}: ADDL must be <= {MAX_ADDL} (additional doses expanded in "
                                f"memory), got {addl}")
         if addl > 0 and not ii > 0:
-            raise RegimenError(f"{name} row {r}: II must be > 0 when ADDL > 0, got {ii!r}")
+            raise RegimenError(f"{at(r)}: II must be > 0 when ADDL > 0, got {ii!r}")
         ts, cs, as_ = out.setdefault(pid, ([], [], []))
         for k in range(addl + 1):
             ts.append(t + k * ii)
@@ -509,5 +526,8 @@ def read_nonmem(source: str | Path | io.StringIO) -> dict[int, EventTable]:
     for pid, (ts, cs, as_) in out.items():
         t, c, a = np.asarray(ts), np.asarray(cs, dtype=np.int64), np.asarray(as_)
         order = np.lexsort((c, t))
-        tables[pid] = EventTable(t[order], c[order], a[order])
+        try:
+            tables[pid] = EventTable(t[order], c[order], a[order])
+        except RegimenError as exc:  # e.g. II x ADDL beyond the float range
+            raise RegimenError(f"{name}, ID {pid} after expanding ADDL: {exc}") from None
     return tables

@@ -70,7 +70,7 @@ def _write(path, text):
     ("missing_params", "does not exist"),
     ("malformed_toml", "not valid TOML"),
     ("bad_value", "is outside its bounds"),
-    ("bad_events", "row 2: column AMT must be a number, got 'lots'"),
+    ("bad_events", "e.csv, line 3: column AMT must be a number, got 'lots'"),
     ("missing_events", "event file"),
     ("two_ids", "'simulate' takes one ID"),
     ("bad_weeks", "--weeks must be > 0"),

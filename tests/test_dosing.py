@@ -197,23 +197,24 @@ def test_read_nonmem_accepts_observations_and_lowercase_headers():
 @pytest.mark.parametrize("body,fragment", [
     ("ID,TIME,AMT,CMT\n1,0,1,1\n", "missing columns ['EVID']"),
     ("ID,TIME,AMT,CMT,EVID,FOO\n1,0,1,1,1,2\n", "unknown columns ['FOO']"),
-    ("ID,TIME,AMT,CMT,EVID\n1,0,1,1,1\n1,abc,1,1,1\n", "row 2: column TIME must be a number, got 'abc'"),
-    ("ID,TIME,AMT,CMT,EVID\n1,0,-5,1,1\n", "row 1: AMT must be finite and > 0, got -5.0"),
-    ("ID,TIME,AMT,CMT,EVID\n1,0,5,9,1\n", "row 1: CMT must be one of (1, 2, 3), got 9"),
-    ("ID,TIME,AMT,CMT,EVID\n1,0,5,1.5,1\n", "row 1: column CMT must be an integer, got 1.5"),
-    ("ID,TIME,AMT,CMT,EVID\n1,2,5,1,1\n1,1,5,1,1\n", "row 2: TIME 1.0 is before the previous TIME 2.0 of ID 1"),
-    ("ID,TIME,AMT,CMT,EVID\n1,-1,5,1,1\n", "row 1: TIME must be finite and >= 0, got -1.0"),
-    ("ID,TIME,AMT,CMT,EVID\n1,0,5,1,3\n", "row 1: EVID must be 0, 1, 2 or 4, got 3"),
-    ("ID,TIME,AMT,CMT,EVID,II,ADDL\n1,0,5,1,1,0,3\n", "row 1: II must be > 0 when ADDL > 0, got 0.0"),
-    ("ID,TIME,AMT,CMT,EVID,II,ADDL\n1,0,5,1,1,1,-2\n", "row 1: ADDL must be a non-negative integer, got -2"),
-    ("ID,TIME,AMT,CMT,EVID,RATE\n1,0,5,1,1,10\n", "row 1: RATE must be 0 (bolus doses only)"),
-    ("ID,TIME,AMT,CMT,EVID\n1,0,5,1,1\n1,1,5,1,4\n", "row 2: EVID 4 (reset) is only supported as the first"),
+    ("ID,TIME,AMT,CMT,EVID\n1,0,1,1,1\n1,abc,1,1,1\n", "<text>, line 3: column TIME must be a number, got 'abc'"),
+    ("ID,TIME,AMT,CMT,EVID\n1,0,-5,1,1\n", "<text>, line 2: AMT must be finite and > 0, got -5.0"),
+    ("ID,TIME,AMT,CMT,EVID\n1,0,5,9,1\n", "<text>, line 2: CMT must be one of (1, 2, 3), got 9"),
+    ("ID,TIME,AMT,CMT,EVID\n1,0,5,1.5,1\n", "<text>, line 2: column CMT must be an integer, got 1.5"),
+    ("ID,TIME,AMT,CMT,EVID\n1,2,5,1,1\n1,1,5,1,1\n",
+     "<text>, line 3: TIME 1.0 is before the previous TIME 2.0 of ID 1"),
+    ("ID,TIME,AMT,CMT,EVID\n1,-1,5,1,1\n", "<text>, line 2: TIME must be finite and >= 0, got -1.0"),
+    ("ID,TIME,AMT,CMT,EVID\n1,0,5,1,3\n", "<text>, line 2: EVID must be 0, 1, 2 or 4, got 3"),
+    ("ID,TIME,AMT,CMT,EVID,II,ADDL\n1,0,5,1,1,0,3\n", "<text>, line 2: II must be > 0 when ADDL > 0, got 0.0"),
+    ("ID,TIME,AMT,CMT,EVID,II,ADDL\n1,0,5,1,1,1,-2\n", "<text>, line 2: ADDL must be a non-negative integer, got -2"),
+    ("ID,TIME,AMT,CMT,EVID,RATE\n1,0,5,1,1,10\n", "<text>, line 2: RATE must be 0 (bolus doses only)"),
+    ("ID,TIME,AMT,CMT,EVID\n1,0,5,1,1\n1,1,5,1,4\n", "<text>, line 3: EVID 4 (reset) is only supported as the first"),
     # found by fuzzing: inf in an integer column escaped as OverflowError, 1.5 was truncated silently
-    ("ID,TIME,AMT,CMT,EVID\n1,0,5,1,inf\n", "row 1: column EVID must be an integer, got inf"),
-    ("ID,TIME,AMT,CMT,EVID\ninf,0,5,1,1\n", "row 1: column ID must be an integer, got inf"),
-    ("ID,TIME,AMT,CMT,EVID\n1.5,0,5,1,1\n", "row 1: column ID must be an integer, got 1.5"),
-    ("ID,TIME,AMT,CMT,EVID,II,ADDL\n1,0,5,1,1,1,inf\n", "row 1: column ADDL must be an integer, got inf"),
-    ("ID,TIME,AMT,CMT,EVID,II,ADDL\n1,0,5,1,1,1,1e9\n", "row 1: ADDL must be <= 1000000"),
+    ("ID,TIME,AMT,CMT,EVID\n1,0,5,1,inf\n", "<text>, line 2: column EVID must be an integer, got inf"),
+    ("ID,TIME,AMT,CMT,EVID\ninf,0,5,1,1\n", "<text>, line 2: column ID must be an integer, got inf"),
+    ("ID,TIME,AMT,CMT,EVID\n1.5,0,5,1,1\n", "<text>, line 2: column ID must be an integer, got 1.5"),
+    ("ID,TIME,AMT,CMT,EVID,II,ADDL\n1,0,5,1,1,1,inf\n", "<text>, line 2: column ADDL must be an integer, got inf"),
+    ("ID,TIME,AMT,CMT,EVID,II,ADDL\n1,0,5,1,1,1,1e9\n", "<text>, line 2: ADDL must be <= 1000000"),
     ("ID\n0\n0,0\n", "not a readable CSV (Error tokenizing data"),
 ])
 def test_read_nonmem_errors_name_row_and_column(body, fragment):
@@ -230,7 +231,18 @@ def test_read_nonmem_file_errors(tmp_path):
     bad.write_text("ID,TIME,AMT,CMT,EVID\n1,0,5,1,1\n1,x,5,1,1\n")
     with pytest.raises(RegimenError) as exc:
         read_nonmem(bad)
-    assert str(bad) in str(exc.value) and "row 2" in str(exc.value) and "TIME" in str(exc.value)
+    assert str(exc.value) == f"{bad}, line 3: column TIME must be a number, got 'x'"
+    # comment and blank lines count: the message names the line a text editor shows
+    bad.write_text("# dose file\n\nID,TIME,AMT,CMT,EVID\n# first dose\n1,0,5,1,1\n\n1,1,-5,1,1\n")
+    with pytest.raises(RegimenError, match=r"bad.csv, line 7: AMT must be finite and > 0, got -5.0"):
+        read_nonmem(bad)
+    bad.write_bytes(b"\xff\xfeID")
+    with pytest.raises(RegimenError, match="not a UTF-8 text file"):
+        read_nonmem(bad)
+    big = tmp_path / "big.csv"
+    big.write_text("ID,TIME,AMT,CMT,EVID,II,ADDL\n1,0,5,1,1,1e308,3\n")
+    with pytest.raises(RegimenError, match=r"big.csv, ID 1 after expanding ADDL: .*TIME must be finite"):
+        read_nonmem(big)
 
 
 def test_regimen_errors_are_tregpd_errors():
