@@ -121,7 +121,8 @@ class Parameter:
             raise ParameterError(f"{where}: lower bound {self.lower} exceeds upper bound {self.upper}")
         if not self.lower <= self.value <= self.upper:
             raise ParameterError(
-                f"{where}: value {self.value} {self.unit} is outside its bounds [{self.lower}, {self.upper}]")
+                f"{where}: value {self.value}{'' if self.unit == '1' else ' ' + self.unit} is outside its bounds "
+                f"[{self.lower}, {self.upper}]")
         if self.lower < 0:
             raise ParameterError(f"{where}: lower bound {self.lower} is negative; all parameters are >= 0")
         if not isinstance(self.fitted, bool):

@@ -61,7 +61,7 @@ def test_with_values_validates_and_copies(params):
     assert p2["il2_emax_treg"].value == 30.0 and p2["treg_baseline"].value == 20.0
     assert params["il2_emax_treg"].value == 20.0  # original untouched
     assert p2["il2_emax_treg"].source == params["il2_emax_treg"].source
-    with pytest.raises(ParameterError, match=r"'il2_emax_treg': value 500.0 1 is outside its bounds \[0.0, 200.0\]"):
+    with pytest.raises(ParameterError, match=r"'il2_emax_treg': value 500.0 is outside its bounds \[0.0, 200.0\]$"):
         params.with_values(il2_emax_treg=500.0)
     with pytest.raises(ParameterError, match=r"unknown parameter 'il2_emax'"):
         params.with_values(il2_emax=1.0)
