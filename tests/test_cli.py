@@ -144,3 +144,27 @@ def test_help_and_no_command(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["simulate", "--method", "euler"])
     assert exc.value.code == 2
+
+
+def test_interrupt_exits_130_and_leaves_no_partial_file(tmp_path, capsys, monkeypatch):
+    """Ctrl-C while the figure is being written: exit 130, one line, and no temporary or half-written file
+    (the files already written are complete)."""
+    import tregpd.model.io as tio
+
+    def interrupted_figure(path, fig, **kw):
+        def boom(src, dst):
+            raise KeyboardInterrupt
+        monkeypatch.setattr(os, "replace", boom)  # the rename of the figure's temp file is interrupted
+        return original(path, fig, **kw)
+
+    original = tio.atomic_save_figure
+    monkeypatch.setattr(tio, "atomic_save_figure", interrupted_figure)
+    out = tmp_path / "o"
+    code, _, err = run_cli(["simulate", "--weeks", 1, "--step-day", 7, "--out", out], capsys)
+    monkeypatch.undo()
+    assert code == 130
+    assert err.strip() == "tregpd simulate: interrupted; no partial output was written"
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["provenance.json", "trajectory.csv"]  # complete files only; no .tmp left behind
+    json.loads((out / "provenance.json").read_text())
+    assert len(pd.read_csv(out / "trajectory.csv", comment="#")) > 0
