@@ -134,6 +134,7 @@ def test_single_patient_failure_raises_clear_error(params, reference):
     assert "\n" not in msg
 
 
+@pytest.mark.filterwarnings("ignore:overflow:RuntimeWarning")  # pure-Python run (no JIT) of the 1e300 patient
 def test_population_keep_counts_failures_and_keeps_the_rest(params, reference):
     th = _faulty(params)
     pop = simulate_population(th, reference, t_out=T, on_failure="keep", max_steps=MAX_STEPS,
@@ -155,6 +156,7 @@ def test_population_keep_counts_failures_and_keeps_the_rest(params, reference):
     assert pop.provenance()["n_failed"] == 2
 
 
+@pytest.mark.filterwarnings("ignore:overflow:RuntimeWarning")  # pure-Python run (no JIT) of the 1e300 patient
 def test_population_raise_names_patients_and_times(params, reference):
     with pytest.raises(IntegrationError) as exc:
         simulate_population(_faulty(params), reference, t_out=T, max_steps=MAX_STEPS)
@@ -164,6 +166,7 @@ def test_population_raise_names_patients_and_times(params, reference):
     assert len(exc.value.failures) == 2
 
 
+@pytest.mark.filterwarnings("ignore:overflow:RuntimeWarning")  # pure-Python run (no JIT) of the 1e300 patient
 def test_nonfinite_output_is_never_returned_as_a_value(params, reference):
     """Even if a kernel finished with status OK, a non-finite output marks the patient failed."""
     from tregpd.model.simulate import SolverOptions, _run
