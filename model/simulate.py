@@ -41,8 +41,8 @@ PK_MODES = {"closed_form": K.MODE_CLOSED_FORM, "ode": K.MODE_PK_ODE}
 STATUS_MESSAGES = {
     K.STATUS_OK: "ok",
     K.STATUS_MAX_STEPS: "maximum number of steps reached (raise max_steps or loosen rtol)",
-    K.STATUS_STEP_TOO_SMALL: "step size became too small (the problem is too stiff for this method; "
-                             "try method='rosenbrock23')",
+    K.STATUS_STEP_TOO_SMALL: "step size became too small (stiff or exploding dynamics; with dopri5 try "
+                             "method='rosenbrock23')",
     K.STATUS_NONFINITE: "a state became NaN or infinite (parameters outside the model's valid range?)",
     K.STATUS_NEGATIVE: "a cell count became negative beyond the tolerance",
 }
@@ -80,13 +80,21 @@ class SolverOptions:
             raise TregpdError(f"solver option 'max_steps' must be a positive integer, got {self.max_steps!r}")
 
 
+#: most points an output grid may have (each patient stores N_OUT float64 values per point)
+MAX_OUTPUT_TIMES = 10_000_000
+
+
 def output_times(t_end_day: float, step_day: float = 1.0, extra: Iterable[float] = ()) -> np.ndarray:
     """Regular output grid 0, step, ..., t_end (t_end always included) plus ``extra`` times, sorted, unique."""
     for name, v in (("t_end_day", t_end_day), ("output_step_day", step_day)):
         if isinstance(v, bool) or not isinstance(v, (int, float, np.floating, np.integer)) \
                 or not math.isfinite(v) or v <= 0:
             raise TregpdError(f"{name} must be a positive number, got {v!r}")
-    n = int(math.floor(t_end_day / step_day + 1e-9))
+    n_steps = t_end_day / step_day
+    if n_steps > MAX_OUTPUT_TIMES:
+        raise TregpdError(f"output grid of {t_end_day:g} days every {step_day:g} days has {n_steps:.3g} points; "
+                          f"at most {MAX_OUTPUT_TIMES} are allowed (use a coarser output_step_day)")
+    n = int(math.floor(n_steps + 1e-9))
     grid = np.arange(n + 1) * float(step_day)
     return validate_times(np.concatenate([grid, [float(t_end_day)], np.asarray(list(extra), float)]))
 

@@ -77,6 +77,7 @@ def _write(path, text):
     ("nan_weeks", "--weeks must be > 0 and <= 5200, got nan"),
     ("inf_weeks", "--weeks must be > 0 and <= 5200, got inf"),
     ("bad_step", "output_step_day must be a positive number"),
+    ("tiny_step", "points; at most 10000000 are allowed"),  # was a MemoryError traceback (1.2 TiB grid)
     ("bad_rtol", "'rtol' must be a number in (0, 1)"),
 ])
 def test_bad_input_exits_2_with_one_line(tmp_path, capsys, params, case, fragment):
@@ -101,6 +102,8 @@ def test_bad_input_exits_2_with_one_line(tmp_path, capsys, params, case, fragmen
         args[-1] = "inf"
     elif case == "bad_step":
         args += ["--step-day", 0]
+    elif case == "tiny_step":
+        args += ["--step-day", 1e-9]
     elif case == "bad_rtol":
         args += ["--rtol", 2]
     code, stdout, err = run_cli(args, capsys)
