@@ -335,3 +335,35 @@ def test_scenario_integer_beyond_float_range_is_a_scenario_error():
     data["scenario"]["iiv"] = {"il2_cl": -(10**400)}
     with pytest.raises(ScenarioError, match="iiv"):
         schema.parse_scenario(data, "big.toml")
+
+
+# ------------------------------------------------------------------------------ the command line
+NUMBER_ARGS = ["nan", "inf", "-inf", "-1", "0", "1e-9", "1e308", "0.5", "2", "abc", "", "1e-300", "7"]
+
+
+@pytest.mark.skipif(os.environ.get("NUMBA_DISABLE_JIT", "0") not in ("", "0"), reason="runs full simulations")
+@settings(max_examples=EXAMPLES or 15)
+@given(opts=st.dictionaries(st.sampled_from(["--weeks", "--step-day", "--rtol", "--method"]),
+                            st.sampled_from(NUMBER_ARGS + ["dopri5", "rosenbrock23"]), max_size=4))
+def test_simulate_argv_fuzz(tmp_path_factory, opts):
+    """Any combination of odd option values: exit 0 (success), or 2 with a one-line message (TregpdError) or
+    argparse's usage message; never a traceback."""
+    import contextlib
+    from tregpd.cli import main
+    out = tmp_path_factory.mktemp("cli")
+    argv = ["simulate", "--out", str(out)]
+    opts.setdefault("--weeks", "1")
+    opts.setdefault("--step-day", "7")
+    for k, v in opts.items():
+        argv += [f"{k}={v}"]
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            code = main(argv)
+        except SystemExit as exc:  # argparse rejected an option value (its own usage message)
+            code = exc.code
+            assert "usage:" in err.getvalue()
+    assert code in (0, 2), (argv, err.getvalue())
+    assert "Traceback" not in err.getvalue()
+    if code == 2 and "usage:" not in err.getvalue():
+        assert len(err.getvalue().strip().splitlines()) == 1, err.getvalue()
