@@ -408,6 +408,8 @@ def write_nonmem(events: dict[int, EventTable] | EventTable, path: str | Path | 
                         j += 1
                     if ii <= 0:
                         j, ii = i, 0.0
+                    else:
+                        ii = _interval(t[i], t[j], j - i)
                 rows.append((pid, t[i], a[i], int(cmt), 1, ii, j - i))
                 i = j + 1
     rows.sort(key=lambda r: (r[0], r[1], r[3]))
@@ -423,6 +425,15 @@ def write_nonmem(events: dict[int, EventTable] | EventTable, path: str | Path | 
         from .io import atomic_write_text
         atomic_write_text(path, text)
     return text
+
+
+def _interval(t_first: float, t_last: float, n: int) -> float:
+    """II of a run of n + 1 equally spaced doses: the mean spacing, shortened to 12 significant digits when that
+    reproduces the last dose time at least as well (1.0 rather than 0.9999999999999998 from a difference of
+    floats, so ``TIME + k * II`` gives back the scheduled times)."""
+    mean = (t_last - t_first) / n
+    short = float(f"{mean:.12g}")
+    return short if abs(t_first + n * short - t_last) <= abs(t_first + n * mean - t_last) else mean
 
 
 def read_nonmem(source: str | Path | io.StringIO) -> dict[int, EventTable]:

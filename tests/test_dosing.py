@@ -187,6 +187,21 @@ def test_nonmem_round_trip_uncompressed_and_multiple_ids():
         np.testing.assert_array_equal(back[pid].amount, ev.amount)
 
 
+def test_nonmem_interval_is_clean_and_reproduces_times():
+    """II used to be the float difference of the first two times (0.9999999999999998 for doses at 1.8 and
+    2.8), so read-back times drifted and a sirolimus dose sorted before a simultaneous IL-2 dose (found by
+    hypothesis)."""
+    reg = Regimen("r", (DoseSchedule("il2", 1.0, "MIU", start_day=4.8),
+                        DoseSchedule("sirolimus", 1.0, "mg", interval_day=1.0, doses_per_course=4, start_day=1.8),
+                        DoseSchedule("sirolimus", 1.0, "mg", interval_day=0.1, doses_per_course=30, start_day=10)))
+    ev = reg.events()
+    text = write_nonmem(ev)
+    assert "1,1.8,1.0,3,1,1.0,3" in text and "1,10.0,1.0,3,1,0.1,29" in text
+    back = read_nonmem(io.StringIO(text))[1]
+    np.testing.assert_array_equal(back.cmt, ev.cmt)
+    np.testing.assert_allclose(back.time_day, ev.time_day, rtol=0, atol=1e-12)
+
+
 def test_read_nonmem_accepts_observations_and_lowercase_headers():
     text = "# comment\nid,time,amt,cmt,evid,dv\n1,0,1e6,1,1,.\n1,1,0,7,0,12.5\n1,2,0.5,3,1,.\n"
     ev = read_nonmem(io.StringIO(text))[1]

@@ -131,9 +131,10 @@ def test_pk_against_expm(ka, cl, v, rka, rcl, rvc, rq, rvp, degenerate):
     c2 *= P0["il2_pmol_per_iu"].value / v
     c3 = np.array([1000 * (expm(k3 * ti) @ [2.0, 0, 0])[1] / rvc for ti in t])
     # coincident eigenvalues are handled by a 1e-7 relative nudge: error ~1e-7 * rate * t, so 1e-5 there
-    tol = 1e-5 if degenerate else 1e-6
-    np.testing.assert_allclose(res.get("c_il2")[0], c2, rtol=tol, atol=1e-12 * c2.max())
-    np.testing.assert_allclose(res.get("c_rapa")[0], c3, rtol=tol, atol=1e-12 * c3.max())
+    # and the projectors cancel to ~1e-8 of the peak (e.g. 1e-7 ng/mL instead of 0 at the dose time)
+    tol, floor = (1e-5, 1e-7) if degenerate else (1e-6, 1e-12)
+    np.testing.assert_allclose(res.get("c_il2")[0], c2, rtol=tol, atol=floor * c2.max())
+    np.testing.assert_allclose(res.get("c_rapa")[0], c3, rtol=tol, atol=floor * c3.max())
 
 
 def test_pk_exactly_coincident_rates_matches_t_exp():
@@ -153,7 +154,11 @@ def test_event_table_nonmem_round_trip(regs, compress):
     back = read_nonmem(io.StringIO(text))
     assert sorted(back) == sorted(tables)
     for pid, ev in tables.items():
-        # ADDL expansion reproduces times to round-off (t0 + k * II vs the scheduled sum)
-        np.testing.assert_allclose(back[pid].time_day, ev.time_day, rtol=0, atol=1e-9)
-        np.testing.assert_array_equal(back[pid].cmt, ev.cmt)
-        np.testing.assert_array_equal(back[pid].amount, ev.amount)
+        # ADDL expansion reproduces times to round-off (t0 + k * II vs the scheduled sum), so doses of two
+        # drugs at the "same" time may swap order: compare in (time rounded to 1e-9 d, CMT) order
+        a, b = back[pid], ev
+        ka = np.lexsort((a.cmt, np.round(a.time_day, 9)))
+        kb = np.lexsort((b.cmt, np.round(b.time_day, 9)))
+        np.testing.assert_allclose(a.time_day[ka], b.time_day[kb], rtol=0, atol=1e-9)
+        np.testing.assert_array_equal(a.cmt[ka], b.cmt[kb])
+        np.testing.assert_array_equal(a.amount[ka], b.amount[kb])
