@@ -184,7 +184,7 @@ def test_nonfinite_output_is_never_returned_as_a_value(params, reference):
     ("neg", "must be finite and >= 0, got -1.0"),
     ("zero", "parameter 'il2_v' must be > 0, got 0.0"),
     ("imax", "'rapa_imax_th17_prolif' is a fractional inhibition and must be <= 1, got 1.5"),
-    ("shape", "theta must have shape (n_patients, 29)"),
+    ("shape", f"theta must have shape (n_patients, {len(PARAMETER_NAMES)})"),
 ])
 def test_theta_validation(params, reference, bad, fragment):
     th = np.tile(params.to_theta(), (3, 1))
