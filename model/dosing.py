@@ -23,6 +23,10 @@ CMT    compartment                 unit
 IL-2 doses go to CMT 1 (``route="sc"``, bioavailability applied) or CMT 2 (``route="iv"``); sirolimus doses
 go to CMT 3 (``route="oral"``; apparent CL/F and V/F already include bioavailability).
 
+CMT 9 is not a compartment: an event on it SETS the background glucocorticoid (prednisone-equivalent) dose
+level in mg/day from its time on (a piecewise-constant covariate; see :class:`SteroidTaper`). This is a
+tregpd convention; NONMEM users would carry it as a time-varying covariate column.
+
 NONMEM files use ``TIME`` in **days** (the model's time unit) and ``AMT`` in IU (IL-2) or mg (sirolimus);
 the unit is written in the file's header comment.
 """
@@ -40,7 +44,10 @@ from .errors import RegimenError
 
 CMT_IL2_DEPOT, CMT_IL2_CENTRAL, CMT_RAPA_GUT, CMT_RAPA_CENTRAL, CMT_RAPA_PERIPH = 1, 2, 3, 4, 5
 CMT_NAIVE, CMT_TREG, CMT_TH17 = 6, 7, 8
-DOSABLE_CMTS = (CMT_IL2_DEPOT, CMT_IL2_CENTRAL, CMT_RAPA_GUT)
+#: not a compartment: an event on CMT 9 SETS the glucocorticoid (prednisone-equivalent) dose level, mg/day,
+#: from its TIME on (a piecewise-constant time-varying covariate; AMT >= 0)
+CMT_GC_LEVEL = 9
+DOSABLE_CMTS = (CMT_IL2_DEPOT, CMT_IL2_CENTRAL, CMT_RAPA_GUT, CMT_GC_LEVEL)
 
 DRUGS = ("il2", "sirolimus")
 #: route -> dosing compartment, per drug
@@ -217,10 +224,11 @@ class EventTable:
         if bad.size:
             raise RegimenError(
                 f"event table row {bad[0]}: TIME must be finite and >= 0, got {float(t[bad[0]])!r}")
-        bad = np.flatnonzero(~np.isfinite(a) | (a <= 0))
+        bad = np.flatnonzero(~np.isfinite(a) | (a < 0) | ((a == 0) & (c != CMT_GC_LEVEL)))
         if bad.size:
-            raise RegimenError(
-                f"event table row {bad[0]}: AMT must be finite and > 0, got {float(a[bad[0]])!r}")
+            what = (f"AMT (CMT {CMT_GC_LEVEL} glucocorticoid level, mg/day) must be finite and >= 0"
+                    if c[bad[0]] == CMT_GC_LEVEL else "AMT must be finite and > 0")
+            raise RegimenError(f"event table row {bad[0]}: {what}, got {float(a[bad[0]])!r}")
         bad = np.flatnonzero(~np.isin(c, DOSABLE_CMTS))
         if bad.size:
             raise RegimenError(
@@ -264,6 +272,66 @@ class EventTable:
 
 
 @dataclass(frozen=True)
+class SteroidTaper:
+    """A glucocorticoid (prednisone-equivalent) taper of the background therapy, as stepwise level changes.
+
+    The daily dose falls linearly from ``start_mg_per_day`` at ``start_day`` to ``end_mg_per_day`` at
+    ``end_day`` in steps every ``step_day`` days (the level is constant between steps, as real tapers are),
+    then stays at ``end_mg_per_day``. Compiled to CMT 9 "set level" events. Before ``start_day`` the level is
+    the model parameter ``gc_baseline_dose`` (the dose at which the baseline is a steady state).
+
+    SAT0261 reports mean prednisone 17.20 mg/d at week 0 and 8.87 mg/d at week 24 (FOUNDING DOC); the linear
+    shape and the 14-day steps are ASSUMPTIONS.
+    """
+
+    start_mg_per_day: float
+    end_mg_per_day: float
+    end_day: float
+    start_day: float = 0.0
+    step_day: float = 14.0
+
+    def __post_init__(self) -> None:
+        where = "steroid taper"
+        for fld in ("start_mg_per_day", "end_mg_per_day", "end_day", "start_day", "step_day"):
+            v = _number(getattr(self, fld), fld, where)
+            if v < 0:
+                raise RegimenError(f"{where}: field {fld!r} must be >= 0, got {v!r}")
+            object.__setattr__(self, fld, v)
+        if self.end_day <= self.start_day:
+            raise RegimenError(f"{where}: field 'end_day' ({self.end_day}) must be after start_day "
+                               f"({self.start_day})")
+        if self.step_day <= 0:
+            raise RegimenError(f"{where}: field 'step_day' must be > 0, got {self.step_day!r}")
+        if (self.end_day - self.start_day) / self.step_day > MAX_DOSES_PER_SCHEDULE:
+            raise RegimenError(f"{where}: too many steps ({self.end_day - self.start_day} d / {self.step_day} d)")
+
+    def level_events(self) -> tuple[np.ndarray, np.ndarray]:
+        """(times in days, levels in mg/day) of the step changes, sorted."""
+        span = self.end_day - self.start_day
+        n = max(1, int(math.ceil(span / self.step_day - 1e-9)))
+        k = np.arange(n + 1)
+        t = np.minimum(self.start_day + k * self.step_day, self.end_day)
+        frac = (t - self.start_day) / span
+        lv = self.start_mg_per_day + (self.end_mg_per_day - self.start_mg_per_day) * frac
+        return t.astype(float), lv.astype(float)
+
+    def level_at(self, time_day) -> np.ndarray:
+        """The level (mg/day) in force at each time (after any step at that time); NaN before start_day."""
+        t, lv = self.level_events()
+        idx = np.searchsorted(t, np.asarray(time_day, float), side="right") - 1
+        return np.where(idx >= 0, lv[np.clip(idx, 0, None)], np.nan)
+
+    def to_dict(self) -> dict:
+        return {"start_mg_per_day": self.start_mg_per_day, "end_mg_per_day": self.end_mg_per_day,
+                "start_day": self.start_day, "end_day": self.end_day, "step_day": self.step_day}
+
+
+#: SAT0261: mean prednisone 17.20 mg/d at week 0 -> 8.87 mg/d at week 24 (values FOUNDING DOC; shape ASSUMPTION)
+SAT0261_TAPER = SteroidTaper(start_mg_per_day=17.20, end_mg_per_day=8.87, start_day=0.0, end_day=168.0,
+                             step_day=14.0)
+
+
+@dataclass(frozen=True)
 class Regimen:
     """A named dosing regimen: one or more :class:`DoseSchedule`.
 
@@ -275,8 +343,11 @@ class Regimen:
     schedules: tuple[DoseSchedule, ...] = ()
     description: str = ""
     assumption: str = ""
+    taper: "SteroidTaper | None" = None
 
     def __post_init__(self) -> None:
+        if self.taper is not None and not isinstance(self.taper, SteroidTaper):
+            raise RegimenError(f"regimen: field 'taper' must be a SteroidTaper, got {self.taper!r}")
         if not isinstance(self.name, str) or not self.name.strip():
             raise RegimenError(f"regimen: field 'name' must be a non-empty string, got {self.name!r}")
         for fld in ("description", "assumption"):
@@ -297,6 +368,11 @@ class Regimen:
             times.append(t)
             cmts.append(np.full(t.size, s.cmt, dtype=np.int64))
             amts.append(np.full(t.size, s.amount_model_units))
+        if self.taper is not None:
+            t, lv = self.taper.level_events()
+            times.append(t)
+            cmts.append(np.full(t.size, CMT_GC_LEVEL, dtype=np.int64))
+            amts.append(lv)
         if not times:
             return EventTable.empty()
         t = np.concatenate(times)
@@ -312,15 +388,18 @@ class Regimen:
         return tuple(sorted({s.drug for s in self.schedules}))
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "description": self.description, "assumption": self.assumption,
-                "schedules": [s.to_dict() for s in self.schedules]}
+        d = {"name": self.name, "description": self.description, "assumption": self.assumption,
+             "schedules": [s.to_dict() for s in self.schedules]}
+        if self.taper is not None:
+            d["taper"] = self.taper.to_dict()
+        return d
 
     @classmethod
     def from_dict(cls, data: dict, where: str = "regimen") -> "Regimen":
         """Build from a plain dict (as in a scenario file); unknown keys are errors."""
         if not isinstance(data, dict):
             raise RegimenError(f"{where}: must be a table, got {type(data).__name__}")
-        allowed = {"name", "description", "assumption", "schedules", "doses"}
+        allowed = {"name", "description", "assumption", "schedules", "doses", "taper"}
         unknown = sorted(set(data) - allowed)
         if unknown:
             raise RegimenError(f"{where}: unknown keys {unknown}; allowed: {sorted(allowed)}")
@@ -343,17 +422,36 @@ class Regimen:
                 scheds.append(DoseSchedule(**s))
             except RegimenError as exc:
                 raise RegimenError(f"{w}: {exc}") from None
+        taper = data.get("taper")
+        if taper is not None:
+            w = f"{where} taper"
+            if not isinstance(taper, dict):
+                raise RegimenError(f"{w}: must be a table")
+            tfields = set(SteroidTaper.__dataclass_fields__)
+            unknown = sorted(set(taper) - tfields)
+            if unknown:
+                raise RegimenError(f"{w}: unknown keys {unknown}; allowed: {sorted(tfields)}")
+            missing = sorted({"start_mg_per_day", "end_mg_per_day", "end_day"} - set(taper))
+            if missing:
+                raise RegimenError(f"{w}: missing keys {missing}")
+            try:
+                taper = SteroidTaper(**taper)
+            except RegimenError as exc:
+                raise RegimenError(f"{w}: {exc}") from None
         return cls(name=data.get("name", where), schedules=tuple(scheds),
-                   description=data.get("description", ""), assumption=data.get("assumption", ""))
+                   description=data.get("description", ""), assumption=data.get("assumption", ""),
+                   taper=taper)
 
 
 REFERENCE_ASSUMPTION = (
     "ASSUMPTION: the Shanxi SLE regimen (SAT0261) is not published in the sources read (literature.md f1, f3). "
     "Taken as the group's verified RA/PsA IL-2 course (0.5 MIU s.c. daily x 5 days) repeated every 4 weeks, "
-    "plus the group's RA sirolimus dose (0.5 mg orally every other day, Wen 2019), for 24 weeks.")
+    "plus the group's RA sirolimus dose (0.5 mg orally every other day, Wen 2019), for 24 weeks. "
+    "Background prednisone tapered 17.20 -> 8.87 mg/d over 24 weeks as reported (mean doses), in 2-weekly "
+    "linear steps (shape assumed).")
 
 
-def reference_regimen(weeks: float = 24) -> Regimen:
+def reference_regimen(weeks: float = 24, taper: bool = True) -> Regimen:
     """The study's assumed reference regimen (see :data:`REFERENCE_ASSUMPTION`), ``weeks`` in (0, 5200]."""
     weeks = _number(weeks, "weeks", "reference regimen")
     if not 0 < weeks <= 5200:
@@ -361,8 +459,10 @@ def reference_regimen(weeks: float = 24) -> Regimen:
     days = weeks * 7.0
     return Regimen(
         name="shanxi_reference",
-        description="rhIL-2 0.5 MIU s.c. daily x5 every 28 days + sirolimus 0.5 mg p.o. every other day",
+        description="rhIL-2 0.5 MIU s.c. daily x5 every 28 days + sirolimus 0.5 mg p.o. every other day"
+                    + (" + prednisone taper 17.2 -> 8.87 mg/d over 24 wk" if taper else ""),
         assumption=REFERENCE_ASSUMPTION,
+        taper=SAT0261_TAPER if taper else None,
         schedules=(
             DoseSchedule("il2", 0.5, "MIU", interval_day=1, doses_per_course=5,
                          n_courses=int(math.ceil(days / 28.0)), course_interval_day=28, stop_day=days),
@@ -415,7 +515,7 @@ def write_nonmem(events: dict[int, EventTable] | EventTable, path: str | Path | 
     rows.sort(key=lambda r: (r[0], r[1], r[3]))
     buf = io.StringIO()
     buf.write("# tregpd event table: TIME and II in days; AMT in IU (CMT 1 IL-2 depot, 2 IL-2 central) "
-              "or mg (CMT 3 sirolimus gut)\n")
+              "or mg (CMT 3 sirolimus gut); CMT 9 sets the prednisone-equivalent level in mg/day\n")
     buf.write(",".join(NONMEM_COLUMNS) + "\n")
     for r in rows:
         # float() first: numpy 2 scalars repr as "np.float64(...)", which no CSV reader accepts
@@ -513,11 +613,14 @@ def read_nonmem(source: str | Path | io.StringIO) -> dict[int, EventTable]:
         if rec.get("RATE", 0) not in (0, 0.0):
             raise RegimenError(f"{at(r)}: RATE must be 0 (bolus doses only), got {rec['RATE']!r}")
         amt = float(rec["AMT"])
-        if not math.isfinite(amt) or amt <= 0:
-            raise RegimenError(f"{at(r)}: AMT must be finite and > 0, got {amt!r}")
         cmt = int(rec["CMT"])
         if cmt not in DOSABLE_CMTS or cmt != rec["CMT"]:
             raise RegimenError(f"{at(r)}: CMT must be one of {DOSABLE_CMTS}, got {rec['CMT']!r}")
+        if cmt == CMT_GC_LEVEL and not (math.isfinite(amt) and amt >= 0):
+            raise RegimenError(f"{at(r)}: AMT (CMT {CMT_GC_LEVEL} glucocorticoid level, mg/day) must be finite "
+                               f"and >= 0, got {amt!r}")
+        if cmt != CMT_GC_LEVEL and not (math.isfinite(amt) and amt > 0):
+            raise RegimenError(f"{at(r)}: AMT must be finite and > 0, got {amt!r}")
         ii = float(rec.get("II", 0.0))
         addl = rec.get("ADDL", 0)
         if addl != int(addl) or addl < 0:

@@ -23,7 +23,11 @@ Cells (N naive CD4, R Treg, T Th17)::
     dif  = k_NT (1 - Imax_il2_dif S_E)(1 - Imax_rapa_dif I_m)  naive -> Th17 differentiation, 1/day
     dN/dt = s_N - d_N N - ind N - dif N
     dR/dt = ind N + p_R (1 + Emax_il2_R S_R) R - d_R R (1 + R/K_crowd)
-    dT/dt = dif N + p_T (1 + Emax_il2_T S_E)(1 - Imax_rapa_prolif I_m) T / (1 + R/K_supp) - d_T T
+    dT/dt = dif N + p_T g(P) (1 + Emax_il2_T S_E)(1 - Imax_rapa_prolif I_m) T / (1 + R/K_supp) - d_T T
+
+``g(P) = (1 - Imax_gc P/(P + EC50_gc)) / (1 - Imax_gc P0/(P0 + EC50_gc))`` is the background glucocorticoid
+(prednisone-equivalent dose P, mg/day, set by CMT 9 events; P0 = gc_baseline_dose) acting on Th17
+proliferation; g = 1 until a taper event, so a regimen without one is unaffected.
 
 ``s_N``, ``d_R`` and ``d_T`` are derived (:func:`derive`) so that the untreated model sits exactly at the
 baseline (N0, R0, T0).
@@ -47,7 +51,7 @@ from .parameters import (
     N_THETA, I_IL2_KA, I_IL2_F, I_IL2_CL, I_IL2_V, I_IL2_PMOL_PER_IU, I_RAPA_KA, I_RAPA_CL, I_RAPA_VC,
     I_RAPA_Q, I_RAPA_VP, I_EC50_TREG, I_EC50_EFF, I_RAPA_IC50, I_N0, I_R0, I_T0, I_NAIVE_DEATH, I_N_TO_R,
     I_N_TO_T, I_R_PROLIF, I_T_PROLIF, I_R_CROWD, I_R_SUPPRESS, I_IL2_EMAX_R, I_IL2_EMAX_T, I_IL2_IMAX_TDIFF,
-    I_RAPA_EMAX_RIND, I_RAPA_IMAX_TDIFF, I_RAPA_IMAX_TPROLIF,
+    I_RAPA_EMAX_RIND, I_RAPA_IMAX_TDIFF, I_RAPA_IMAX_TPROLIF, I_GC0, I_GC_EC50, I_GC_IMAX_T,
 )
 
 # ---- derived entries appended to theta by derive()
@@ -73,8 +77,8 @@ OUT_NAIVE, OUT_TREG, OUT_TH17, OUT_C_IL2, OUT_C_RAPA, OUT_AUC_IL2, OUT_AUC_RAPA 
 N_OUT = 7
 
 # ---- PK coefficient block layout (pkc): t_seg, il2 rates(2), il2 coefs(2), rapa rates(3), rapa coefs(3)
-PKC_T0, PKC_L2, PKC_C2, PKC_L3, PKC_C3 = 0, 1, 3, 5, 8
-N_PKC = 11
+PKC_T0, PKC_L2, PKC_C2, PKC_L3, PKC_C3, PKC_GC = 0, 1, 3, 5, 8, 11
+N_PKC = 12
 
 # ---- Dormand-Prince 5(4) tableau (Dormand & Prince 1980; as in scipy.integrate._ivp.rk.RK45)
 DP_C = np.array([0.0, 1 / 5, 3 / 10, 4 / 5, 8 / 9, 1.0])
@@ -126,8 +130,18 @@ def derive(theta):
 
 
 @njit(cache=True)
-def cell_derivs(naive, treg, th17, c_il2, c_rapa, p, dy, off):
-    """Cell equations (module docstring); writes dN, dR, dT to ``dy[off:off+3]``."""
+def gc_factor(level, p):
+    """Glucocorticoid factor on Th17 proliferation at a prednisone-equivalent dose ``level`` (mg/day):
+    g = (1 - Imax P/(P + EC50)) / (1 - Imax P0/(P0 + EC50)); g = 1 at the baseline dose P0."""
+    occ = level / (level + p[I_GC_EC50])
+    occ0 = p[I_GC0] / (p[I_GC0] + p[I_GC_EC50])
+    return (1.0 - p[I_GC_IMAX_T] * occ) / (1.0 - p[I_GC_IMAX_T] * occ0)
+
+
+@njit(cache=True)
+def cell_derivs(naive, treg, th17, c_il2, c_rapa, gc, p, dy, off):
+    """Cell equations (module docstring); ``gc`` is the glucocorticoid factor (:func:`gc_factor`);
+    writes dN, dR, dT to ``dy[off:off+3]``."""
     if c_il2 < 0.0:
         c_il2 = 0.0
     if c_rapa < 0.0:
@@ -141,7 +155,7 @@ def cell_derivs(naive, treg, th17, c_il2, c_rapa, p, dy, off):
     dy[off + 1] = (ind * naive + p[I_R_PROLIF] * (1.0 + p[I_IL2_EMAX_R] * s_r) * treg
                    - p[I_DEATH_R] * treg * (1.0 + treg / p[I_R_CROWD]))
     dy[off + 2] = (dif * naive
-                   + p[I_T_PROLIF] * (1.0 + p[I_IL2_EMAX_T] * s_e) * (1.0 - p[I_RAPA_IMAX_TPROLIF] * i_m)
+                   + p[I_T_PROLIF] * gc * (1.0 + p[I_IL2_EMAX_T] * s_e) * (1.0 - p[I_RAPA_IMAX_TPROLIF] * i_m)
                    * th17 / (1.0 + treg / p[I_R_SUPPRESS])
                    - p[I_DEATH_T] * th17)
 
@@ -290,7 +304,7 @@ def rhs(t, y, p, pkc, mode, dy):
     """Right-hand side in either state layout (module docstring). Writes ``dy``."""
     if mode == MODE_CLOSED_FORM:
         c2, c3 = pk_conc(t, pkc)
-        cell_derivs(y[0], y[1], y[2], c2, c3, p, dy, 0)
+        cell_derivs(y[0], y[1], y[2], c2, c3, pkc[PKC_GC], p, dy, 0)
     else:
         ka2 = p[I_IL2_KA]
         ke2 = p[I_IL2_CL] / p[I_IL2_V]
@@ -305,7 +319,7 @@ def rhs(t, y, p, pkc, mode, dy):
         dy[4] = k12 * y[3] - k21 * y[4]
         c2 = y[1] * p[I_IL2_PMOL_PER_IU] / p[I_IL2_V]
         c3 = 1000.0 * y[3] / p[I_RAPA_VC]
-        cell_derivs(y[5], y[6], y[7], c2, c3, p, dy, 5)
+        cell_derivs(y[5], y[6], y[7], c2, c3, pkc[PKC_GC], p, dy, 5)
         dy[8] = c2
         dy[9] = c3
 
@@ -978,6 +992,7 @@ def simulate_patient_cf_dp5(theta, dose_t, dose_cmt, dose_amt, t_out, rtol, atol
     t = 0.0
     steps = 0
     t_end = t_out[n_out - 1]
+    pkc[PKC_GC] = 1.0
     while True:
         while i_dose < n_dose and dose_t[i_dose] <= t:
             c = dose_cmt[i_dose]
@@ -986,8 +1001,11 @@ def simulate_patient_cf_dp5(theta, dose_t, dose_cmt, dose_amt, t_out, rtol, atol
                 a2[0] += amt * p[I_IL2_F]
             elif c == 2:
                 a2[1] += amt
-            else:
+            elif c == 3:
                 a3[0] += amt
+            else:  # CMT 9: glucocorticoid level (mg/day) from now on
+                pkc[PKC_GC] = gc_factor(amt, p)
+                q[Q_PROLIF_T] = p[I_T_PROLIF] * pkc[PKC_GC]
             i_dose += 1
         pk_set_segment(t, a2, a3, lam2, m2, lam3, m3, p, pkc)
         while k_out < n_out and t_out[k_out] <= t:
@@ -1047,6 +1065,7 @@ def simulate_patient(theta, dose_t, dose_cmt, dose_amt, t_out, rtol, atol, metho
     a3 = np.zeros(3)
     pkc = np.zeros(N_PKC)
     pk_set_segment(0.0, a2, a3, lam2, m2, lam3, m3, p, pkc)
+    pkc[PKC_GC] = 1.0
     auc2 = 0.0
     auc3 = 0.0
     n_dose = dose_t.size
@@ -1065,7 +1084,9 @@ def simulate_patient(theta, dose_t, dose_cmt, dose_amt, t_out, rtol, atol, metho
             amt = dose_amt[i_dose]
             if c == 1:
                 amt *= p[I_IL2_F]
-            if mode == MODE_CLOSED_FORM:
+            if c == 9:  # glucocorticoid level (mg/day) from now on
+                pkc[PKC_GC] = gc_factor(amt, p)
+            elif mode == MODE_CLOSED_FORM:
                 if c == 1:
                     a2[0] += amt
                 elif c == 2:

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .dosing import CMT_IL2_CENTRAL, CMT_IL2_DEPOT, CMT_RAPA_GUT, Regimen
+from .dosing import CMT_GC_LEVEL, CMT_IL2_CENTRAL, CMT_IL2_DEPOT, CMT_RAPA_GUT, Regimen
 from .errors import TregpdError
 from .parameters import PARAMETER_NAMES, ParameterSet, _PER_DAY
 
@@ -59,6 +59,7 @@ _UNITS = {
     "pM": ("picomolar", [("mole", 1, -12, 1.0), ("litre", -1, 0, 1.0)]),
     "ng/mL": ("ng_per_mL", [("gram", 1, -9, 1.0), ("litre", -1, -3, 1.0)]),
     "mg": ("milligram", [("gram", 1, -3, 1.0)]),
+    "mg/day": ("mg_per_day", [("gram", 1, -3, 1.0), ("second", -1, 0, 86400.0)]),
     "cells/uL": ("cells_per_uL", [("item", 1, 0, 1.0), ("litre", -1, -6, 1.0)]),
     "cells/uL/day": ("cells_per_uL_per_day", [("item", 1, 0, 1.0), ("litre", -1, -6, 1.0),
                                               ("second", -1, 0, 86400.0)]),
@@ -94,6 +95,10 @@ RULES = (
     ("differentiation", "1/day",
      "naive_to_th17 * (1 - il2_imax_th17_diff * s_e) * (1 - rapa_imax_th17_diff * i_m)",
      "naive -> Th17 differentiation"),
+    ("gc_factor", "1",
+     "(1 - gc_imax_th17 * gc_level / (gc_level + gc_ec50))"
+     " / (1 - gc_imax_th17 * gc_baseline_dose / (gc_baseline_dose + gc_ec50))",
+     "glucocorticoid factor on Th17 proliferation (1 at the baseline prednisone dose)"),
     ("ratio", "1", "th17 / treg", "Th17/Treg ratio"),
 )
 
@@ -108,7 +113,7 @@ RATES = {
     "naive": "naive_supply - (naive_death + induction + differentiation) * naive",
     "treg": "induction * naive + treg_proliferation * (1 + il2_emax_treg * s_r) * treg"
             " - treg_death * treg * (1 + treg / treg_crowding)",
-    "th17": "differentiation * naive + th17_proliferation * (1 + il2_emax_th17 * s_e)"
+    "th17": "differentiation * naive + th17_proliferation * gc_factor * (1 + il2_emax_th17 * s_e)"
             " * (1 - rapa_imax_th17_prolif * i_m) * th17 / (1 + treg / treg_suppression) - th17_death * th17",
 }
 
@@ -219,6 +224,11 @@ def build_document(parameters: ParameterSet, regimen: Regimen, model_id: str = "
         ia = model.createInitialAssignment()
         ia.setSymbol(sid)
         _check(ia.setMath(_math(base, sid)), f"set the initial value of {sid}")
+    _parameter(model, "gc_level", None, "mg/day",
+               "background prednisone-equivalent dose (set by taper events; CMT 9)", constant=False)
+    ia = model.createInitialAssignment()
+    ia.setSymbol("gc_level")
+    _check(ia.setMath(_math("gc_baseline_dose", "gc_level")), "set the initial value of gc_level")
     for rid, unit, formula, desc in RULES:
         _parameter(model, rid, None, unit, desc, constant=False)
         rule = model.createAssignmentRule()
@@ -230,10 +240,12 @@ def build_document(parameters: ParameterSet, regimen: Regimen, model_id: str = "
         _check(rule.setMath(_math(RATES[sid], sid)), f"set the rate rule of {sid}")
 
     for k, (t, cmt, amt) in enumerate(zip(events.time_day, events.cmt, events.amount)):
-        target = DOSE_TARGET[int(cmt)]
+        is_level = int(cmt) == CMT_GC_LEVEL
+        target = "gc_level" if is_level else DOSE_TARGET[int(cmt)]
         ev = model.createEvent()
         _check(ev.setId(f"dose_{k + 1}"), "set an event id")
-        ev.setName(f"dose {k + 1}: {amt:g} {'IU' if target.startswith('il2') else 'mg'} into {target} "
+        ev.setName(f"prednisone level {amt:g} mg/day from day {t:g}" if is_level else
+                   f"dose {k + 1}: {amt:g} {'IU' if target.startswith('il2') else 'mg'} into {target} "
                    f"at day {t:g}")
         ev.setUseValuesFromTriggerTime(True)
         trig = ev.createTrigger()
@@ -243,7 +255,8 @@ def build_document(parameters: ParameterSet, regimen: Regimen, model_id: str = "
         ea = ev.createEventAssignment()
         ea.setVariable(target)
         scale = " * il2_bioavailability" if int(cmt) == CMT_IL2_DEPOT else ""
-        _check(ea.setMath(_math(f"{target} + {float(amt)!r}{scale}", f"dose {k + 1}")),
+        value = f"{float(amt)!r}" if is_level else f"{target} + {float(amt)!r}{scale}"
+        _check(ea.setMath(_math(value, f"dose {k + 1}")),
                "set an event assignment")
     return doc
 

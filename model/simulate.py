@@ -138,7 +138,8 @@ def theta_matrix(parameters: ParameterSet | np.ndarray | Sequence[ParameterSet])
         raise ParameterError(f"patient {i}: parameter {PARAMETER_NAMES[j]!r} must be finite and >= 0, "
                              f"got {float(th[i, j])!r}")
     positive = [n for n in PARAMETER_NAMES if not (n.startswith(("il2_emax", "il2_imax", "rapa_emax", "rapa_imax"))
-                                                   or n in ("naive_to_treg", "naive_to_th17"))]
+                                                   or n in ("naive_to_treg", "naive_to_th17", "gc_baseline_dose",
+                                                            "gc_imax_th17"))]
     for n in positive:
         j = PARAMETER_NAMES.index(n)
         bad = np.flatnonzero(th[:, j] <= 0)
@@ -150,6 +151,11 @@ def theta_matrix(parameters: ParameterSet | np.ndarray | Sequence[ParameterSet])
         if bad.size:
             raise ParameterError(f"patient {bad[0]}: parameter {n!r} is a fractional inhibition and must be "
                                  f"<= 1, got {float(th[bad[0], j])!r}")
+    j = PARAMETER_NAMES.index("gc_imax_th17")
+    bad = np.flatnonzero(th[:, j] >= 1)
+    if bad.size:
+        raise ParameterError(f"patient {bad[0]}: parameter 'gc_imax_th17' must be < 1 (it divides the "
+                             f"glucocorticoid factor), got {float(th[bad[0], j])!r}")
     return np.ascontiguousarray(th)
 
 

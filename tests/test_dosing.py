@@ -49,7 +49,12 @@ def test_reference_regimen_events():
     assert "ASSUMPTION" in reg.assumption and reg.assumption == REFERENCE_ASSUMPTION
     # same-time doses are ordered by compartment
     both = np.flatnonzero(ev.time_day == 0.0)
-    np.testing.assert_array_equal(ev.cmt[both], [1, 3])
+    np.testing.assert_array_equal(ev.cmt[both], [1, 3, 9])
+    # background prednisone taper (SAT0261: 17.20 -> 8.87 mg/d over 24 weeks) as CMT 9 level events every 14 d
+    gc_t, gc_level = ev.time_day[ev.cmt == 9], ev.amount[ev.cmt == 9]
+    np.testing.assert_array_equal(gc_t, np.arange(0, 169, 14.0))
+    np.testing.assert_allclose(gc_level, 17.20 + (8.87 - 17.20) * gc_t / 168.0, rtol=1e-14)
+    assert reference_regimen(weeks=24, taper=False).events().cmt.tolist().count(9) == 0
 
 
 @pytest.mark.parametrize("weeks", [0, -1, float("nan"), float("inf"), 1e308, "24"])
@@ -61,7 +66,7 @@ def test_reference_regimen_rejects_bad_weeks(weeks):
 
 def test_events_until_day_and_empty():
     ev = reference_regimen().events(until_day=3.0)
-    assert ev.time_day.max() < 3.0 and len(ev) == 3 + 2
+    assert ev.time_day.max() < 3.0 and len(ev) == 3 + 2 + 1   # IL-2, sirolimus, prednisone level at day 0
     assert len(no_treatment().events()) == 0
     assert len(EventTable.empty()) == 0
 
@@ -121,7 +126,7 @@ def test_event_table_validation():
         EventTable([0.0, 3.0, 1.0], [1, 1, 1], [1.0, 1.0, 1.0])
     with pytest.raises(RegimenError, match=r"row 1: AMT must be finite and > 0, got 0.0$"):
         EventTable([0.0, 1.0], [1, 1], [1.0, 0.0])
-    with pytest.raises(RegimenError, match=r"row 0: CMT must be one of \(1, 2, 3\).*got 7"):
+    with pytest.raises(RegimenError, match=r"row 0: CMT must be one of \(1, 2, 3, 9\).*got 7"):
         EventTable([0.0], [7], [1.0])
     with pytest.raises(RegimenError, match=r"row 0: TIME must be finite and >= 0"):
         EventTable([-1.0], [1], [1.0])
@@ -162,8 +167,9 @@ def test_nonmem_round_trip_compresses_with_addl(tmp_path):
     lines = [ln for ln in text.splitlines() if not ln.startswith("#")]
     assert lines[0] == "ID,TIME,AMT,CMT,EVID,II,ADDL"
     # 6 IL-2 courses: each 5-dose course compresses to one record (II=1, ADDL=4); sirolimus to one record
-    # (II=2, ADDL=83)
-    assert len(lines) - 1 < 15
+    # (II=2, ADDL=83); plus 13 prednisone-level records (CMT 9, days 0, 14, ..., 168: levels differ)
+    assert len(lines) - 1 < 15 + 13
+    assert sum(ln.split(",")[3] == "9" for ln in lines[1:]) == 13
     assert "1,0.0,0.5,3,1,2.0,83" in lines
     assert "1,0.0,500000.0,1,1,1.0,4" in lines
     back = read_nonmem(path)
@@ -214,7 +220,9 @@ def test_read_nonmem_accepts_observations_and_lowercase_headers():
     ("ID,TIME,AMT,CMT,EVID,FOO\n1,0,1,1,1,2\n", "unknown columns ['FOO']"),
     ("ID,TIME,AMT,CMT,EVID\n1,0,1,1,1\n1,abc,1,1,1\n", "<text>, line 3: column TIME must be a number, got 'abc'"),
     ("ID,TIME,AMT,CMT,EVID\n1,0,-5,1,1\n", "<text>, line 2: AMT must be finite and > 0, got -5.0"),
-    ("ID,TIME,AMT,CMT,EVID\n1,0,5,9,1\n", "<text>, line 2: CMT must be one of (1, 2, 3), got 9"),
+    ("ID,TIME,AMT,CMT,EVID\n1,0,5,7,1\n", "<text>, line 2: CMT must be one of (1, 2, 3, 9), got 7"),
+    ("ID,TIME,AMT,CMT,EVID\n1,0,-1,9,1\n",
+     "<text>, line 2: AMT (CMT 9 glucocorticoid level, mg/day) must be finite and >= 0, got -1.0"),
     ("ID,TIME,AMT,CMT,EVID\n1,0,5,1.5,1\n", "<text>, line 2: column CMT must be an integer, got 1.5"),
     ("ID,TIME,AMT,CMT,EVID\n1,2,5,1,1\n1,1,5,1,1\n",
      "<text>, line 3: TIME 1.0 is before the previous TIME 2.0 of ID 1"),
@@ -262,3 +270,21 @@ def test_read_nonmem_file_errors(tmp_path):
 
 def test_regimen_errors_are_tregpd_errors():
     assert issubclass(RegimenError, TregpdError)
+
+
+def test_steroid_taper_levels_and_validation():
+    from tregpd.model.dosing import SteroidTaper
+    taper = SteroidTaper(start_mg_per_day=20.0, end_mg_per_day=5.0, start_day=7.0, end_day=37.0, step_day=7.0)
+    t, lv = taper.level_events()
+    np.testing.assert_array_equal(t, [7, 14, 21, 28, 35, 37])
+    np.testing.assert_allclose(lv, 20 - 15 * (t - 7) / 30)
+    np.testing.assert_allclose(taper.level_at([8.0, 36.9, 100.0]), [20.0, 20 - 15 * 28 / 30, 5.0])
+    with pytest.raises(RegimenError, match="end_day"):
+        SteroidTaper(start_mg_per_day=20.0, end_mg_per_day=5.0, start_day=10.0, end_day=5.0)
+    with pytest.raises(RegimenError, match="start_mg_per_day"):
+        SteroidTaper(start_mg_per_day=-1.0, end_mg_per_day=5.0, end_day=5.0)
+    reg = Regimen.from_dict({"name": "t", "taper": {"start_mg_per_day": 10, "end_mg_per_day": 0, "end_day": 28}})
+    assert reg.events().amount[-1] == 0.0          # a level of 0 mg/day is allowed on CMT 9
+    with pytest.raises(RegimenError, match="unknown keys"):
+        Regimen.from_dict({"name": "t", "taper": {"start_mg_per_day": 10, "end_mg_per_day": 0, "end_day": 28,
+                                                  "shape": "linear"}})

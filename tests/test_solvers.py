@@ -46,7 +46,15 @@ def rates(p):
     v["s_n"] = (v["naive_death"] + v["naive_to_treg"] + v["naive_to_th17"]) * n0
     v["d_r"] = (v["naive_to_treg"] * n0 + v["treg_proliferation"] * r0) / (r0 * (1 + r0 / v["treg_crowding"]))
     v["d_t"] = v["naive_to_th17"] * n0 / t0 + v["th17_proliferation"] / (1 + r0 / v["treg_suppression"])
+    v["gc_g"] = 1.0   # glucocorticoid factor on Th17 proliferation; 1 at the baseline prednisone dose
     return v
+
+
+def glucocorticoid_factor(level, v):
+    """g(P) = (1 - Imax P/(P+EC50)) / (1 - Imax P0/(P0+EC50)) (kernels docstring), P in mg/day."""
+    occupancy = level / (level + v["gc_ec50"])
+    occupancy0 = v["gc_baseline_dose"] / (v["gc_baseline_dose"] + v["gc_ec50"])
+    return (1 - v["gc_imax_th17"] * occupancy) / (1 - v["gc_imax_th17"] * occupancy0)
 
 
 def reference_rhs(t, y, v):
@@ -68,7 +76,7 @@ def reference_rhs(t, y, v):
     dr = (induction * n + v["treg_proliferation"] * (1 + v["il2_emax_treg"] * s_r) * r
           - v["d_r"] * r * (1 + r / v["treg_crowding"]))
     dt = (differentiation * n
-          + v["th17_proliferation"] * (1 + v["il2_emax_th17"] * s_e) * (1 - v["rapa_imax_th17_prolif"] * i_m)
+          + v["th17_proliferation"] * v["gc_g"] * (1 + v["il2_emax_th17"] * s_e) * (1 - v["rapa_imax_th17_prolif"] * i_m)
           * th / (1 + r / v["treg_suppression"])
           - v["d_t"] * th)
     return [-v["il2_ka"] * a_d, v["il2_ka"] * a_d - ke * a_c,
@@ -88,7 +96,9 @@ def reference_solution(p, regimen, t_out, method, rtol=1e-10):
     out = np.full((t_out.size, 10), np.nan)
     for k, t in enumerate(breaks):
         for td, c, a in zip(ev.time_day, ev.cmt, ev.amount):
-            if td == t:
+            if td == t and c == 9:    # CMT 9 sets the prednisone level (mg/day)
+                v["gc_g"] = glucocorticoid_factor(a, v)
+            elif td == t:
                 y[int(c) - 1] += a * (v["il2_bioavailability"] if c == 1 else 1.0)
         out[t_out == t] = y
         if k + 1 < breaks.size:
