@@ -58,8 +58,8 @@ def register(sub) -> None:
     s.add_argument("--method", nargs="+", choices=["sobol", "morris", "local"], default=["sobol"],
                    help="one or more of sobol (default), morris, local")
     s.add_argument("--n", type=int, default=None,
-                   help="Sobol base samples (power of 2; default 512 -> 512 x 31 runs) or Morris trajectories "
-                        "(default 64 -> 64 x 30 runs); ignored by local")
+                   help="Sobol base samples (power of 2; default 512 -> 512 (D + 2) runs for D parameters) or Morris "
+                        "trajectories (default 64 -> 64 (D + 1) runs); ignored by local")
     s.add_argument("--params", type=Path, default=None,
                    help="parameter file (TOML) giving the values, bounds and the local-analysis point; "
                         "default: literature priors")

@@ -55,6 +55,7 @@ def test_patients_do_not_depend_on_the_chunk_that_draws_them(plan):
     assert {PARAMETER_NAMES[i] for i in varied} == {nm for nm, _ in plan.iiv}
 
 
+@pytest.mark.slow   # many full trajectories: excluded from make test-nojit
 def test_streaming_summary_matches_exact_numpy_on_the_full_population(plan, trial_500):
     theta, _ = trial_theta(plan, 0, plan.n_patients)
     res = simulate_population(theta, reference_regimen(), t_out=plan.t_out)
@@ -85,12 +86,14 @@ def test_streaming_summary_matches_exact_numpy_on_the_full_population(plan, tria
     assert not summary["value"].isna().any()
 
 
+@pytest.mark.slow   # many full trajectories: excluded from make test-nojit
 def test_summary_is_bit_identical_for_other_chunk_sizes(plan, trial_500):
     other = run_trial(plan, chunk_patients=750, backend=InProcessBackend(parallel_kernel=False))
     assert other.n_chunks == 2 and trial_500.n_chunks == 3
     pd.testing.assert_frame_equal(trial_500.summary, other.summary, check_exact=True)
 
 
+@pytest.mark.slow   # many full trajectories: excluded from make test-nojit
 def test_dask_local_cluster_gives_the_same_numbers_as_in_process(params):
     """One LocalCluster (2 worker processes): a trial and a sensitivity evaluation, bit-identical."""
     from tregpd.scenarios.backends import DaskBackend
@@ -137,6 +140,7 @@ def test_bad_settings_raise_clear_errors(params):
         make_backend(workers=0)
 
 
+@pytest.mark.slow   # many full trajectories: excluded from make test-nojit
 def test_trial_cli_writes_summary_with_provenance(tmp_path, capsys):
     out = tmp_path / "trial"
     code = main(["trial", "--patients", "300", "--chunk", "100", "--block", "100", "--regimen", "reference",
