@@ -226,4 +226,11 @@ def write_sensitivity(parameters, out, methods=("local", "sobol"), n=None, regim
                               for p, vals in zip(t["parameter"], t[key].to_numpy()))
             echo(f"  {output:<20s} {'/'.join(key)}: {cells}")
         echo(f"  {res.n_evaluations} model runs in {res.elapsed_s:.1f} s")
+        if method == "sobol":
+            g = res.table.groupby("output", sort=False)
+            shaky = [o for o, t in g if (t["ST_conf"] > 0.3).any() or (t["ST"] > 1.05).any()]
+            if shaky:
+                echo(f"  WARNING: Sobol indices of {', '.join(shaky)} are unreliable (an ST above 1 or a 95 % "
+                     "interval wider than +/-0.3): the output is heavy-tailed over the parameter box (e.g. a few "
+                     "runaway samples); increase --n or read the ranking with its confidence intervals")
     return written
