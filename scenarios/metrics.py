@@ -102,6 +102,8 @@ def peak_grid(regimen, t_end_day: float, window_day: float = 1.0, step_day: floa
     rapa = ev.time_day[ev.cmt == 3]
     if rapa.size:
         times.append(rapa[-1] + offsets)
+    if not times:  # no IL-2 or sirolimus dose (e.g. a prednisone taper only)
+        return np.zeros(0)
     t = np.unique(np.concatenate(times))
     return t[t <= t_end_day]
 

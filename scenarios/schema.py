@@ -311,7 +311,7 @@ def parse_scenario(data: Mapping[str, Any], origin: str = "<scenario>", base_dir
     assumption = _string(sc, "assumption", origin)
     if not regimen.assumption and assumption:
         regimen = Regimen(name=regimen.name, schedules=regimen.schedules, description=regimen.description,
-                          assumption=assumption)
+                          assumption=assumption, taper=regimen.taper)
 
     t_end = weeks * 7.0
     for i, s in enumerate(regimen.schedules):
