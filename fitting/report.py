@@ -189,19 +189,29 @@ def _implied_th17(cohort, typ) -> str:
     for name, side in NO_TH17_LOWERING.items():
         par = prob.parameters[name]
         extreme[name] = par.upper if side == "upper" else par.lower
+    if "gc_imax_th17" in prob.parameters.parameters:   # the prednisone taper is what can raise Th17
+        extreme["gc_imax_th17"] = prob.parameters["gc_imax_th17"].upper
+    follows = None
     try:
         ext = prob.simulate(extreme, t_out=[0.0] + [7.0 * w for w in weeks], mode="typical").get("th17")[0]
         ceiling = "; ".join(f"week {w:g}: {ext[k + 1] / ext[0]:.3g}" for k, w in enumerate(weeks))
+        follows = all(
+            cohort.value(w, "ratio", "median") * cohort.value(w, "treg", "median") / (q0 * r0)
+            <= ext[k + 1] / ext[0] for k, w in enumerate(weeks))
         lowering = [n for n in NO_TH17_LOWERING if n != "il2_emax_th17"]
         ceiling_txt = (f" Largest Th17 fold change the model allows at the fitted Treg response (Th17-lowering "
-                       f"effects {', '.join(lowering)} switched off at their bounds, il2_emax_th17 at its upper "
-                       f"bound): {ceiling}.")
+                       f"effects {', '.join(lowering)} switched off at their bounds, il2_emax_th17 and "
+                       f"gc_imax_th17 at their upper bounds): {ceiling}.")
     except Exception as exc:  # pragma: no cover - a diagnostic, reported rather than hidden
         ceiling_txt = f" (structural Th17 check failed: {exc})"
-    return ("Th17 implied by the medians (ratio x Treg, relative to week 0; the ratio of medians stands in for "
-            "the median ratio): " + "; ".join(out) + "." + ceiling_txt + " A model whose drug effects can only "
-            "lower Th17 cannot follow an implied rise; the residuals above then split the difference between "
+    tail = (" The model can follow the implied change: in it only the background prednisone taper (regimen "
+            "taper, gc_imax_th17; a fitted hypothesis) can raise Th17, every drug effect lowers it."
+            if follows else
+            " The model cannot follow the implied rise (drug effects only lower Th17, and the regimen's "
+            "prednisone taper, if any, is not enough); the residuals above then split the difference between "
             "Treg and the ratio.")
+    return ("Th17 implied by the medians (ratio x Treg, relative to week 0; the ratio of medians stands in for "
+            "the median ratio): " + "; ".join(out) + "." + ceiling_txt + tail)
 
 
 #: parameters whose bound switches off a Th17-lowering effect (value: which bound) - structural check only

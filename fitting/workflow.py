@@ -12,7 +12,10 @@ Identifiability rule (applied to every free parameter after the first fit, from 
   (``delta chi2(prior) <= 3.84``) -> **not identifiable from these data**: fixed at its sourced prior and the fit
   is repeated without it;
 * the profile is open on a side but the data reject the prior (``delta chi2(prior) > 3.84``) -> the data give
-  only a bound; the parameter keeps its fitted value (often at a bound of its range) and the report says so.
+  only a bound; the parameter keeps its fitted value (often at a bound of its range) and the report says so;
+* if fixing all the "not identifiable" parameters at their priors *together* raises chi2 by more than 3.84
+  over the first fit (each prior acceptable alone, not jointly), the joint fixing is rejected and they too keep
+  their fitted values, reported as limits.
 """
 from __future__ import annotations
 
@@ -172,6 +175,20 @@ def fit_typical(cohort=None, parameters: ParameterSet | None = None, free: Seque
         final_problem = problem
         minimizer, result = minimize(problem, method=method)
     else:
+        final_problem = problem
+        minimizer, result = minimize(problem, build_parameters(problem, start={
+            n: initial.params[n].value for n in problem.free}), method=method)
+    joint = result.chisqr - initial.chisqr
+    if fixed and joint > DELTA_CHI2_95:
+        # Each prior is acceptable alone, but not all of them together: the joint fixing is rejected, so
+        # these parameters keep their fitted values (reported as limits, not estimates).
+        for name in fixed:
+            decisions[name] = (f"BOUNDED ONLY - {profiles[name].describe()}; its prior {profiles[name].prior:g} "
+                               f"is acceptable alone, but fixing {', '.join(fixed)} at their priors together "
+                               f"raises chi2 by {joint:.2f} > {DELTA_CHI2_95:.2f}, so it keeps its fitted value, "
+                               f"which is a limit rather than an estimate")
+        fixed = []
+        final_free = tuple(problem.free)
         final_problem = problem
         minimizer, result = minimize(problem, build_parameters(problem, start={
             n: initial.params[n].value for n in problem.free}), method=method)
