@@ -20,6 +20,24 @@ def register(sub) -> None:
     p.add_argument("--out", type=Path, default=Path("out/simulate"), help="output folder")
     p.set_defaults(func=run)
 
+    x = sub.add_parser("sbml", help="export the model and a regimen as SBML L3V2 (for COPASI, tellurium, ...)",
+                       description="Export the 8-state model (PK as ODE states) with a parameter set and the doses "
+                                   "of a regimen as SBML events.")
+    x.add_argument("--params", type=Path, default=None, help="parameter file (TOML); default: literature priors")
+    x.add_argument("--weeks", type=float, default=24.0, help="reference-regimen duration in weeks (default 24)")
+    x.add_argument("--no-taper", action="store_true", help="leave out the background prednisone taper")
+    x.add_argument("--out", type=Path, default=Path("out/tregpd.xml"), help="output SBML file")
+    x.set_defaults(func=run_sbml)
+
+
+def run_sbml(args: argparse.Namespace) -> int:
+    from .dosing import reference_regimen
+    from .parameters import load_parameters
+    from .sbml import to_sbml
+    to_sbml(load_parameters(args.params), reference_regimen(args.weeks, taper=not args.no_taper), path=args.out)
+    print(f"wrote {args.out}")
+    return 0
+
 
 def run(args: argparse.Namespace) -> int:
     from .dosing import read_nonmem, reference_regimen, Regimen

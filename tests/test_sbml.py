@@ -104,3 +104,16 @@ def test_writes_file_atomically_and_rejects_bad_input(tmp_path):
         to_sbml({"il2_ka": 1.0}, reg)
     with pytest.raises(TregpdError, match="'regimen' must be a Regimen"):
         to_sbml(p, "shanxi")
+
+
+def test_cli_sbml_export(tmp_path):
+    """`tregpd sbml` writes a document libsbml reads back without errors, with one event per dose and taper
+    step of the reference regimen."""
+    libsbml = pytest.importorskip("libsbml")
+    from tregpd.cli import main
+    from tregpd.model import reference_regimen
+    out = tmp_path / "model.xml"
+    assert main(["sbml", "--out", str(out)]) == 0
+    doc = libsbml.readSBMLFromFile(str(out))
+    assert doc.getNumErrors(libsbml.LIBSBML_SEV_ERROR) == 0
+    assert doc.getModel().getNumEvents() == len(reference_regimen(24).events())
