@@ -8,7 +8,9 @@ Properties:
 * doubling every dose doubles the AUCs exactly (linear PK);
 * serial == parallel bit-identical;
 * PK against scipy.linalg.expm for random PK parameters, including (near-)coincident absorption/elimination rates;
-* the event table survives write_nonmem -> read_nonmem (with and without ADDL compression).
+* the event table survives write_nonmem -> read_nonmem (with and without ADDL compression);
+* a prednisone "taper" held at the baseline dose gc_baseline_dose leaves the untreated steady state unchanged.
+Random regimens include prednisone tapers (CMT 9 level events, down to 0 mg/day).
 
 Example counts come from the "tregpd" hypothesis profile in conftest.py (30 with JIT, derandomized).
 """
@@ -25,6 +27,7 @@ from scipy.linalg import expm
 
 from tregpd.model import (PARAMETER_NAMES, DoseSchedule, EventTable, Regimen, default_parameters,
                           read_nonmem, simulate, simulate_population, write_nonmem)
+from tregpd.model.dosing import SteroidTaper
 from tregpd.model.parameters import _PER_DAY
 
 P0 = default_parameters()
@@ -55,7 +58,12 @@ schedules = st.one_of(
               doses_per_course=st.integers(1, 84), start_day=st.floats(0, 20),
               stop_day=st.one_of(st.none(), st.floats(25, 200))),
 )
-regimens = st.lists(schedules, min_size=1, max_size=3).map(lambda s: Regimen("random", tuple(s)))
+#: background prednisone tapers (CMT 9 level events), including tapers to 0 mg/day
+tapers = st.one_of(st.none(), st.builds(SteroidTaper, start_mg_per_day=st.floats(0, 60), end_mg_per_day=st.floats(0, 60),
+                                        start_day=st.floats(0, 50), end_day=st.floats(60, 200),
+                                        step_day=st.sampled_from([1.0, 7.0, 14.0, 30.0])))
+regimens = st.builds(lambda s, taper: Regimen("random", tuple(s), taper=taper),
+                     st.lists(schedules, min_size=1, max_size=3), tapers)
 
 
 @given(p=parameter_sets, reg=regimens, method=st.sampled_from(["dopri5", "rosenbrock23"]))
@@ -162,3 +170,14 @@ def test_event_table_nonmem_round_trip(regs, compress):
         np.testing.assert_allclose(a.time_day[ka], b.time_day[kb], rtol=0, atol=1e-9)
         np.testing.assert_array_equal(a.cmt[ka], b.cmt[kb])
         np.testing.assert_array_equal(a.amount[ka], b.amount[kb])
+
+
+@given(p=parameter_sets, level_days=st.lists(st.floats(0, 300), min_size=1, max_size=5))
+def test_taper_at_baseline_dose_keeps_baseline(p, level_days):
+    """g(P0) = 1: setting the glucocorticoid level to gc_baseline_dose at any times changes nothing."""
+    p0 = p["gc_baseline_dose"].value
+    t = np.sort(np.asarray(level_days))
+    ev = EventTable(t, np.full(t.size, 9), np.full(t.size, p0))
+    res = simulate(p, events=ev, t_out=[0.0, 100.0, 365.0], method="rosenbrock23")
+    base = [p["naive_baseline"].value, p["treg_baseline"].value, p["th17_baseline"].value]
+    np.testing.assert_allclose(res.values[0, :, :3], np.tile(base, (3, 1)), rtol=1e-12, atol=0)
