@@ -138,7 +138,7 @@ def _toml_literal(v):
 
 # ---------------------------------------------------------------------------------------- event files
 NONMEM_HEADERS = ["ID", "TIME", "AMT", "CMT", "EVID", "II", "ADDL", "RATE", "DV", "MDV", "id", " time ", "FOO", ""]
-CSV_TOKENS = ["0", "1", "2", "3", "4", "1.5", "-1", "1e6", "0.5", "nan", "NaN", "inf", "-inf", "1e308", "1e400",
+CSV_TOKENS = ["0", "1", "2", "3", "4", "9", "5", "1.5", "-1", "1e6", "0.5", "nan", "NaN", "inf", "-inf", "1e308", "1e400",
               "", ".", "abc", '"1"', "1e20", "99999999999999999999", "0x10", " 7 ", "1,2", '"', "#"]
 
 
@@ -198,12 +198,27 @@ def schedule_dict(draw):
     return d
 
 
+VALID_TAPER = {"start_mg_per_day": 17.2, "end_mg_per_day": 8.87, "start_day": 0, "end_day": 168, "step_day": 14}
+
+
+@st.composite
+def taper_dict(draw):
+    d = dict(VALID_TAPER)
+    for _ in range(draw(st.integers(0, 3))):
+        key = draw(st.sampled_from(sorted(d) + ["shape"]))
+        if draw(st.booleans()) and key in d:
+            del d[key]
+        else:
+            d[key] = draw(st.one_of(nasty, big_or_odd_numbers))
+    return d
+
+
 regimen_dicts = st.one_of(
     nasty,
     st.fixed_dictionaries({"name": st.one_of(st.text(max_size=5), nasty),
                            "schedules": st.one_of(st.lists(schedule_dict(), max_size=3), nasty)},
                           optional={"description": nasty, "assumption": nasty, "doses": nasty,
-                                    "bogus": nasty}),
+                                    "bogus": nasty, "taper": st.one_of(taper_dict(), nasty)}),
 )
 
 
