@@ -151,7 +151,8 @@ class ChunkSummary:
     below_week0: np.ndarray       # (R, O, T) value < the patient's own first-output value
     above_week0: np.ndarray       # (R, O, T)
     below_ratio_target: np.ndarray  # (R, T)
-    elapsed_s: float = 0.0
+    elapsed_s: float = 0.0        # wall-clock time of this chunk in the process that ran it
+    cpu_s: float = 0.0            # CPU time of that process (all its threads) for this chunk
 
 
 N_STATUS = 5
@@ -162,6 +163,7 @@ def run_trial_chunk(task) -> ChunkSummary:
     that Dask can pickle it."""
     plan, start, stop, parallel = task
     t0 = time.perf_counter()
+    c0 = time.process_time()
     theta, clipped = trial_theta(plan, start, stop)
     n = stop - start
     n_reg, n_obs, n_t = len(plan.events), len(OBSERVABLES), plan.t_out.size
@@ -209,6 +211,7 @@ def run_trial_chunk(task) -> ChunkSummary:
             if name == "ratio":
                 s.below_ratio_target[r] = (vals < plan.ratio_target).sum(axis=0)
     s.elapsed_s = time.perf_counter() - t0
+    s.cpu_s = time.process_time() - c0
     return s
 
 
@@ -223,6 +226,7 @@ class TrialAccumulator:
         self.mean = None         # (R, O, T)
         self.m2 = None
         self.compute_s = 0.0
+        self.cpu_s = 0.0
 
     def add(self, c: ChunkSummary) -> None:
         if c.start != self.next_start:
@@ -230,6 +234,7 @@ class TrialAccumulator:
                              f"(expected {self.next_start})")
         self.next_start = c.stop
         self.compute_s += c.elapsed_s
+        self.cpu_s += c.cpu_s
         if self.total is None:
             self.total = ChunkSummary(**{k: (np.copy(v) if isinstance(v, np.ndarray) else v)
                                          for k, v in c.__dict__.items()})
@@ -334,10 +339,17 @@ class TrialResult:
     clipped_fraction: dict
     elapsed_s: float
     compute_s: float
+    cpu_s: float
     backend: dict
     plan: TrialPlan
     chunk_patients: int
     n_chunks: int
+
+    @property
+    def patients_per_cpu_second(self) -> float:
+        """Patient-regimen simulations per CPU-second spent in the chunk functions (all workers and threads):
+        a measure of the work per patient that other load on the machine does not change."""
+        return self.n_patients * len(self.plan.regimen_names) / self.cpu_s if self.cpu_s > 0 else math.inf
 
     @property
     def patients_per_second(self) -> float:
@@ -351,6 +363,7 @@ class TrialResult:
                 "n_chunks": self.n_chunks, "backend": self.backend, "n_failed": self.n_failed,
                 "failure_counts": self.failure_counts, "clipped_fraction": self.clipped_fraction,
                 "elapsed_s": round(self.elapsed_s, 3), "patients_per_second": round(self.patients_per_second, 1),
+                "cpu_s": round(self.cpu_s, 3),
                 "healthy_range": HEALTHY_RANGE, "quantile_relative_error": QUANTILE_RELATIVE_ERROR,
                 "solver": {"method": self.plan.options.method, "pk": self.plan.options.pk,
                            "rtol": self.plan.options.rtol, "atol": self.plan.options.atol}}
@@ -446,7 +459,7 @@ def run_trial(plan: TrialPlan, chunk_patients: int = 20_000, backend: Backend | 
         n_failed={reg: int(tot.n_failed[r]) for r, reg in enumerate(plan.regimen_names)},
         failure_counts=failure_counts,
         clipped_fraction={nm: float(tot.n_clipped[k]) / plan.n_patients for k, (nm, _) in enumerate(plan.iiv)},
-        elapsed_s=elapsed, compute_s=acc.compute_s, backend=backend.describe(), plan=plan,
+        elapsed_s=elapsed, compute_s=acc.compute_s, cpu_s=acc.cpu_s, backend=backend.describe(), plan=plan,
         chunk_patients=chunk_patients, n_chunks=len(bounds))
 
 

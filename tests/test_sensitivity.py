@@ -67,6 +67,23 @@ def test_sobol_wiring_reproduces_analytic_ishigami_indices():
     assert (res.table["transform"] == "none").all()
 
 
+
+@pytest.mark.slow   # 5,120 model runs
+def test_sobol_of_the_model_margin_matches_its_analytic_variance_split():
+    """ln(margin) = ln F + ln pmol_per_IU - ln EC50_eff + const when only these three vary (linear PK): an
+    additive model of independent log-uniform inputs, so S1 = ST = L_i^2 / sum L^2 with L = ln(upper/lower)."""
+    params = default_parameters()
+    names = ("il2_bioavailability", "il2_pmol_per_iu", "il2_ec50_effector")
+    space = ParameterSpace.from_parameters(params, names=names, log_ratio=1.0)   # all three log-uniform
+    model = TregpdModel(params, space)
+    res = sobol_analysis(model, space, 1024, seed=5)
+    t = res.table[res.table["output"] == "selectivity_margin"].set_index("parameter").loc[list(names)]
+    widths = np.log(space.upper / space.lower) ** 2
+    exact = widths / widths.sum()
+    np.testing.assert_allclose(t["S1"], exact, atol=0.02)
+    np.testing.assert_allclose(t["ST"], exact, atol=0.02)
+    assert res.n_evaluations == 1024 * 5
+
 def test_sobol_does_not_depend_on_the_chunk_size():
     model = IshigamiModel()
     a = sobol_analysis(model, model.space(), 256, seed=4, chunk=100).table
