@@ -2,9 +2,10 @@
 
 1. fit the bundled SAT0261 cohort (typical patient + virtual population, profiles, identifiability) -> out/fit/
 2. simulate the (assumed) reference regimen with the fitted parameters -> out/reference/ (trajectory CSV, PNG)
-3. run the whole scenario library with the fitted parameters -> out/scenarios/ (per-scenario trajectories as
+3. local sensitivities of the week-24 outcomes at the fitted typical patient -> out/sensitivity/
+4. run the whole scenario library with the fitted parameters -> out/scenarios/ (per-scenario trajectories as
    CSV + Parquet, summary tables, figures; comparison table and figures across scenarios)
-4. write out/SUMMARY.md: what was fitted, how well, and the scenario comparison, with every file's path.
+5. write out/SUMMARY.md: what was fitted, how well, and the scenario comparison, with every file's path.
 
 Every file is written atomically with provenance (package version, parameters, regimen, seed).
 """
@@ -47,15 +48,19 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     population = args.population if args.population is not None else (20 if args.quick else None)
 
-    print("== 1/3 fitting the bundled cohort (SAT0261 medians)", flush=True)
+    print("== 1/4 fitting the bundled cohort (SAT0261 medians)", flush=True)
     fit = run_fit(None, out / "fit", mode="typical" if args.quick else "both", seed=args.seed)
     print(f"   fitted parameters -> {fit.files['parameters']} ({fit.runtime_s:.1f} s)")
 
-    print("== 2/3 reference regimen with the fitted parameters", flush=True)
+    print("== 2/4 reference regimen with the fitted parameters", flush=True)
     run_simulate(argparse.Namespace(params=fit.files["parameters"], events=None, weeks=24.0, step_day=0.25,
                                     method="dopri5", rtol=1e-6, out=out / "reference"))
 
-    print("== 3/3 scenario library with the fitted parameters", flush=True)
+    print("== 3/4 local sensitivity of the week-24 outcomes at the fitted typical patient", flush=True)
+    from tregpd.scenarios.scale_cli import write_sensitivity
+    sens_files = write_sensitivity(fit.parameters, out / "sensitivity", methods=("local",), plot=True)
+
+    print("== 4/4 scenario library with the fitted parameters", flush=True)
     lib = run_library(library_paths(), out / "scenarios", parameters=fit.parameters, progress=True,
                       population=population)
     print(lib.markdown)
@@ -70,6 +75,9 @@ def run(args: argparse.Namespace) -> int:
         else "```\n" + residuals.to_string(index=False) + "\n```", "",
         "## Scenario comparison (fitted parameters)", "",
         lib.markdown, "",
+        "## Local sensitivity (fitted typical patient)", "",
+        "Normalised derivatives d ln(output) / d ln(parameter): "
+        + ", ".join(f"`{p}`" for p in sens_files if str(p).endswith(".csv")), "",
         "## Study questions", "",
         answers_markdown(lib.outcomes), "",
         "## Assumptions", "",
