@@ -254,8 +254,9 @@ class EventTable:
         return cls(np.zeros(0), np.zeros(0, dtype=np.int64), np.zeros(0))
 
     def scaled(self, factor: float) -> "EventTable":
-        """All amounts multiplied by ``factor`` (> 0)."""
-        return EventTable(self.time_day, self.cmt, self.amount * factor)
+        """All drug doses multiplied by ``factor`` (> 0); glucocorticoid levels (CMT 9) are left as they are."""
+        drug = self.cmt != CMT_GC_LEVEL
+        return EventTable(self.time_day, self.cmt, np.where(drug, self.amount * factor, self.amount))
 
     def total_amount(self, drug: str) -> float:
         """Total amount of ``drug`` in model units (IU or mg)."""

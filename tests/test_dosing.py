@@ -288,3 +288,11 @@ def test_steroid_taper_levels_and_validation():
     with pytest.raises(RegimenError, match="unknown keys"):
         Regimen.from_dict({"name": "t", "taper": {"start_mg_per_day": 10, "end_mg_per_day": 0, "end_day": 28,
                                                   "shape": "linear"}})
+
+
+def test_scaled_leaves_glucocorticoid_levels():
+    ev = reference_regimen(weeks=24).events()
+    doubled = ev.scaled(2.0)
+    gc = ev.cmt == 9
+    np.testing.assert_array_equal(doubled.amount[gc], ev.amount[gc])
+    np.testing.assert_array_equal(doubled.amount[~gc], 2.0 * ev.amount[~gc])
