@@ -122,6 +122,17 @@ def _as_events(regimen, events, t_end):
     return regimen, events
 
 
+def _prepare(options, solver_kwargs, regimen, events, t_end_day, output_step_day, t_out):
+    """Validate the solver options, the regimen/events and the output grid shared by both entry points."""
+    options = options if options is not None else SolverOptions(**solver_kwargs)
+    regimen, events = _as_events(regimen, events, t_end_day)
+    if t_out is None:
+        t_out = output_times(t_end_day if t_end_day is not None else 168.0, output_step_day)
+    else:
+        t_out = validate_times(t_out)
+    return options, regimen, events, t_out
+
+
 def theta_matrix(parameters: ParameterSet | np.ndarray | Sequence[ParameterSet]) -> np.ndarray:
     """Kernel parameter matrix of shape (n_patients, N_THETA), validated finite and > 0 where required."""
     if isinstance(parameters, ParameterSet):
@@ -291,12 +302,8 @@ def simulate(parameters: ParameterSet | None = None, regimen: Regimen | None = N
         If the solver fails (message names the status and the time reached).
     """
     parameters = parameters if parameters is not None else default_parameters()
-    options = options if options is not None else SolverOptions(**solver_kwargs)
-    regimen, events = _as_events(regimen, events, t_end_day)
-    if t_out is None:
-        t_out = output_times(t_end_day if t_end_day is not None else 168.0, output_step_day)
-    else:
-        t_out = validate_times(t_out)
+    options, regimen, events, t_out = _prepare(options, solver_kwargs, regimen, events, t_end_day,
+                                               output_step_day, t_out)
     theta = theta_matrix(parameters)
     out, status, t_reached, steps = _run(theta, events, t_out, options, parallel=False)
     res = SimulationResult(t_out, out, status, t_reached, steps, np.array([0]), regimen,
@@ -329,12 +336,8 @@ def simulate_population(theta: np.ndarray, regimen: Regimen | None = None, *, ev
     """
     if on_failure not in ("raise", "keep"):
         raise TregpdError(f"on_failure must be 'raise' or 'keep', got {on_failure!r}")
-    options = options if options is not None else SolverOptions(**solver_kwargs)
-    regimen, events = _as_events(regimen, events, t_end_day)
-    if t_out is None:
-        t_out = output_times(t_end_day if t_end_day is not None else 168.0, output_step_day)
-    else:
-        t_out = validate_times(t_out)
+    options, regimen, events, t_out = _prepare(options, solver_kwargs, regimen, events, t_end_day,
+                                               output_step_day, t_out)
     theta = theta_matrix(theta)
     n = theta.shape[0]
     ids = np.arange(n) if patient_ids is None else np.asarray(patient_ids)
