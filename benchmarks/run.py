@@ -180,7 +180,7 @@ def cold_compile_seconds(snippet, timeout=900):
 _SETUP = """
 import time, numpy as np
 from tregpd.model import default_parameters, reference_regimen
-p0 = default_parameters(); ev = reference_regimen(24).events(); th = p0.to_theta()
+p0 = default_parameters(); ev = reference_regimen(24, taper=False).events(); th = p0.to_theta()
 t_out = np.array([0.0, 42.0, 84.0, 168.0])
 """
 COMPILE_SNIPPETS = {
@@ -385,7 +385,7 @@ def work_precision(p, events, theta, ref, quick):
         from tregpd.model import default_parameters as _dp
         from tregpd.model.sbml import to_sbml
         roadrunner.Logger.setLevel(roadrunner.Logger.LOG_ERROR)
-        rr = roadrunner.RoadRunner(to_sbml(_dp(), reference_regimen(24)))
+        rr = roadrunner.RoadRunner(to_sbml(_dp(), reference_regimen(24, taper=False)))
         rr.integrator.maximum_num_steps = 100_000
         for rtol in [1e-4, 1e-6, 1e-8, 1e-10]:
             def run(rtol=rtol):
@@ -483,7 +483,7 @@ def scaling_duration(p0, quick):
     rows = []
     out_n = 2000 if not quick else 500
     for weeks in (4, 12, 24, 48, 104):
-        reg = reference_regimen(weeks)
+        reg = reference_regimen(weeks, taper=False)
         ev = reg.events()
         t_end = weeks * 7.0
         t_out = np.array([0.0, t_end])
@@ -560,7 +560,7 @@ def main(argv=None):
     log("versions: " + ", ".join(f"{k} {v}" for k, v in info["versions"].items() if v))
 
     p0 = default_parameters()
-    reg = reference_regimen(24)
+    reg = reference_regimen(24, taper=False)
     events = reg.events()
     theta = p0.to_theta()
     p = peers.derived_parameters(theta)
