@@ -65,7 +65,9 @@ def run(args: argparse.Namespace) -> int:
                       population=population)
     print(lib.markdown)
 
-    residuals = fit.residuals
+    keep = ["week", "observable", "statistic", "value", "role", "model_typical", "relative_error",
+            "model_population", "relative_error_population"]
+    residuals = fit.residuals[[c for c in keep if c in fit.residuals.columns]]
     summary = [
         "# tregpd main job", "",
         f"Total run time {time.perf_counter() - t0:.0f} s; seed {args.seed}.", "",
