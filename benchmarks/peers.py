@@ -24,7 +24,7 @@ from tregpd.model.parameters import (
     I_IL2_KA, I_IL2_F, I_IL2_CL, I_IL2_V, I_IL2_PMOL_PER_IU, I_RAPA_KA, I_RAPA_CL, I_RAPA_VC,
     I_RAPA_Q, I_RAPA_VP, I_EC50_TREG, I_EC50_EFF, I_RAPA_IC50, I_N0, I_R0, I_T0, I_NAIVE_DEATH, I_N_TO_R,
     I_N_TO_T, I_R_PROLIF, I_T_PROLIF, I_R_CROWD, I_R_SUPPRESS, I_IL2_EMAX_R, I_IL2_EMAX_T, I_IL2_IMAX_TDIFF,
-    I_RAPA_EMAX_RIND, I_RAPA_IMAX_TDIFF, I_RAPA_IMAX_TPROLIF,
+    I_RAPA_EMAX_RIND, I_RAPA_IMAX_TDIFF, I_RAPA_IMAX_TPROLIF, I_T_CROWD,
 )
 
 N_STATE = 8
@@ -71,7 +71,7 @@ def rhs_python(t, y, p):
         ind * naive + p[I_R_PROLIF] * (1.0 + p[I_IL2_EMAX_R] * s_r) * treg
         - p[K.I_DEATH_R] * treg * (1.0 + treg / p[I_R_CROWD]),
         dif * naive + p[I_T_PROLIF] * (1.0 + p[I_IL2_EMAX_T] * s_e) * (1.0 - p[I_RAPA_IMAX_TPROLIF] * i_m)
-        * th17 / (1.0 + treg / p[I_R_SUPPRESS]) - p[K.I_DEATH_T] * th17,
+        * th17 / (1.0 + treg / p[I_R_SUPPRESS]) - p[K.I_DEATH_T] * th17 * (1.0 + th17 / p[I_T_CROWD]),
     ]
 
 
@@ -109,7 +109,7 @@ def rhs_inplace(t, y, p, dy):
     dy[6] = (ind * naive + p[I_R_PROLIF] * (1.0 + p[I_IL2_EMAX_R] * s_r) * treg
              - p[K.I_DEATH_R] * treg * (1.0 + treg / p[I_R_CROWD]))
     dy[7] = (dif * naive + p[I_T_PROLIF] * (1.0 + p[I_IL2_EMAX_T] * s_e) * (1.0 - p[I_RAPA_IMAX_TPROLIF] * i_m)
-             * th17 / (1.0 + treg / p[I_R_SUPPRESS]) - p[K.I_DEATH_T] * th17)
+             * th17 / (1.0 + treg / p[I_R_SUPPRESS]) - p[K.I_DEATH_T] * th17 * (1.0 + th17 / p[I_T_CROWD]))
 
 
 @njit(cache=True)

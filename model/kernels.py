@@ -23,7 +23,8 @@ Cells (N naive CD4, R Treg, T Th17)::
     dif  = k_NT (1 - Imax_il2_dif S_E)(1 - Imax_rapa_dif I_m)  naive -> Th17 differentiation, 1/day
     dN/dt = s_N - d_N N - ind N - dif N
     dR/dt = ind N + p_R (1 + Emax_il2_R S_R) R - d_R R (1 + R/K_crowd)
-    dT/dt = dif N + p_T g(P) (1 + Emax_il2_T S_E)(1 - Imax_rapa_prolif I_m) T / (1 + R/K_supp) - d_T T
+    dT/dt = dif N + p_T g(P) (1 + Emax_il2_T S_E)(1 - Imax_rapa_prolif I_m) T / (1 + R/K_supp)
+            - d_T T (1 + T/K_T)
 
 ``g(P) = (1 - Imax_gc P/(P + EC50_gc)) / (1 - Imax_gc P0/(P0 + EC50_gc))`` is the background glucocorticoid
 (prednisone-equivalent dose P, mg/day, set by CMT 9 events; P0 = gc_baseline_dose) acting on Th17
@@ -51,7 +52,7 @@ from .parameters import (
     N_THETA, I_IL2_KA, I_IL2_F, I_IL2_CL, I_IL2_V, I_IL2_PMOL_PER_IU, I_RAPA_KA, I_RAPA_CL, I_RAPA_VC,
     I_RAPA_Q, I_RAPA_VP, I_EC50_TREG, I_EC50_EFF, I_RAPA_IC50, I_N0, I_R0, I_T0, I_NAIVE_DEATH, I_N_TO_R,
     I_N_TO_T, I_R_PROLIF, I_T_PROLIF, I_R_CROWD, I_R_SUPPRESS, I_IL2_EMAX_R, I_IL2_EMAX_T, I_IL2_IMAX_TDIFF,
-    I_RAPA_EMAX_RIND, I_RAPA_IMAX_TDIFF, I_RAPA_IMAX_TPROLIF, I_GC0, I_GC_EC50, I_GC_IMAX_T,
+    I_RAPA_EMAX_RIND, I_RAPA_IMAX_TDIFF, I_RAPA_IMAX_TPROLIF, I_GC0, I_GC_EC50, I_GC_IMAX_T, I_T_CROWD,
 )
 
 # ---- derived entries appended to theta by derive()
@@ -116,7 +117,7 @@ def derive(theta):
     """Append the baseline-balancing rates to ``theta``; returns ``p`` of shape ``(N_P,)``.
 
     s_N = (d_N + k_NR + k_NT) N0;  d_R = (k_NR N0 + p_R R0) / (R0 (1 + R0/K_crowd));
-    d_T = k_NT N0 / T0 + p_T / (1 + R0/K_supp).
+    d_T = (k_NT N0 / T0 + p_T / (1 + R0/K_supp)) / (1 + T0/K_T).
     """
     p = np.empty(N_P)
     p[:N_THETA] = theta
@@ -125,7 +126,8 @@ def derive(theta):
     t0 = theta[I_T0]
     p[I_SRC_N] = (theta[I_NAIVE_DEATH] + theta[I_N_TO_R] + theta[I_N_TO_T]) * n0
     p[I_DEATH_R] = (theta[I_N_TO_R] * n0 + theta[I_R_PROLIF] * r0) / (r0 * (1.0 + r0 / theta[I_R_CROWD]))
-    p[I_DEATH_T] = theta[I_N_TO_T] * n0 / t0 + theta[I_T_PROLIF] / (1.0 + r0 / theta[I_R_SUPPRESS])
+    p[I_DEATH_T] = ((theta[I_N_TO_T] * n0 / t0 + theta[I_T_PROLIF] / (1.0 + r0 / theta[I_R_SUPPRESS]))
+                    / (1.0 + t0 / theta[I_T_CROWD]))
     return p
 
 
@@ -157,7 +159,7 @@ def cell_derivs(naive, treg, th17, c_il2, c_rapa, gc, p, dy, off):
     dy[off + 2] = (dif * naive
                    + p[I_T_PROLIF] * gc * (1.0 + p[I_IL2_EMAX_T] * s_e) * (1.0 - p[I_RAPA_IMAX_TPROLIF] * i_m)
                    * th17 / (1.0 + treg / p[I_R_SUPPRESS])
-                   - p[I_DEATH_T] * th17)
+                   - p[I_DEATH_T] * th17 * (1.0 + th17 / p[I_T_CROWD]))
 
 
 @njit(cache=True)
@@ -666,8 +668,8 @@ CF_EXACT_EVERY = 8
 # ---- cf_coefficients layout
 (Q_SRC_N, Q_LOSS_N, Q_N_TO_R, Q_N_TO_R_RAPA, Q_N_TO_T, Q_IMAX_DIF_IL2, Q_IMAX_DIF_RAPA, Q_PROLIF_R,
  Q_PROLIF_R_IL2, Q_DEATH_R, Q_DEATH_R_CROWD, Q_PROLIF_T, Q_EMAX_T_IL2, Q_IMAX_PROLIF_RAPA, Q_INV_SUPP,
- Q_DEATH_T, Q_EC50_R, Q_EC50_E, Q_IC50, Q_IL2_SENS) = range(20)
-N_Q = 20
+ Q_DEATH_T, Q_EC50_R, Q_EC50_E, Q_IC50, Q_IL2_SENS, Q_DEATH_T_CROWD) = range(21)
+N_Q = 21
 
 
 @njit(cache=True)
@@ -690,6 +692,7 @@ def cf_coefficients(p):
     q[Q_IMAX_PROLIF_RAPA] = p[I_RAPA_IMAX_TPROLIF]
     q[Q_INV_SUPP] = 1.0 / p[I_R_SUPPRESS]
     q[Q_DEATH_T] = p[I_DEATH_T]
+    q[Q_DEATH_T_CROWD] = p[I_DEATH_T] / p[I_T_CROWD]
     q[Q_EC50_R] = p[I_EC50_TREG]
     q[Q_EC50_E] = p[I_EC50_EFF]
     q[Q_IC50] = p[I_RAPA_IC50]
@@ -728,7 +731,8 @@ def cf_cells(naive, treg, th17, rates, s, q, dy):
     dif = rates[s, 1]
     dy[0] = q[Q_SRC_N] - (q[Q_LOSS_N] + ind + dif) * naive
     dy[1] = ind * naive + rates[s, 2] * treg - treg * (q[Q_DEATH_R] + q[Q_DEATH_R_CROWD] * treg)
-    dy[2] = dif * naive + rates[s, 3] * th17 / (1.0 + treg * q[Q_INV_SUPP]) - q[Q_DEATH_T] * th17
+    dy[2] = (dif * naive + rates[s, 3] * th17 / (1.0 + treg * q[Q_INV_SUPP])
+             - th17 * (q[Q_DEATH_T] + q[Q_DEATH_T_CROWD] * th17))
 
 
 @njit(cache=True, error_model="numpy")

@@ -37,7 +37,7 @@ PARAMETER_NAMES: tuple[str, ...] = (
     "treg_crowding", "treg_suppression",
     "il2_emax_treg", "il2_emax_th17", "il2_imax_th17_diff",
     "rapa_emax_treg_induction", "rapa_imax_th17_diff", "rapa_imax_th17_prolif",
-    "gc_baseline_dose", "gc_ec50", "gc_imax_th17",
+    "gc_baseline_dose", "gc_ec50", "gc_imax_th17", "th17_crowding",
 )
 N_THETA = len(PARAMETER_NAMES)
 (I_IL2_KA, I_IL2_F, I_IL2_CL, I_IL2_V, I_IL2_PMOL_PER_IU,
@@ -48,7 +48,7 @@ N_THETA = len(PARAMETER_NAMES)
  I_R_CROWD, I_R_SUPPRESS,
  I_IL2_EMAX_R, I_IL2_EMAX_T, I_IL2_IMAX_TDIFF,
  I_RAPA_EMAX_RIND, I_RAPA_IMAX_TDIFF, I_RAPA_IMAX_TPROLIF,
- I_GC0, I_GC_EC50, I_GC_IMAX_T) = range(N_THETA)
+ I_GC0, I_GC_EC50, I_GC_IMAX_T, I_T_CROWD) = range(N_THETA)
 
 #: Units each parameter must be given in (the file is checked against these).
 EXPECTED_UNITS: Mapping[str, str] = MappingProxyType({
@@ -61,7 +61,7 @@ EXPECTED_UNITS: Mapping[str, str] = MappingProxyType({
     "treg_crowding": "cells/uL", "treg_suppression": "cells/uL",
     "il2_emax_treg": "1", "il2_emax_th17": "1", "il2_imax_th17_diff": "1",
     "rapa_emax_treg_induction": "1", "rapa_imax_th17_diff": "1", "rapa_imax_th17_prolif": "1",
-    "gc_baseline_dose": "mg/day", "gc_ec50": "mg/day", "gc_imax_th17": "1",
+    "gc_baseline_dose": "mg/day", "gc_ec50": "mg/day", "gc_imax_th17": "1", "th17_crowding": "cells/uL",
 })
 
 #: Multiplier from the file's unit to the kernel's per-day unit.

@@ -80,7 +80,8 @@ DERIVED = (
      " / (treg_baseline * (1 + treg_baseline / treg_crowding))",
      "Treg death rate at low density that keeps the untreated model at baseline"),
     ("th17_death", "1/day",
-     "naive_to_th17 * naive_baseline / th17_baseline + th17_proliferation / (1 + treg_baseline / treg_suppression)",
+     "(naive_to_th17 * naive_baseline / th17_baseline + th17_proliferation / (1 + treg_baseline / treg_suppression))"
+     " / (1 + th17_baseline / th17_crowding)",
      "Th17 death rate that keeps the untreated model at baseline"),
 )
 
@@ -114,7 +115,8 @@ RATES = {
     "treg": "induction * naive + treg_proliferation * (1 + il2_emax_treg * s_r) * treg"
             " - treg_death * treg * (1 + treg / treg_crowding)",
     "th17": "differentiation * naive + th17_proliferation * gc_factor * (1 + il2_emax_th17 * s_e)"
-            " * (1 - rapa_imax_th17_prolif * i_m) * th17 / (1 + treg / treg_suppression) - th17_death * th17",
+            " * (1 - rapa_imax_th17_prolif * i_m) * th17 / (1 + treg / treg_suppression)"
+            " - th17_death * th17 * (1 + th17 / th17_crowding)",
 }
 
 

@@ -46,7 +46,8 @@ def rates(p):
     n0, r0, t0 = v["naive_baseline"], v["treg_baseline"], v["th17_baseline"]
     v["s_n"] = (v["naive_death"] + v["naive_to_treg"] + v["naive_to_th17"]) * n0
     v["d_r"] = (v["naive_to_treg"] * n0 + v["treg_proliferation"] * r0) / (r0 * (1 + r0 / v["treg_crowding"]))
-    v["d_t"] = v["naive_to_th17"] * n0 / t0 + v["th17_proliferation"] / (1 + r0 / v["treg_suppression"])
+    v["d_t"] = ((v["naive_to_th17"] * n0 / t0 + v["th17_proliferation"] / (1 + r0 / v["treg_suppression"]))
+                / (1 + t0 / v["th17_crowding"]))
     v["gc_g"] = 1.0   # glucocorticoid factor on Th17 proliferation; 1 at the baseline prednisone dose
     return v
 
@@ -79,7 +80,7 @@ def reference_rhs(t, y, v):
     dt = (differentiation * n
           + v["th17_proliferation"] * v["gc_g"] * (1 + v["il2_emax_th17"] * s_e) * (1 - v["rapa_imax_th17_prolif"] * i_m)
           * th / (1 + r / v["treg_suppression"])
-          - v["d_t"] * th)
+          - v["d_t"] * th * (1 + th / v["th17_crowding"]))
     return [-v["il2_ka"] * a_d, v["il2_ka"] * a_d - ke * a_c,
             -v["rapa_ka"] * gut, v["rapa_ka"] * gut - (k10 + k12) * cen + k21 * per, k12 * cen - k21 * per,
             dn, dr, dt, c_il2, c_rapa]
