@@ -407,41 +407,33 @@ class Regimen:
         raw = data.get("schedules", data.get("doses", []))
         if not isinstance(raw, list):
             raise RegimenError(f"{where}: 'schedules' must be a list of tables")
-        fields = set(DoseSchedule.__dataclass_fields__)
-        scheds = []
-        for i, s in enumerate(raw):
-            w = f"{where} schedule {i + 1}"
-            if not isinstance(s, dict):
-                raise RegimenError(f"{w}: must be a table")
-            unknown = sorted(set(s) - fields)
-            if unknown:
-                raise RegimenError(f"{w}: unknown keys {unknown}; allowed: {sorted(fields)}")
-            missing = sorted({"drug", "amount", "unit"} - set(s))
-            if missing:
-                raise RegimenError(f"{w}: missing keys {missing}")
-            try:
-                scheds.append(DoseSchedule(**s))
-            except RegimenError as exc:
-                raise RegimenError(f"{w}: {exc}") from None
+        scheds = [_from_table(DoseSchedule, s, f"{where} schedule {i + 1}", ("drug", "amount", "unit"))
+                  for i, s in enumerate(raw)]
         taper = data.get("taper")
         if taper is not None:
-            w = f"{where} taper"
-            if not isinstance(taper, dict):
-                raise RegimenError(f"{w}: must be a table")
-            tfields = set(SteroidTaper.__dataclass_fields__)
-            unknown = sorted(set(taper) - tfields)
-            if unknown:
-                raise RegimenError(f"{w}: unknown keys {unknown}; allowed: {sorted(tfields)}")
-            missing = sorted({"start_mg_per_day", "end_mg_per_day", "end_day"} - set(taper))
-            if missing:
-                raise RegimenError(f"{w}: missing keys {missing}")
-            try:
-                taper = SteroidTaper(**taper)
-            except RegimenError as exc:
-                raise RegimenError(f"{w}: {exc}") from None
+            taper = _from_table(SteroidTaper, taper, f"{where} taper",
+                                ("start_mg_per_day", "end_mg_per_day", "end_day"))
         return cls(name=data.get("name", where), schedules=tuple(scheds),
                    description=data.get("description", ""), assumption=data.get("assumption", ""),
                    taper=taper)
+
+
+def _from_table(cls, table, where: str, required: Sequence[str]):
+    """Build dataclass ``cls`` from a dict: a table, no unknown keys, the ``required`` keys present; errors
+    (including the constructor's) are prefixed with ``where``."""
+    if not isinstance(table, dict):
+        raise RegimenError(f"{where}: must be a table")
+    fields = set(cls.__dataclass_fields__)
+    unknown = sorted(set(table) - fields)
+    if unknown:
+        raise RegimenError(f"{where}: unknown keys {unknown}; allowed: {sorted(fields)}")
+    missing = sorted(set(required) - set(table))
+    if missing:
+        raise RegimenError(f"{where}: missing keys {missing}")
+    try:
+        return cls(**table)
+    except RegimenError as exc:
+        raise RegimenError(f"{where}: {exc}") from None
 
 
 REFERENCE_ASSUMPTION = (
