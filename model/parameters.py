@@ -26,19 +26,15 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from .errors import ParameterError
+from .structures import get_model as _get_model, known_parameter_units
 
-#: Order of the parameters in ``theta``. Changing it changes the kernels' I_* indices below.
-PARAMETER_NAMES: tuple[str, ...] = (
-    "il2_ka", "il2_bioavailability", "il2_cl", "il2_v", "il2_pmol_per_iu",
-    "rapa_ka", "rapa_cl", "rapa_vc", "rapa_q", "rapa_vp",
-    "il2_ec50_treg", "il2_ec50_effector", "rapa_ic50",
-    "naive_baseline", "treg_baseline", "th17_baseline",
-    "naive_death", "naive_to_treg", "naive_to_th17", "treg_proliferation", "th17_proliferation",
-    "treg_crowding", "treg_suppression",
-    "il2_emax_treg", "il2_emax_th17", "il2_imax_th17_diff",
-    "rapa_emax_treg_induction", "rapa_imax_th17_diff", "rapa_imax_th17_prolif",
-    "gc_baseline_dose", "gc_ec50", "gc_imax_th17", "th17_crowding",
-)
+
+def _default_structure():
+    return _get_model(None)
+
+#: Parameters of the default model structure, in its ``theta`` order. Each structure
+#: (:mod:`tregpd.model.structures`) declares its own parameters; ``ParameterSet.to_theta(model)`` orders them.
+PARAMETER_NAMES: tuple[str, ...] = tuple(_default_structure().parameter_names)
 N_THETA = len(PARAMETER_NAMES)
 (I_IL2_KA, I_IL2_F, I_IL2_CL, I_IL2_V, I_IL2_PMOL_PER_IU,
  I_RAPA_KA, I_RAPA_CL, I_RAPA_VC, I_RAPA_Q, I_RAPA_VP,
@@ -50,19 +46,22 @@ N_THETA = len(PARAMETER_NAMES)
  I_RAPA_EMAX_RIND, I_RAPA_IMAX_TDIFF, I_RAPA_IMAX_TPROLIF,
  I_GC0, I_GC_EC50, I_GC_IMAX_T, I_T_CROWD) = range(N_THETA)
 
-#: Units each parameter must be given in (the file is checked against these).
-EXPECTED_UNITS: Mapping[str, str] = MappingProxyType({
-    "il2_ka": "1/h", "il2_bioavailability": "1", "il2_cl": "L/h", "il2_v": "L", "il2_pmol_per_iu": "pmol/IU",
-    "rapa_ka": "1/h", "rapa_cl": "L/h", "rapa_vc": "L", "rapa_q": "L/h", "rapa_vp": "L",
-    "il2_ec50_treg": "pM", "il2_ec50_effector": "pM", "rapa_ic50": "ng/mL",
-    "naive_baseline": "cells/uL", "treg_baseline": "cells/uL", "th17_baseline": "cells/uL",
-    "naive_death": "1/day", "naive_to_treg": "1/day", "naive_to_th17": "1/day",
-    "treg_proliferation": "1/day", "th17_proliferation": "1/day",
-    "treg_crowding": "cells/uL", "treg_suppression": "cells/uL",
-    "il2_emax_treg": "1", "il2_emax_th17": "1", "il2_imax_th17_diff": "1",
-    "rapa_emax_treg_induction": "1", "rapa_imax_th17_diff": "1", "rapa_imax_th17_prolif": "1",
-    "gc_baseline_dose": "mg/day", "gc_ec50": "mg/day", "gc_imax_th17": "1", "th17_crowding": "cells/uL",
-})
+
+class _Units(Mapping):
+    """Units each parameter must be given in: the union over the registered structures (read live, so a
+    structure registered later brings its parameters into the parameter file's vocabulary)."""
+
+    def __getitem__(self, key):
+        return known_parameter_units()[key]
+
+    def __iter__(self):
+        return iter(known_parameter_units())
+
+    def __len__(self):
+        return len(known_parameter_units())
+
+
+EXPECTED_UNITS: Mapping[str, str] = _Units()
 
 #: Multiplier from the file's unit to the kernel's per-day unit.
 _PER_DAY = {"1/h": 24.0, "L/h": 24.0}
@@ -116,7 +115,7 @@ class Parameter:
                 raise ParameterError(f"{where}: field {fld!r} must be finite, got {v!r}")
             object.__setattr__(self, fld, float(v))
         if self.name not in EXPECTED_UNITS:
-            raise ParameterError(f"unknown parameter {self.name!r}; known: {', '.join(PARAMETER_NAMES)}")
+            raise ParameterError(f"unknown parameter {self.name!r}; known: {', '.join(EXPECTED_UNITS)}")
         if self.unit != EXPECTED_UNITS[self.name]:
             raise ParameterError(
                 f"{where}: unit must be {EXPECTED_UNITS[self.name]!r}, got {self.unit!r}")
@@ -153,13 +152,14 @@ class ParameterSet:
 
     def __post_init__(self) -> None:
         names = set(self.parameters)
+        known = list(EXPECTED_UNITS)
         missing = [n for n in PARAMETER_NAMES if n not in names]
-        unknown = sorted(names - set(PARAMETER_NAMES))
+        unknown = sorted(names - set(known))
         if missing:
             raise ParameterError(f"parameter set {self.name!r}: missing parameters {missing}")
         if unknown:
             raise ParameterError(f"parameter set {self.name!r}: unknown parameters {unknown}")
-        ordered = {n: self.parameters[n] for n in PARAMETER_NAMES}
+        ordered = {n: self.parameters[n] for n in known if n in names}
         object.__setattr__(self, "parameters", MappingProxyType(ordered))
 
     # -- access
@@ -167,7 +167,7 @@ class ParameterSet:
         try:
             return self.parameters[name]
         except KeyError:
-            raise ParameterError(f"unknown parameter {name!r}; known: {', '.join(PARAMETER_NAMES)}") from None
+            raise ParameterError(f"unknown parameter {name!r}; known: {', '.join(self.parameters)}") from None
 
     def __iter__(self):
         return iter(self.parameters.values())
@@ -200,10 +200,20 @@ class ParameterSet:
         params = {n: replace(p, fitted=n in names) for n, p in self.parameters.items()}
         return replace(self, parameters=params)
 
-    def to_theta(self) -> np.ndarray:
-        """The kernel parameter vector, shape ``(N_THETA,)``, per-hour quantities converted to per day."""
-        return np.array([p.value * _PER_DAY.get(p.unit, 1.0) for p in self.parameters.values()],
-                        dtype=np.float64)
+    def names_for(self, model=None) -> tuple[str, ...]:
+        """The parameter names of a model structure (default: the default structure), checked present."""
+        names = _get_model(model).parameter_names
+        missing = [n for n in names if n not in self.parameters]
+        if missing:
+            raise ParameterError(f"parameter set {self.name!r} lacks {missing}, needed by model "
+                                 f"{_get_model(model).name!r} (add them to the parameter file)")
+        return names
+
+    def to_theta(self, model=None) -> np.ndarray:
+        """The kernel parameter vector of a model structure, shape ``(n_parameters,)`` in the structure's
+        order, per-hour quantities converted to per day."""
+        return np.array([self.parameters[n].value * _PER_DAY.get(self.parameters[n].unit, 1.0)
+                         for n in self.names_for(model)], dtype=np.float64)
 
     def to_frame(self):
         """A tidy table (one row per parameter) of value, unit, bounds, fitted flag, status and source."""

@@ -1,24 +1,25 @@
-"""SBML export of the model and a regimen, for COPASI, tellurium/libroadrunner and other SBML tools.
+"""SBML export of a model structure and a regimen, for COPASI, tellurium/libroadrunner and other SBML tools.
 
-:func:`to_sbml` writes one self-contained SBML Level 3 Version 2 document:
+:func:`to_sbml` writes one self-contained SBML Level 3 Version 2 document, generated from the structure's
+declaration (:mod:`tregpd.model.declaration`), so it cannot drift from the kernels:
 
-* the 8-state ODE with the PK as ODE states (the ``pk="ode"`` form of :mod:`tregpd.model.kernels`)::
+* the ODEs with the linear PK as ODE states (the ``pk="ode"`` layout of the kernels), e.g. for
+  ``sat0261_v1``::
 
       il2_depot, il2_central [IU]; rapa_gut, rapa_central, rapa_periph [mg]; naive, treg, th17 [cells/uL]
 
   as rate rules on non-constant global parameters (no compartments or species: the amounts are not
-  concentrations in one volume, and rate rules keep the equations one-to-one with the kernels);
-* every model parameter as a constant global parameter in the kernel's units (time in **days**; per-hour
-  values of ``parameters.toml`` are multiplied by 24), with the unit in its ``name``, an SBML unit
+  concentrations in one volume, and rate rules keep the equations one-to-one with the declaration);
+* every parameter of the structure as a constant global parameter in the kernel's units (time in **days**;
+  per-hour values of ``parameters.toml`` are multiplied by 24), with the unit in its ``name``, an SBML unit
   definition where the unit is expressible in SBML base units, and the value, unit, source, status and
   fitted flag of the parameter file in its ``notes``;
-* the baseline-balancing rates (naive supply, Treg and Th17 death) as initial assignments computed from the
-  baseline parameters, and the initial cell counts as initial assignments to the baselines, so changing a
-  baseline in the SBML tool keeps the untreated model at steady state, as in tregpd;
-* the signals and concentrations (``c_il2`` [pM], ``c_rapa`` [ng/mL], ``s_r``, ``s_e``, ``i_m``, ``ratio``)
-  as assignment rules;
-* each dose as an SBML event at its dose time (bolus into the depot, IL-2 s.c. scaled by bioavailability;
-  IL-2 i.v. into the central compartment; sirolimus into the gut).
+* the derived constants (baseline-balancing rates) as initial assignments computed from the parameters, and
+  the initial states as initial assignments, so changing a baseline in the SBML tool keeps the untreated
+  model at steady state, as in tregpd;
+* the concentrations, intermediates (signals, effects, rates) and ``ratio`` as assignment rules;
+* covariates (the prednisone level) as non-constant parameters set by events;
+* each dose as an SBML event at its dose time (into the structure's dose target, times its bioavailability).
 
 >>> from tregpd.model import default_parameters, reference_regimen
 >>> from tregpd.model.sbml import to_sbml
@@ -28,26 +29,29 @@ Requires ``python-libsbml`` (``pip install tregpd[test]`` or ``[bench]``).
 """
 from __future__ import annotations
 
+import ast
 from pathlib import Path
 
-from .dosing import CMT_GC_LEVEL, CMT_IL2_CENTRAL, CMT_IL2_DEPOT, CMT_RAPA_GUT, Regimen
+from .declaration import ModelStructure
+from .dosing import Regimen
 from .errors import TregpdError
-from .parameters import PARAMETER_NAMES, ParameterSet, _PER_DAY
+from .parameters import ParameterSet, _PER_DAY
+from .structures import get_model
 
-#: ODE states in order: (id, unit in the kernel, description)
-STATES = (
-    ("il2_depot", "IU", "IL-2 amount at the s.c. injection site"),
-    ("il2_central", "IU", "IL-2 amount in the central compartment"),
-    ("rapa_gut", "mg", "sirolimus amount in the gut (oral dose, not yet absorbed)"),
-    ("rapa_central", "mg", "sirolimus amount in the central compartment"),
-    ("rapa_periph", "mg", "sirolimus amount in the peripheral compartment"),
-    ("naive", "cells/uL", "naive CD4+ T cells"),
-    ("treg", "cells/uL", "regulatory T cells (CD4+CD25+Foxp3+)"),
-    ("th17", "cells/uL", "Th17 cells"),
-)
 
-#: dosing compartment -> state receiving the dose
-DOSE_TARGET = {CMT_IL2_DEPOT: "il2_depot", CMT_IL2_CENTRAL: "il2_central", CMT_RAPA_GUT: "rapa_gut"}
+def states_of(model=None) -> tuple[tuple[str, str, str], ...]:
+    """ODE states of the exported document: (id, unit, description), PK amounts first."""
+    m = get_model(model)
+    out = []
+    for b in m.pk:
+        for c in b.compartments:
+            out.append((c, b.amount_unit, f"{c} amount ({b.description})"))
+    out += [(s.name, s.unit, s.description) for s in m.states]
+    return tuple(out)
+
+
+#: ODE states of the default structure in order: (id, unit in the kernel, description)
+STATES = states_of(None)
 
 #: kernel unit -> SBML unit definition id and its base-unit decomposition (kind, exponent, scale, multiplier)
 _UNITS = {
@@ -71,53 +75,29 @@ _UNITS = {
 
 _KERNEL_UNIT = {"1/h": "1/day", "L/h": "L/day"}
 
-#: derived parameters (initial assignments), as in kernels.derive
-DERIVED = (
-    ("naive_supply", "cells/uL/day", "(naive_death + naive_to_treg + naive_to_th17) * naive_baseline",
-     "naive supply that keeps the untreated model at baseline"),
-    ("treg_death", "1/day",
-     "(naive_to_treg * naive_baseline + treg_proliferation * treg_baseline)"
-     " / (treg_baseline * (1 + treg_baseline / treg_crowding))",
-     "Treg death rate at low density that keeps the untreated model at baseline"),
-    ("th17_death", "1/day",
-     "(naive_to_th17 * naive_baseline / th17_baseline + th17_proliferation / (1 + treg_baseline / treg_suppression))"
-     " / (1 + th17_baseline / th17_crowding)",
-     "Th17 death rate that keeps the untreated model at baseline"),
-)
 
-#: assignment rules (id, unit, formula, description), in evaluation order
-RULES = (
-    ("c_il2", "pM", "il2_central * il2_pmol_per_iu / il2_v", "IL-2 plasma concentration"),
-    ("c_rapa", "ng/mL", "1000 * rapa_central / rapa_vc", "sirolimus whole-blood concentration"),
-    ("s_r", "1", "c_il2 / (c_il2 + il2_ec50_treg)", "IL-2 signal via the high-affinity receptor (Treg)"),
-    ("s_e", "1", "c_il2 / (c_il2 + il2_ec50_effector)", "IL-2 signal via the intermediate receptor"),
-    ("i_m", "1", "c_rapa / (c_rapa + rapa_ic50)", "mTOR inhibition by sirolimus"),
-    ("induction", "1/day", "naive_to_treg * (1 + rapa_emax_treg_induction * i_m)", "naive -> Treg induction"),
-    ("differentiation", "1/day",
-     "naive_to_th17 * (1 - il2_imax_th17_diff * s_e) * (1 - rapa_imax_th17_diff * i_m)",
-     "naive -> Th17 differentiation"),
-    ("gc_factor", "1",
-     "(1 - gc_imax_th17 * gc_level / (gc_level + gc_ec50))"
-     " / (1 - gc_imax_th17 * gc_baseline_dose / (gc_baseline_dose + gc_ec50))",
-     "glucocorticoid factor on Th17 proliferation (1 at the baseline prednisone dose)"),
-    ("ratio", "1", "th17 / treg", "Th17/Treg ratio"),
-)
+def _l3(expr: str, rename: dict[str, str] | None = None) -> str:
+    """A declaration expression (Python syntax) as an SBML L3 infix formula (``**`` -> ``^``, log -> ln)."""
+    rename = rename or {}
 
-#: rate rules (state id -> formula), per day
-RATES = {
-    "il2_depot": "-il2_ka * il2_depot",
-    "il2_central": "il2_ka * il2_depot - il2_cl / il2_v * il2_central",
-    "rapa_gut": "-rapa_ka * rapa_gut",
-    "rapa_central": "rapa_ka * rapa_gut - (rapa_cl + rapa_q) / rapa_vc * rapa_central"
-                    " + rapa_q / rapa_vp * rapa_periph",
-    "rapa_periph": "rapa_q / rapa_vc * rapa_central - rapa_q / rapa_vp * rapa_periph",
-    "naive": "naive_supply - (naive_death + induction + differentiation) * naive",
-    "treg": "induction * naive + treg_proliferation * (1 + il2_emax_treg * s_r) * treg"
-            " - treg_death * treg * (1 + treg / treg_crowding)",
-    "th17": "differentiation * naive + th17_proliferation * gc_factor * (1 + il2_emax_th17 * s_e)"
-            " * (1 - rapa_imax_th17_prolif * i_m) * th17 / (1 + treg / treg_suppression)"
-            " - th17_death * th17 * (1 + th17 / th17_crowding)",
-}
+    def go(n) -> str:
+        if isinstance(n, ast.Expression):
+            return go(n.body)
+        if isinstance(n, ast.BinOp):
+            op = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/", ast.Pow: "^"}[type(n.op)]
+            return f"({go(n.left)} {op} {go(n.right)})"
+        if isinstance(n, ast.UnaryOp):
+            return f"(-{go(n.operand)})" if isinstance(n.op, ast.USub) else go(n.operand)
+        if isinstance(n, ast.Constant):
+            return repr(float(n.value))
+        if isinstance(n, ast.Name):
+            return rename.get(n.id, n.id)
+        if isinstance(n, ast.Call):
+            f = {"exp": "exp", "log": "ln", "sqrt": "sqrt", "min": "min", "max": "max"}[n.func.id]
+            return f"{f}(" + ", ".join(go(a) for a in n.args) + ")"
+        raise TregpdError(f"SBML export: cannot translate {ast.dump(n)}")  # pragma: no cover
+
+    return go(ast.parse(expr, mode="eval"))
 
 
 def _libsbml():
@@ -185,85 +165,124 @@ def _parameter(model, pid, value, unit, name, constant=True, notes=None):
     return par
 
 
-def build_document(parameters: ParameterSet, regimen: Regimen, model_id: str = "tregpd"):
+def build_document(parameters: ParameterSet, regimen: Regimen, model_id: str = "tregpd", model=None):
     """Build the libsbml ``SBMLDocument`` (see the module docstring). Raises TregpdError on bad input."""
     libsbml = _libsbml()
     if not isinstance(parameters, ParameterSet):
         raise TregpdError(f"to_sbml: 'parameters' must be a ParameterSet, got {type(parameters).__name__}")
     if not isinstance(regimen, Regimen):
         raise TregpdError(f"to_sbml: 'regimen' must be a Regimen, got {type(regimen).__name__}")
+    m: ModelStructure = get_model(model)
     events = regimen.events()
     doc = libsbml.SBMLDocument(3, 2)
-    model = doc.createModel()
-    _check(model.setId(model_id), "set the model id")
-    model.setName(f"tregpd Th17/Treg PK/PD model, regimen {regimen.name}")
+    sbml = doc.createModel()
+    _check(sbml.setId(model_id), "set the model id")
+    sbml.setName(f"tregpd {m.name}, regimen {regimen.name}")
     from .. import __version__
-    _check(model.setNotes(_notes(
-        f"Exported by tregpd {__version__}. Time unit: day. Parameter set: {parameters.name}. "
+    _check(sbml.setNotes(_notes(
+        f"Exported by tregpd {__version__} from model structure {m.name} (declaration {m.content_hash}): "
+        f"{m.description} Time unit: day. Parameter set: {parameters.name}. "
         f"Regimen: {regimen.name} ({regimen.description}). {regimen.assumption} "
         "PK as ODE states; each dose is an event at its dose time. Per-hour parameters of the tregpd "
         "parameter file are given here per day (x 24).")), "set model notes")
-    model.setTimeUnits(_unit_id(model, "day"))
+    sbml.setTimeUnits(_unit_id(sbml, "day"))
 
-    theta = parameters.to_theta()
-    for i, name in enumerate(PARAMETER_NAMES):
+    theta = parameters.to_theta(m)
+    for i, name in enumerate(m.parameter_names):
         prm = parameters[name]
         unit = _KERNEL_UNIT.get(prm.unit, prm.unit)
         note = (f"{name}: {prm.value} {prm.unit} in the tregpd parameter file"
                 + (f" (= {theta[i]} {unit})" if prm.unit in _PER_DAY else "")
                 + f"; bounds [{prm.lower}, {prm.upper}] {prm.unit}; fitted: {str(prm.fitted).lower()}; "
                 f"status: {prm.status}; source: {prm.source}")
-        _parameter(model, name, theta[i], unit, name, notes=note)
-    for pid, unit, formula, desc in DERIVED:
-        _parameter(model, pid, None, unit, desc)
-        ia = model.createInitialAssignment()
-        ia.setSymbol(pid)
-        _check(ia.setMath(_math(formula, pid)), f"set the initial assignment of {pid}")
-    for sid, unit, desc in STATES:
-        _parameter(model, sid, 0.0, unit, desc, constant=False)
-    for sid, base in (("naive", "naive_baseline"), ("treg", "treg_baseline"), ("th17", "th17_baseline")):
-        model.getParameter(sid).unsetValue()
-        ia = model.createInitialAssignment()
-        ia.setSymbol(sid)
-        _check(ia.setMath(_math(base, sid)), f"set the initial value of {sid}")
-    _parameter(model, "gc_level", None, "mg/day",
-               "background prednisone-equivalent dose (set by taper events; CMT 9)", constant=False)
-    ia = model.createInitialAssignment()
-    ia.setSymbol("gc_level")
-    _check(ia.setMath(_math("gc_baseline_dose", "gc_level")), "set the initial value of gc_level")
-    for rid, unit, formula, desc in RULES:
-        _parameter(model, rid, None, unit, desc, constant=False)
-        rule = model.createAssignmentRule()
-        rule.setVariable(rid)
-        _check(rule.setMath(_math(formula, rid)), f"set the assignment rule of {rid}")
-    for sid, _, _ in STATES:
-        rule = model.createRateRule()
-        rule.setVariable(sid)
-        _check(rule.setMath(_math(RATES[sid], sid)), f"set the rate rule of {sid}")
+        _parameter(sbml, name, theta[i], unit, name, notes=note)
 
+    def initial(pid, formula):
+        ia = sbml.createInitialAssignment()
+        ia.setSymbol(pid)
+        _check(ia.setMath(_math(_l3(formula), pid)), f"set the initial assignment of {pid}")
+
+    def assignment(pid, formula):
+        rule = sbml.createAssignmentRule()
+        rule.setVariable(pid)
+        _check(rule.setMath(_math(formula, pid)), f"set the assignment rule of {pid}")
+
+    for d in m.derived:
+        _parameter(sbml, d.name, None, d.unit, d.description or d.name)
+        initial(d.name, d.expr)
+    for b in m.pk:
+        for c in b.compartments:
+            _parameter(sbml, c, 0.0, b.amount_unit, f"{c} amount", constant=False)
+    for s in m.states:
+        _parameter(sbml, s.name, None, s.unit, s.description or s.name, constant=False)
+        initial(s.name, s.initial)
+    for c in m.covariates:
+        _parameter(sbml, c.name, None, c.unit, f"{c.description} (CMT {c.cmt} events)", constant=False)
+        initial(c.name, c.initial)
+    for b in m.pk:
+        _parameter(sbml, b.name, None, b.unit, f"concentration ({b.description})", constant=False)
+        assignment(b.name, _l3(f"max({b.concentration}, 0)", {"amount": b.observed}))
+    for c, (expr, unit) in m.concentrations_from_states.items():
+        _parameter(sbml, c, None, unit, "concentration", constant=False)
+        assignment(c, _l3(expr))
+    for i in m.intermediates:
+        _parameter(sbml, i.name, None, i.unit, i.description or i.name, constant=False)
+        assignment(i.name, _l3(i.expr))
+    states = set(m.state_names)
+    for o in m.observables:
+        if o.name not in states:
+            _parameter(sbml, o.name, None, o.unit, o.description or o.name, constant=False)
+            assignment(o.name, _l3(o.expr))
+    _parameter(sbml, "ratio", None, "1", "Th17/Treg ratio", constant=False)
+    assignment("ratio", "th17 / treg")
+    for b in m.pk:
+        for c in b.compartments:
+            terms = []
+            for (src, dst), k in b.rates.items():
+                if src == c:
+                    terms.append(f" - ({_l3(k)}) * {c}")
+                if dst == c:
+                    terms.append(f" + ({_l3(k)}) * {src}")
+            rule = sbml.createRateRule()
+            rule.setVariable(c)
+            _check(rule.setMath(_math("0" + "".join(terms), c)), f"set the rate rule of {c}")
+    for s in m.states:
+        rule = sbml.createRateRule()
+        rule.setVariable(s.name)
+        _check(rule.setMath(_math(_l3(s.ode), s.name)), f"set the rate rule of {s.name}")
+
+    doses = {d.cmt: d for d in m.doses}
+    covs = {c.cmt: c for c in m.covariates}
+    units = {c: b.amount_unit for b in m.pk for c in b.compartments}
+    units.update({s.name: s.unit for s in m.states})
     for k, (t, cmt, amt) in enumerate(zip(events.time_day, events.cmt, events.amount)):
-        is_level = int(cmt) == CMT_GC_LEVEL
-        target = "gc_level" if is_level else DOSE_TARGET[int(cmt)]
-        ev = model.createEvent()
+        cmt = int(cmt)
+        ev = sbml.createEvent()
         _check(ev.setId(f"dose_{k + 1}"), "set an event id")
-        ev.setName(f"prednisone level {amt:g} mg/day from day {t:g}" if is_level else
-                   f"dose {k + 1}: {amt:g} {'IU' if target.startswith('il2') else 'mg'} into {target} "
-                   f"at day {t:g}")
         ev.setUseValuesFromTriggerTime(True)
         trig = ev.createTrigger()
         trig.setInitialValue(False)   # fires at t = 0 for a dose at time 0
         trig.setPersistent(True)
         _check(trig.setMath(_math(f"time >= {float(t)!r}", f"dose {k + 1}")), "set an event trigger")
         ea = ev.createEventAssignment()
-        ea.setVariable(target)
-        scale = " * il2_bioavailability" if int(cmt) == CMT_IL2_DEPOT else ""
-        value = f"{float(amt)!r}" if is_level else f"{target} + {float(amt)!r}{scale}"
-        _check(ea.setMath(_math(value, f"dose {k + 1}")),
-               "set an event assignment")
+        if cmt in covs:
+            c = covs[cmt]
+            ev.setName(f"{c.name} level {amt:g} {c.unit} from day {t:g}")
+            ea.setVariable(c.name)
+            value = f"{float(amt)!r}"
+        elif cmt in doses:
+            d = doses[cmt]
+            ev.setName(f"dose {k + 1}: {amt:g} {units[d.target]} into {d.target} at day {t:g}")
+            ea.setVariable(d.target)
+            scale = f" * {d.bioavailability}" if d.bioavailability else ""
+            value = f"{d.target} + {float(amt)!r}{scale}"
+        else:
+            raise TregpdError(f"SBML export: event CMT {cmt} is not declared by model {m.name!r}")
+        _check(ea.setMath(_math(value, f"dose {k + 1}")), "set an event assignment")
     return doc
 
 
-def to_sbml(parameters: ParameterSet, regimen: Regimen, path: str | Path | None = None) -> str:
+def to_sbml(parameters: ParameterSet, regimen: Regimen, path: str | Path | None = None, model=None) -> str:
     """Export the model with ``parameters`` and the doses of ``regimen`` as SBML L3V2 text.
 
     Parameters
@@ -273,6 +292,8 @@ def to_sbml(parameters: ParameterSet, regimen: Regimen, path: str | Path | None 
         Its doses become SBML events (simulate from time 0 to see them all).
     path : str or Path, optional
         If given, the document is also written there atomically.
+    model : str or ModelStructure, optional
+        Model structure (default ``sat0261_v1``).
 
     Returns
     -------
@@ -287,7 +308,7 @@ def to_sbml(parameters: ParameterSet, regimen: Regimen, path: str | Path | None 
         Bad arguments, python-libsbml missing, or an internal consistency error found by libsbml.
     """
     libsbml = _libsbml()
-    doc = build_document(parameters, regimen)
+    doc = build_document(parameters, regimen, model=model)
     n_err = doc.checkInternalConsistency()
     errors = [doc.getError(i) for i in range(n_err)
               if doc.getError(i).getSeverity() >= libsbml.LIBSBML_SEV_ERROR]

@@ -23,6 +23,7 @@ from . import kernels as K
 from .dosing import EventTable, Regimen, no_treatment
 from .errors import IntegrationError, ParameterError, TregpdError
 from .parameters import N_THETA, PARAMETER_NAMES, ParameterSet, default_parameters
+from .structures import ModelStructure, get_model
 
 #: output variables: name -> (kernel column or None for derived, unit)
 VARIABLES = {
@@ -35,6 +36,19 @@ VARIABLES = {
     "auc_il2": (K.OUT_AUC_IL2, "pM*day"),
     "auc_rapa": (K.OUT_AUC_RAPA, "ng/mL*day"),
 }
+
+
+
+def variables_for(model=None) -> dict[str, tuple[int | None, str]]:
+    """Output variables of a model structure: name -> (kernel column or None for derived, unit)."""
+    m = get_model(model)
+    out: dict[str, tuple[int | None, str]] = {}
+    for i, (name, unit) in enumerate(zip(m.output_names, m.output_units)):
+        out[name] = (i, unit)
+        if name == "th17":
+            out["ratio"] = (None, "1")
+    return out
+
 
 METHODS = {"dopri5": K.METHOD_DOPRI5, "rosenbrock23": K.METHOD_ROSENBROCK23}
 #: populations smaller than this run on the serial twin (same numbers, no thread start-up)
@@ -135,40 +149,47 @@ def _prepare(options, solver_kwargs, regimen, events, t_end_day, output_step_day
     return options, regimen, events, t_out
 
 
-def theta_matrix(parameters: ParameterSet | np.ndarray | Sequence[ParameterSet]) -> np.ndarray:
-    """Kernel parameter matrix of shape (n_patients, N_THETA), validated finite and > 0 where required."""
+#: parameters that may be 0 (effect sizes, optional fluxes); every other parameter must be > 0
+_MAY_BE_ZERO_PREFIXES = ("il2_emax", "il2_imax", "rapa_emax", "rapa_imax", "gc_imax")
+_MAY_BE_ZERO = {"naive_to_treg", "naive_to_th17", "gc_baseline_dose", "il2_rmc_fraction", "treg_desens_gain"}
+
+
+def theta_matrix(parameters: ParameterSet | np.ndarray | Sequence[ParameterSet], model=None) -> np.ndarray:
+    """Kernel parameter matrix of shape (n_patients, n_parameters of ``model``), validated finite and > 0
+    where required."""
+    m = get_model(model)
+    names = m.parameter_names
     if isinstance(parameters, ParameterSet):
-        th = parameters.to_theta()[None, :]
+        th = parameters.to_theta(m)[None, :]
     elif isinstance(parameters, np.ndarray):
         th = np.atleast_2d(np.asarray(parameters, dtype=np.float64))
     else:
-        th = np.stack([p.to_theta() for p in parameters])
-    if th.ndim != 2 or th.shape[1] != N_THETA:
-        raise ParameterError(f"theta must have shape (n_patients, {N_THETA}), got {th.shape}")
+        th = np.stack([p.to_theta(m) for p in parameters])
+    if th.ndim != 2 or th.shape[1] != len(names):
+        raise ParameterError(f"theta must have shape (n_patients, {len(names)}) for model {m.name!r}, "
+                             f"got {th.shape}")
     bad = np.argwhere(~np.isfinite(th) | (th < 0))
     if bad.size:
         i, j = bad[0]
-        raise ParameterError(f"patient {i}: parameter {PARAMETER_NAMES[j]!r} must be finite and >= 0, "
+        raise ParameterError(f"patient {i}: parameter {names[j]!r} must be finite and >= 0, "
                              f"got {float(th[i, j])!r}")
-    positive = [n for n in PARAMETER_NAMES if not (n.startswith(("il2_emax", "il2_imax", "rapa_emax", "rapa_imax"))
-                                                   or n in ("naive_to_treg", "naive_to_th17", "gc_baseline_dose",
-                                                            "gc_imax_th17"))]
-    for n in positive:
-        j = PARAMETER_NAMES.index(n)
+    for j, n in enumerate(names):
+        if n.startswith(_MAY_BE_ZERO_PREFIXES) or n in _MAY_BE_ZERO:
+            continue
         bad = np.flatnonzero(th[:, j] <= 0)
         if bad.size:
             raise ParameterError(f"patient {bad[0]}: parameter {n!r} must be > 0, got {float(th[bad[0], j])!r}")
-    for n in ("il2_imax_th17_diff", "rapa_imax_th17_diff", "rapa_imax_th17_prolif"):
-        j = PARAMETER_NAMES.index(n)
-        bad = np.flatnonzero(th[:, j] > 1)
-        if bad.size:
-            raise ParameterError(f"patient {bad[0]}: parameter {n!r} is a fractional inhibition and must be "
-                                 f"<= 1, got {float(th[bad[0], j])!r}")
-    j = PARAMETER_NAMES.index("gc_imax_th17")
-    bad = np.flatnonzero(th[:, j] >= 1)
-    if bad.size:
-        raise ParameterError(f"patient {bad[0]}: parameter 'gc_imax_th17' must be < 1 (it divides the "
-                             f"glucocorticoid factor), got {float(th[bad[0], j])!r}")
+    for j, n in enumerate(names):
+        if "_imax_" in n and not n.startswith("gc_"):
+            bad = np.flatnonzero(th[:, j] > 1)
+            if bad.size:
+                raise ParameterError(f"patient {bad[0]}: parameter {n!r} is a fractional inhibition and must "
+                                     f"be <= 1, got {float(th[bad[0], j])!r}")
+        if n.startswith("gc_imax"):
+            bad = np.flatnonzero(th[:, j] >= 1)
+            if bad.size:
+                raise ParameterError(f"patient {bad[0]}: parameter {n!r} must be < 1 (it divides the "
+                                     f"glucocorticoid factor), got {float(th[bad[0], j])!r}")
     return np.ascontiguousarray(th)
 
 
@@ -198,6 +219,12 @@ class SimulationResult:
     seed: int | None = None
     options: SolverOptions = field(default_factory=SolverOptions)
     theta: np.ndarray | None = None
+    model: str = "sat0261_v1"
+
+    @property
+    def variables(self) -> dict[str, tuple[int | None, str]]:
+        """Output variables of this result's model structure (name -> (column, unit))."""
+        return variables_for(self.model)
 
     @property
     def n_patients(self) -> int:
@@ -219,12 +246,13 @@ class SimulationResult:
 
     def get(self, variable: str, only_ok: bool = True) -> np.ndarray:
         """Array (n_patients, n_times) of one variable (see :data:`VARIABLES`); failed patients dropped."""
-        if variable not in VARIABLES:
-            raise TregpdError(f"unknown variable {variable!r}; known: {', '.join(VARIABLES)}")
-        col = VARIABLES[variable][0]
+        variables = self.variables
+        if variable not in variables:
+            raise TregpdError(f"unknown variable {variable!r}; known: {', '.join(variables)}")
+        col = variables[variable][0]
         vals = self.values[self.ok] if only_ok else self.values
         if col is None:
-            return vals[:, :, K.OUT_TH17] / vals[:, :, K.OUT_TREG]
+            return vals[:, :, variables["th17"][0]] / vals[:, :, variables["treg"][0]]
         return vals[:, :, col]
 
     def at(self, variable: str, time_day: float) -> np.ndarray:
@@ -237,7 +265,7 @@ class SimulationResult:
     def to_frame(self, variables: Sequence[str] | None = None):
         """Tidy (long) DataFrame: patient, time_day, variable, value, unit (successful patients only)."""
         import pandas as pd
-        variables = list(variables) if variables is not None else list(VARIABLES)
+        variables = list(variables) if variables is not None else list(self.variables)
         ids = self.patient_ids[self.ok]
         frames = []
         nt = self.time_day.size
@@ -245,7 +273,7 @@ class SimulationResult:
             arr = self.get(v)
             frames.append(pd.DataFrame({
                 "patient": np.repeat(ids, nt), "time_day": np.tile(self.time_day, ids.size),
-                "variable": v, "value": arr.ravel(), "unit": VARIABLES[v][1]}))
+                "variable": v, "value": arr.ravel(), "unit": self.variables[v][1]}))
         return pd.concat(frames, ignore_index=True)
 
     def provenance(self, **extra) -> dict:
@@ -253,7 +281,8 @@ class SimulationResult:
         return provenance(self.parameters, self.regimen, self.seed,
                           solver={"method": self.options.method, "pk": self.options.pk,
                                   "rtol": self.options.rtol, "atol": self.options.atol},
-                          n_patients=int(self.n_patients), n_failed=self.n_failed, **extra)
+                          n_patients=int(self.n_patients), n_failed=self.n_failed,
+                          model={"name": self.model, "declaration": get_model(self.model).content_hash}, **extra)
 
     def raise_on_failure(self) -> None:
         if self.n_failed:
@@ -264,15 +293,25 @@ class SimulationResult:
                                    f"{head}{more}", failures=f)
 
 
-def _run(theta, events, t_out, options, parallel):
+def _check_events(events: EventTable, model) -> None:
+    m = get_model(model)
+    known = {d.cmt for d in m.doses} | {c.cmt for c in m.covariates}
+    bad = sorted(set(np.unique(events.cmt).tolist()) - known)
+    if bad:
+        raise TregpdError(f"events use compartment(s) {bad} that model {m.name!r} does not declare "
+                          f"(known CMT: {sorted(known)})")
+
+
+def _run(theta, events, t_out, options, parallel, model=None):
+    kern = K.for_model(model)
     n = theta.shape[0]
-    out = np.zeros((n, t_out.size, K.N_OUT))
+    out = np.zeros((n, t_out.size, kern.N_OUT))
     status = np.zeros(n, dtype=np.int64)
     t_reached = np.zeros(n)
     steps = np.zeros(n, dtype=np.int64)
     # the serial twin gives identical numbers; below a few patients it also avoids ~8 ms of thread start-up
-    fn = K.simulate_population_parallel if (parallel and n >= PARALLEL_MIN_PATIENTS) else \
-        K.simulate_population_serial
+    fn = kern.simulate_population_parallel if (parallel and n >= PARALLEL_MIN_PATIENTS) else \
+        kern.simulate_population_serial
     fn(theta, events.time_day, events.cmt, events.amount, t_out, float(options.rtol), float(options.atol),
        METHODS[options.method], PK_MODES[options.pk], int(options.max_steps), out, status, t_reached, steps)
     # Never let a non-finite number out as a value: mark such patients failed.
@@ -283,7 +322,8 @@ def _run(theta, events, t_out, options, parallel):
 
 def simulate(parameters: ParameterSet | None = None, regimen: Regimen | None = None, *,
              events: EventTable | None = None, t_end_day: float | None = None, output_step_day: float = 1.0,
-             t_out=None, options: SolverOptions | None = None, **solver_kwargs) -> SimulationResult:
+             t_out=None, options: SolverOptions | None = None, model: str | ModelStructure | None = None,
+             **solver_kwargs) -> SimulationResult:
     """Simulate one patient.
 
     Parameters
@@ -299,6 +339,8 @@ def simulate(parameters: ParameterSet | None = None, regimen: Regimen | None = N
     t_out : array_like, optional
         Explicit output times in days (sorted and de-duplicated).
     options : SolverOptions, or keyword arguments ``method``, ``pk``, ``rtol``, ``atol``, ``max_steps``.
+    model : str or ModelStructure, optional
+        Model structure (``tregpd models`` lists them); default ``sat0261_v1``.
 
     Raises
     ------
@@ -308,10 +350,13 @@ def simulate(parameters: ParameterSet | None = None, regimen: Regimen | None = N
     parameters = parameters if parameters is not None else default_parameters()
     options, regimen, events, t_out = _prepare(options, solver_kwargs, regimen, events, t_end_day,
                                                output_step_day, t_out)
-    theta = theta_matrix(parameters)
-    out, status, t_reached, steps = _run(theta, events, t_out, options, parallel=False)
+    m = get_model(model)
+    _check_events(events, m)
+    theta = theta_matrix(parameters, m)
+    out, status, t_reached, steps = _run(theta, events, t_out, options, parallel=False, model=m)
     res = SimulationResult(t_out, out, status, t_reached, steps, np.array([0]), regimen,
-                           parameters if isinstance(parameters, ParameterSet) else None, None, options, theta)
+                           parameters if isinstance(parameters, ParameterSet) else None, None, options, theta,
+                           m.name)
     res.raise_on_failure()
     return res
 
@@ -321,12 +366,15 @@ def simulate_population(theta: np.ndarray, regimen: Regimen | None = None, *, ev
                         options: SolverOptions | None = None, parallel: bool = True,
                         on_failure: str = "raise", patient_ids=None, parameters: ParameterSet | None = None,
                         seed: int | None = None, chunk_size: int | None = None, progress: bool = False,
-                        **solver_kwargs) -> SimulationResult:
+                        model: str | ModelStructure | None = None, **solver_kwargs) -> SimulationResult:
     """Simulate many virtual patients (one row of ``theta`` each) on one regimen.
 
     Parameters
     ----------
-    theta : (n_patients, N_THETA) array in kernel units (see :func:`tregpd.model.population.sample_population`)
+    theta : (n_patients, n_parameters) array in kernel units, in the model structure's parameter order (see
+        :func:`tregpd.model.population.sample_population`)
+    model : str or ModelStructure, optional
+        Model structure; default ``sat0261_v1``.
     parallel : bool
         Use the prange kernel (True) or its serial twin (False); both give identical numbers.
     on_failure : {"raise", "keep"}
@@ -342,7 +390,9 @@ def simulate_population(theta: np.ndarray, regimen: Regimen | None = None, *, ev
         raise TregpdError(f"on_failure must be 'raise' or 'keep', got {on_failure!r}")
     options, regimen, events, t_out = _prepare(options, solver_kwargs, regimen, events, t_end_day,
                                                output_step_day, t_out)
-    theta = theta_matrix(theta)
+    m = get_model(model)
+    _check_events(events, m)
+    theta = theta_matrix(theta, m)
     n = theta.shape[0]
     ids = np.arange(n) if patient_ids is None else np.asarray(patient_ids)
     if ids.shape != (n,):
@@ -358,12 +408,13 @@ def simulate_population(theta: np.ndarray, regimen: Regimen | None = None, *, ev
         from tqdm.auto import tqdm
         it = tqdm(bounds, desc="patients", unit="chunk", leave=False)
     for s in it:
-        parts.append(_run(theta[s:s + chunk_size], events, t_out, options, parallel))
-    out = np.concatenate([p[0] for p in parts]) if parts else np.zeros((0, t_out.size, K.N_OUT))
+        parts.append(_run(theta[s:s + chunk_size], events, t_out, options, parallel, m))
+    out = np.concatenate([p[0] for p in parts]) if parts else np.zeros((0, t_out.size, len(m.output_names)))
     status = np.concatenate([p[1] for p in parts])
     t_reached = np.concatenate([p[2] for p in parts])
     steps = np.concatenate([p[3] for p in parts])
-    res = SimulationResult(t_out, out, status, t_reached, steps, ids, regimen, parameters, seed, options, theta)
+    res = SimulationResult(t_out, out, status, t_reached, steps, ids, regimen, parameters, seed, options, theta,
+                           m.name)
     if on_failure == "raise":
         res.raise_on_failure()
     return res
