@@ -15,6 +15,7 @@ from tregpd.model.errors import TregpdError
 
 COMMAND_MODULES = (
     "tregpd.model.cli",
+    "tregpd.model.models_cli",
     "tregpd.fitting.cli",
     "tregpd.scenarios.cli",
     "tregpd.scenarios.scale_cli",

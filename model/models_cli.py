@@ -1,0 +1,26 @@
+"""``tregpd models``: list the model structures with their equations and parameters."""
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub) -> None:
+    p = sub.add_parser("models", help="list the model structures (equations, parameters, hypotheses)",
+                       description="List the model structures that --model and scenario files can select, "
+                                   "with their equations (generated from the declarations).")
+    p.add_argument("name", nargs="?", default=None, help="show only this structure")
+    p.add_argument("--brief", action="store_true", help="one line per structure")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from .structures import DEFAULT_MODEL, get_model, models
+    chosen = [get_model(args.name)] if args.name else list(models().values())
+    for m in chosen:
+        if args.brief:
+            flag = " (default)" if m.name == DEFAULT_MODEL else ""
+            print(f"{m.name}{flag}: {len(m.states)} states, {len(m.parameters)} parameters; "
+                  f"{m.description.split('.')[0]}")
+        else:
+            print(m.equations_markdown())
+    return 0
