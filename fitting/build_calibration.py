@@ -275,7 +275,7 @@ def _criterion(check: dict, observable: str, mapping: str, window: str) -> str:
     if t == "direction":
         return f"median {observable} {q} {window} {'> 1' if check['sign'] == 'up' else '< 1'}"
     if t == "not_significant":
-        return f"|ln(median {observable} {q} {window})| < {check['threshold']:.4g} (= ln 1.25)"
+        return f"abs(ln(median {observable} {q} {window})) < {check['threshold']:.4g} (= ln 1.25)"
     if t == "lower_bound":
         return f"median {observable} {q} {window} > {check['bound']:g}"
     if t == "peak_window":
