@@ -17,6 +17,7 @@ COMMAND_MODULES = (
     "tregpd.model.cli",
     "tregpd.model.models_cli",
     "tregpd.fitting.cli",
+    "tregpd.fitting.validate_cli",
     "tregpd.scenarios.cli",
     "tregpd.scenarios.scale_cli",
     "tregpd.pipeline",
