@@ -101,7 +101,7 @@ def simulate_study(reg: StudyRegimen, parameters: ParameterSet, *, population: i
     kw_s = {"model": model} if (model is not None and _accepts(simulate, "model")) else {}
     kw_p = {"model": model} if (model is not None and _accepts(simulate_population, "model")) else {}
     typ = simulate(params, regimen, t_out=t_out, **kw_s)
-    theta = sample_population(params, n=population, iiv=iiv, seed=seed)
+    theta = sample_population(params, n=population, iiv=iiv, seed=seed, model=model)
     pop = simulate_population(theta, regimen, t_out=t_out, on_failure="keep", parameters=params, seed=seed,
                               **kw_p)
     return StudySimulation(reg.regimen_id, typ.time_day, typ, pop, params)

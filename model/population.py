@@ -13,7 +13,8 @@ from typing import Mapping
 import numpy as np
 
 from .errors import ParameterError
-from .parameters import PARAMETER_NAMES, ParameterSet, _PER_DAY
+from .parameters import EXPECTED_UNITS, PARAMETER_NAMES, ParameterSet, _PER_DAY
+from .structures import get_model
 
 #: Default IIV (SD of the log) — ASSUMPTIONS except where noted. Sirolimus CL/F: Golubovic 2019 omega^2 0.0547
 #: (literature.md c2) -> omega 0.234. Baselines: spread chosen so that the simulated week-0 5-95 % range of
@@ -30,7 +31,7 @@ DEFAULT_IIV: Mapping[str, float] = {
 
 
 def sample_population(parameters: ParameterSet, n: int, iiv: Mapping[str, float] | None = None,
-                      seed: int = 0, return_info: bool = False):
+                      seed: int = 0, return_info: bool = False, model=None):
     """Draw ``n`` virtual patients.
 
     Parameters
@@ -41,10 +42,14 @@ def sample_population(parameters: ParameterSet, n: int, iiv: Mapping[str, float]
         Number of patients (>= 1).
     iiv : mapping name -> omega (SD of log-parameter, >= 0); default :data:`DEFAULT_IIV`.
     seed : int
+    model : str or ModelStructure, optional
+        The structure whose parameter order ``theta`` follows (default ``sat0261_v1``). IIV entries on
+        parameters the structure does not read are ignored (so one IIV serves every structure); the random
+        draws do not depend on the structure (the same seed gives the same scores for shared parameters).
 
     Returns
     -------
-    theta : (n, N_THETA) kernel-unit matrix; and, with ``return_info``, a dict with the clipped fraction
+    theta : (n, n_parameters) kernel-unit matrix; and, with ``return_info``, a dict with the clipped fraction
     per parameter.
     """
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
@@ -52,20 +57,25 @@ def sample_population(parameters: ParameterSet, n: int, iiv: Mapping[str, float]
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ParameterError(f"seed must be a non-negative integer, got {seed!r}")
     iiv = dict(DEFAULT_IIV if iiv is None else iiv)
+    known = list(EXPECTED_UNITS)
     for name, om in iiv.items():
-        if name not in PARAMETER_NAMES:
-            raise ParameterError(f"IIV: unknown parameter {name!r}; known: {', '.join(PARAMETER_NAMES)}")
+        if name not in known:
+            raise ParameterError(f"IIV: unknown parameter {name!r}; known: {', '.join(known)}")
         if isinstance(om, bool) or not isinstance(om, (int, float)) or not math.isfinite(om) or om < 0:
             raise ParameterError(f"IIV: omega of {name!r} must be a finite number >= 0, got {om!r}")
     rng = np.random.default_rng(seed)
-    names = [nm for nm in PARAMETER_NAMES if nm in iiv]
+    names = [nm for nm in known if nm in iiv]
     z = rng.standard_normal((n, len(names)))
-    theta, clipped = theta_from_z(parameters, z, {name: iiv[name] for name in names})
+    used = set(get_model(model).parameter_names)
+    keep = [k for k, name in enumerate(names) if name in used]
+    theta, clipped_used = theta_from_z(parameters, z[:, keep], {names[k]: iiv[names[k]] for k in keep}, model)
+    clipped = np.zeros(z.shape, dtype=bool)
+    clipped[:, keep] = clipped_used
     info = {name: float(clipped[:, k].mean()) for k, name in enumerate(names)}
     return (theta, info) if return_info else theta
 
 
-def theta_from_z(parameters: ParameterSet, z: np.ndarray, iiv: Mapping[str, float]):
+def theta_from_z(parameters: ParameterSet, z: np.ndarray, iiv: Mapping[str, float], model=None):
     """Kernel-unit patients from standard-normal scores (the transform inside :func:`sample_population`).
 
     Parameters
@@ -84,10 +94,11 @@ def theta_from_z(parameters: ParameterSet, z: np.ndarray, iiv: Mapping[str, floa
     z = np.atleast_2d(np.asarray(z, dtype=np.float64))
     if z.shape[1] != len(iiv):
         raise ParameterError(f"z has {z.shape[1]} columns but {len(iiv)} IIV parameters were given")
-    theta = np.tile(parameters.to_theta(), (z.shape[0], 1))
+    names = get_model(model).parameter_names
+    theta = np.tile(parameters.to_theta(model), (z.shape[0], 1))
     clipped = np.zeros(z.shape, dtype=bool)
     for k, (name, omega) in enumerate(iiv.items()):
-        j = PARAMETER_NAMES.index(name)
+        j = names.index(name)
         p = parameters[name]
         f = _PER_DAY.get(p.unit, 1.0)
         vals = p.value * np.exp(omega * z[:, k])
