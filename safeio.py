@@ -35,7 +35,7 @@ MAX_INPUT_BYTES = 10 * 1024 * 1024
 #: deepest nesting of arrays / tables accepted in a TOML file or a dict given to a parser
 MAX_NESTING = 32
 #: largest estimated memory of the arrays of one simulation step (bytes), checked before allocating
-MAX_MEMORY_BYTES = 2 * 1024 ** 3
+MAX_MEMORY_BYTES = 2_000_000_000
 #: longest user value echoed whole in an error message (characters)
 SHORTEN_LIMIT = 200
 
@@ -235,18 +235,18 @@ def format_bytes(n: float) -> str:
     return f"{n:.1f} PB"  # pragma: no cover
 
 
-def check_memory(what: str, n_patients, n_times, n_values, way_round: str, error: type = TregpdError,
-                 limit: int | None = None, extra_bytes: float = 0.0) -> float:
-    """Refuse work whose float64 arrays (``n_patients x n_times x n_values``, plus ``extra_bytes``) would
-    exceed ``limit`` (default :data:`MAX_MEMORY_BYTES`); returns the estimate in bytes.
+def check_memory(what: str, n_patients, values_per_patient, way_round: str, error: type = TregpdError,
+                 limit: int | None = None, detail: str = "", extra_bytes: float = 0.0) -> float:
+    """Refuse work whose float64 arrays (``n_patients x values_per_patient``, plus ``extra_bytes``) would
+    exceed ``limit`` (default :data:`MAX_MEMORY_BYTES`), before anything is allocated; returns the estimate.
 
-    The message names ``what``, the estimate, the limit and ``way_round`` (e.g. "use `tregpd trial`, which
-    streams patients in chunks").
+    The message names ``what``, the estimate (with ``detail``, e.g. "169 output times x 7 values"), the limit
+    and ``way_round`` (e.g. "use `tregpd trial`, which streams patients in chunks").
     """
     limit = MAX_MEMORY_BYTES if limit is None else limit
-    est = float(n_patients) * float(n_times) * float(n_values) * 8.0 + float(extra_bytes)
+    est = float(n_patients) * float(values_per_patient) * 8.0 + float(extra_bytes)
     if est > limit:
-        raise error(f"{what}: {int(n_patients)} patients x {int(n_times)} output times x {int(n_values)} "
-                    f"values needs about {format_bytes(est)} of memory, above the limit of "
-                    f"{format_bytes(limit)}; {way_round}")
+        detail = f" ({detail})" if detail else ""
+        raise error(f"{what}: {int(n_patients)} patients x {int(values_per_patient)} values{detail} need about "
+                    f"{format_bytes(est)} of memory, above the limit of {format_bytes(limit)}; {way_round}")
     return est

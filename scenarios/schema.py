@@ -272,9 +272,9 @@ def parse_scenario(data: Mapping[str, Any], origin: str = "<scenario>", base_dir
     # work bound before anything is allocated: the runner holds population x grid x N_OUT float64 values
     n_times = math.floor(weeks * 7.0 / step + 1e-9) + 1 + 5     # the grid plus up to 5 report weeks
     check_memory(f"{origin}: [scenario] population {population} with output_step_day {step:g} over "
-                 f"{weeks:g} weeks", population, n_times, N_OUT,
+                 f"{weeks:g} weeks", population, n_times * N_OUT,
                  "lower population or raise output_step_day, or use `tregpd trial`, which streams patients in "
-                 "chunks", error=ScenarioError)
+                 "chunks", error=ScenarioError, detail=f"{n_times} output times x {N_OUT} outputs")
 
     params = _string(sc, "parameters", origin, "default")
     if _resolved_parameters is not None:
