@@ -22,6 +22,11 @@ def register(sub) -> None:
     p.add_argument("--patients", type=int, default=None, help="virtual patients in the population fit (300)")
     p.add_argument("--emcee", type=int, default=0, metavar="STEPS",
                    help="also sample the posterior with lmfit's emcee interface for STEPS steps (slow; off)")
+    p.add_argument("--accept-poor-fit", action="store_true",
+                   help="write the fitted parameters even when the goodness-of-fit check fails (a fitted "
+                        "statistic more than 3 SE from the model, no convergence, or a parameter pinned at a "
+                        "bound); without it such a fit exits with status 2 and writes only the report, residuals "
+                        "and figures")
     p.set_defaults(func=run)
 
 
@@ -41,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     if args.free:
         free = tuple(s.strip() for s in args.free.split(",") if s.strip())
     outcome = run_fit(args.cohort, out_dir=args.out, mode=args.mode, seed=seed, parameters=args.params,
-                      free=free, n_patients=n, emcee_steps=args.emcee)
+                      free=free, n_patients=n, emcee_steps=args.emcee, accept_poor_fit=args.accept_poor_fit)
     res = outcome.residuals
     fit_rows = res[res["role"] == "fitted"]
     print(f"cohort: {outcome.typical.problem.cohort.origin}")
@@ -53,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
         print(line)
     for name, text in outcome.typical.decisions.items():
         print(f"  {name}: {text.split(' - ')[0]}")
+    print(f"verdict: {outcome.verdict.summary()}")
     for label, path in outcome.files.items():
         print(f"wrote {path}")
     print(f"done in {outcome.runtime_s:.1f} s")

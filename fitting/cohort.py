@@ -37,6 +37,7 @@ from importlib import resources
 from pathlib import Path
 
 from tregpd.model.errors import CohortError
+from tregpd.safeio import MAX_INPUT_BYTES, shorten
 
 #: observable -> unit
 OBSERVABLES = {"treg": "cells/uL", "th17": "cells/uL", "naive": "cells/uL", "ratio": "1"}
@@ -92,7 +93,7 @@ class Cohort:
 
 
 def _err(origin, line, field, value, msg) -> CohortError:
-    return CohortError(f"{origin}, line {line}, field {field!r}: {msg} (got {value!r})")
+    return CohortError(f"{origin}, line {line}, field {field!r}: {msg} (got {shorten(value)})")
 
 
 def parse_cohort(text: str, origin: str = "<string>") -> Cohort:
@@ -100,6 +101,10 @@ def parse_cohort(text: str, origin: str = "<string>") -> Cohort:
     import numpy as np
     import pandas as pd
 
+    if not isinstance(text, str):
+        raise CohortError(f"{origin}: cohort text must be a string, got {type(text).__name__}")
+    if len(text) > MAX_INPUT_BYTES:
+        raise CohortError(f"{origin}: {len(text)} characters, larger than the limit of {MAX_INPUT_BYTES}")
     lines = text.splitlines()
     # keep (line number, text) of non-comment, non-blank lines so errors can name the file line
     content = [(i + 1, ln) for i, ln in enumerate(lines) if ln.strip() and not ln.lstrip().startswith("#")]
@@ -109,19 +114,19 @@ def parse_cohort(text: str, origin: str = "<string>") -> Cohort:
     try:
         records = list(reader)
     except csv.Error as exc:
-        raise CohortError(f"{origin}: not valid CSV: {exc}") from None
+        raise CohortError(f"{origin}: not valid CSV: {shorten(str(exc))[1:-1]}") from None
     header_line, header = content[0][0], [h.strip() for h in records[0]]
     missing = [c for c in REQUIRED_COLUMNS if c not in header]
     if missing:
-        raise CohortError(f"{origin}, line {header_line}: missing required column(s) {missing}; "
+        raise CohortError(f"{origin}, line {header_line}: missing required column(s) {shorten(missing)}; "
                           f"the header must contain {', '.join(REQUIRED_COLUMNS)}")
     unknown = [c for c in header if c not in REQUIRED_COLUMNS + OPTIONAL_COLUMNS]
     if unknown:
-        raise CohortError(f"{origin}, line {header_line}: unknown column(s) {unknown}; allowed: "
+        raise CohortError(f"{origin}, line {header_line}: unknown column(s) {shorten(unknown)}; allowed: "
                           f"{', '.join(REQUIRED_COLUMNS + OPTIONAL_COLUMNS)}")
     dup = sorted({c for c in header if header.count(c) > 1})
     if dup:
-        raise CohortError(f"{origin}, line {header_line}: duplicated column(s) {dup}")
+        raise CohortError(f"{origin}, line {header_line}: duplicated column(s) {shorten(dup)}")
     if len(records) < 2:
         raise CohortError(f"{origin}: the file has a header but no data rows")
 
@@ -130,7 +135,7 @@ def parse_cohort(text: str, origin: str = "<string>") -> Cohort:
     for (line, _), rec in zip(content[1:], records[1:]):
         if len(rec) != len(header):
             raise CohortError(f"{origin}, line {line}: expected {len(header)} fields "
-                              f"({', '.join(header)}), found {len(rec)}")
+                              f"({shorten(', '.join(header))[1:-1]}), found {len(rec)}")
         raw = {h: v.strip() for h, v in zip(header, rec)}
 
         def number(field, *, required=True):
@@ -228,13 +233,8 @@ def load_cohort(path: str | Path | None = None) -> Cohort:
     if path is None:
         text = resources.files("tregpd.fitting").joinpath("data", SEED_COHORT_FILE).read_text(encoding="utf-8")
         return parse_cohort(text, origin=f"tregpd/fitting/data/{SEED_COHORT_FILE}")
-    path = Path(path)
-    if not path.is_file():
-        raise CohortError(f"cohort file {str(path)!r} does not exist")
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise CohortError(f"{path}: not a UTF-8 text file ({exc.reason} at byte {exc.start})") from None
+    from tregpd.safeio import read_text_file
+    text = read_text_file(path, "cohort file", error=CohortError)
     return parse_cohort(text, origin=str(path))
 
 

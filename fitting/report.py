@@ -1,6 +1,8 @@
 """The text report of a fit: lmfit fit_report, residual table, profile intervals, identifiability, assumptions."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from .objective import DEFAULT_LOG_SD
@@ -41,7 +43,82 @@ def _phase_note(typ) -> str:
             f"the trough would change the simulated week-24 Treg by a factor {treg.max() / treg[-1]:.2f}.")
 
 
-def build_report(cohort, typ, pop, residuals, *, mode, seed, posterior=None, runtime_s=None) -> str:
+#: a fitted statistic further than this from the model, in SE units, means the model does not follow the data
+RESIDUAL_LIMIT_SE = 3.0
+
+
+@dataclass(frozen=True)
+class FitVerdict:
+    """Goodness of fit of a :func:`~tregpd.fitting.run_fit` run.
+
+    Attributes
+    ----------
+    ok : bool
+        False when any fitted statistic is more than :data:`RESIDUAL_LIMIT_SE` SEs from the model, lmfit
+        reports no success, or a free parameter sits at a bound without the profile likelihood having reported
+        it as a limit ("BOUNDED ONLY").
+    reasons : tuple of str, why it is not ok (empty when ok)
+    notes : tuple of str, things worth knowing that do not fail the fit (limits at bounds)
+    """
+
+    ok: bool
+    reasons: tuple = ()
+    notes: tuple = ()
+
+    def summary(self) -> str:
+        if self.ok:
+            return (f"GOOD FIT: every fitted statistic within {RESIDUAL_LIMIT_SE:g} SE of the model, lmfit "
+                    f"converged, no free parameter pinned at a bound unexplained")
+        return "POOR FIT: " + "; ".join(self.reasons)
+
+
+def _at_bound(par) -> str | None:
+    lo, hi = par.min, par.max
+    span = hi - lo if np.isfinite(hi - lo) and hi > lo else max(abs(par.value), 1.0)
+    tol = 1e-6 * span
+    if np.isfinite(lo) and par.value - lo <= tol:
+        return f"lower bound {lo:g}"
+    if np.isfinite(hi) and hi - par.value <= tol:
+        return f"upper bound {hi:g}"
+    return None
+
+
+def assess_fit(typ, pop, residuals, residual_limit: float = RESIDUAL_LIMIT_SE) -> FitVerdict:
+    """The goodness-of-fit verdict (see :class:`FitVerdict`) from the fits and the residual table."""
+    reasons, notes = [], []
+    fitted = residuals[residuals["role"] == "fitted"]
+    for col, label in (("residual_typical_se", "typical"), ("residual_population_se", "population")):
+        if col not in fitted:
+            continue
+        r = fitted[col].to_numpy(dtype=float)
+        bad = ~np.isfinite(r) | (np.abs(r) > residual_limit)
+        if bad.any():
+            rows = [f"week {w:g} {o} {st} {v:+.1f} SE" for w, o, st, v, b in
+                    zip(fitted["week"], fitted["observable"], fitted["statistic"], r, bad) if b]
+            reasons.append(f"{int(bad.sum())} of {len(r)} fitted statistics are more than {residual_limit:g} SE "
+                           f"from the {label} model ({', '.join(rows[:4])}{', ...' if len(rows) > 4 else ''})")
+    fits = [("typical", typ.result)] + ([("population", pop.result)] if pop is not None else [])
+    for label, res in fits:
+        if not getattr(res, "success", True):
+            msg = " ".join(str(getattr(res, "message", "")).split())[:200]
+            reasons.append(f"the {label} fit did not converge (lmfit: {msg or 'no success'})")
+        for name, par in res.params.items():
+            if not par.vary:
+                continue
+            where = _at_bound(par)
+            if where is None:
+                continue
+            decision = typ.decisions.get(name, "")
+            text = f"{name} = {par.value:.4g} is at its {where} in the {label} fit"
+            if decision.startswith("BOUNDED ONLY"):
+                notes.append(text + " (reported as a limit by its profile likelihood)")
+            else:
+                reasons.append(text + " (the data push it beyond its range)")
+    return FitVerdict(ok=not reasons, reasons=tuple(reasons), notes=tuple(dict.fromkeys(notes)))
+
+
+def build_report(cohort, typ, pop, residuals, *, mode, seed, posterior=None, runtime_s=None,
+                 verdict: FitVerdict | None = None) -> str:
     import lmfit
     from tregpd import __version__
     prob: FitProblem = typ.problem
@@ -52,6 +129,17 @@ def build_report(cohort, typ, pop, residuals, *, mode, seed, posterior=None, run
     add(f"tregpd {__version__}; cohort: {cohort.origin}; mode: {mode}; population seed: {seed}")
     if runtime_s is not None:
         add(f"fitting time (without files/figures): {runtime_s:.1f} s")
+    add("")
+    verdict = verdict if verdict is not None else assess_fit(typ, pop, residuals)
+    add("Verdict")
+    add("-------")
+    add(verdict.summary())
+    for note in verdict.notes:
+        add(f"Note: {note}")
+    if not verdict.ok:
+        add("The fitted values below are NOT a description of these data: the model cannot follow them with "
+            "its parameters inside their ranges. Check the cohort file (units, weeks, rel_se), the regimen, "
+            "or the parameter bounds before using them.")
     add("")
     add("Regimen and assumptions")
     add("-----------------------")

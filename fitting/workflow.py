@@ -252,12 +252,28 @@ class FitOutcome:
     files: dict = field(default_factory=dict)
     runtime_s: float = 0.0
     posterior: object = None
+    verdict: object = None
+
+
+class PoorFitError(TregpdError):
+    """The fit does not describe the data (see :class:`~tregpd.fitting.report.FitVerdict`); the report, the
+    residual table and the figures were written, the fitted parameter files were not.
+
+    Attributes
+    ----------
+    outcome : FitOutcome
+    """
+
+    def __init__(self, message: str, outcome=None):
+        super().__init__(message)
+        self.outcome = outcome
 
 
 def run_fit(cohort_path=None, out_dir="out/fit", mode: str = "both", seed: int = DEFAULT_SEED,
             parameters: ParameterSet | str | Path | None = None, free: Sequence[str] | None = None,
             n_patients: int = DEFAULT_POPULATION_SIZE, emcee_steps: int = 0, write: bool = True,
-            plots: bool = True, profile_extra: Sequence[str] = DEFAULT_PROFILE_EXTRA) -> FitOutcome:
+            plots: bool = True, profile_extra: Sequence[str] = DEFAULT_PROFILE_EXTRA,
+            accept_poor_fit: bool = False) -> FitOutcome:
     """Fit a cohort and write ``fitted_parameters.toml``, ``fit_report.txt``, ``fit.png``, ``profiles.png``,
     ``residuals.csv`` and ``provenance.json`` into ``out_dir`` (atomically, with provenance).
 
@@ -273,11 +289,14 @@ def run_fit(cohort_path=None, out_dir="out/fit", mode: str = "both", seed: int =
     seed : int, seed of the virtual population (common random numbers)
     parameters : priors (ParameterSet or path; default: the bundled file); ``free`` overrides its fitted flags
     emcee_steps : if > 0, also sample the typical-fit posterior with lmfit's emcee interface
+    accept_poor_fit : write the fitted parameter files even when the goodness-of-fit check fails (see
+        :func:`~tregpd.fitting.report.assess_fit`); otherwise a poor fit writes the report, residuals and
+        figures (so the failure can be read), no fitted parameter file, and raises :class:`PoorFitError`
     """
     from tregpd.model import load_parameters
     from tregpd.model.io import (atomic_save_figure, atomic_write_frame, atomic_write_json,
                                  atomic_write_text, provenance)
-    from .report import build_report
+    from .report import assess_fit, build_report
 
     if mode not in MODES:
         raise TregpdError(f"fit mode must be one of {MODES}, got {mode!r}")
@@ -300,22 +319,34 @@ def run_fit(cohort_path=None, out_dir="out/fit", mode: str = "both", seed: int =
                                            population_problem=pop.problem if pop is not None else None)
     chosen = pop.parameters if (pop is not None and mode != "typical") else typ.parameters
     runtime = time.perf_counter() - t0
+    verdict = assess_fit(typ, pop, residuals)
     report = build_report(cohort, typ, pop, residuals, mode=mode, seed=seed, posterior=posterior,
-                          runtime_s=runtime)
+                          runtime_s=runtime, verdict=verdict)
     outcome = FitOutcome(parameters=chosen, typical=typ, population=pop, residuals=residuals, report=report,
-                         runtime_s=runtime, posterior=posterior)
+                         runtime_s=runtime, posterior=posterior, verdict=verdict)
+    refuse = not verdict.ok and not accept_poor_fit
     if not write:
+        if refuse:
+            raise PoorFitError(_poor_fit_message(verdict, None), outcome)
         return outcome
     out = Path(out_dir)
     prov = provenance(chosen, typ.problem.regimen, seed, command="tregpd fit", cohort=cohort.origin, mode=mode,
                       n_patients=n_patients if pop is not None else None,
-                      iiv=pop.problem.iiv if pop is not None else None)
+                      iiv=pop.problem.iiv if pop is not None else None,
+                      verdict={"ok": verdict.ok, "reasons": list(verdict.reasons), "notes": list(verdict.notes),
+                               "accepted_poor_fit": bool(accept_poor_fit and not verdict.ok)})
     files = {}
-    files["parameters"] = atomic_write_text(out / "fitted_parameters.toml",
-                                            _toml_header(prov) + chosen.to_toml())
-    if mode == "both":
-        files["parameters_typical"] = atomic_write_text(out / "fitted_parameters_typical.toml",
-                                                        _toml_header(prov) + typ.parameters.to_toml())
+    if refuse:
+        # a fitted parameter file left from an earlier run would be taken for this run's result
+        for name in ("fitted_parameters.toml", "fitted_parameters_typical.toml"):
+            if (out / name).is_file() and not (out / name).is_symlink():
+                (out / name).unlink()
+    else:
+        files["parameters"] = atomic_write_text(out / "fitted_parameters.toml",
+                                                _toml_header(prov) + chosen.to_toml())
+        if mode == "both":
+            files["parameters_typical"] = atomic_write_text(out / "fitted_parameters_typical.toml",
+                                                            _toml_header(prov) + typ.parameters.to_toml())
     files["report"] = atomic_write_text(out / "fit_report.txt", report)
     files["residuals"] = atomic_write_frame(out / "residuals.csv", residuals, prov)
     if plots:
@@ -331,7 +362,16 @@ def run_fit(cohort_path=None, out_dir="out/fit", mode: str = "both", seed: int =
     prov["runtime_s"] = round(outcome.runtime_s, 2)
     files["provenance"] = atomic_write_json(out / "provenance.json", prov)
     outcome.files = files
+    if refuse:
+        raise PoorFitError(_poor_fit_message(verdict, files.get("report")), outcome)
     return outcome
+
+
+def _poor_fit_message(verdict, report_path) -> str:
+    where = f"; see {report_path}" if report_path is not None else ""
+    return (f"the model does not fit the cohort, so no fitted parameter file was written: "
+            f"{'; '.join(verdict.reasons)}{where}; pass --accept-poor-fit (run_fit(accept_poor_fit=True)) to "
+            f"write the fitted parameters anyway")
 
 
 def _toml_header(prov: dict) -> str:

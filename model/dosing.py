@@ -41,6 +41,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from .errors import RegimenError
+from tregpd.safeio import shorten
 
 CMT_IL2_DEPOT, CMT_IL2_CENTRAL, CMT_RAPA_GUT, CMT_RAPA_CENTRAL, CMT_RAPA_PERIPH = 1, 2, 3, 4, 5
 CMT_NAIVE, CMT_TREG, CMT_TH17 = 6, 7, 8
@@ -62,7 +63,7 @@ MAX_DOSES_PER_SCHEDULE = 1_000_000
 
 def _number(value, fieldname: str, where: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise RegimenError(f"{where}: field {fieldname!r} must be a number, got {value!r}")
+        raise RegimenError(f"{where}: field {fieldname!r} must be a number, got {shorten(value)}")
     try:
         value = float(value)
     except OverflowError:  # an integer beyond the float range
@@ -75,7 +76,7 @@ def _number(value, fieldname: str, where: str) -> float:
 
 def _count(value, fieldname: str, where: str, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise RegimenError(f"{where}: field {fieldname!r} must be an integer >= {minimum}, got {value!r}")
+        raise RegimenError(f"{where}: field {fieldname!r} must be an integer >= {minimum}, got {shorten(value)}")
     return int(value)
 
 
@@ -119,17 +120,17 @@ class DoseSchedule:
     route: str | None = None
 
     def __post_init__(self) -> None:
-        where = f"dose schedule ({self.drug!r})"
+        where = f"dose schedule ({shorten(self.drug)})"
         if self.drug not in DRUGS:
-            raise RegimenError(f"dose schedule: field 'drug' must be one of {DRUGS}, got {self.drug!r}")
+            raise RegimenError(f"dose schedule: field 'drug' must be one of {DRUGS}, got {shorten(self.drug)}")
         route = self.route if self.route is not None else next(iter(ROUTES[self.drug]))
         if not isinstance(route, str) or route not in ROUTES[self.drug]:
             raise RegimenError(
-                f"{where}: field 'route' must be one of {tuple(ROUTES[self.drug])}, got {route!r}")
+                f"{where}: field 'route' must be one of {tuple(ROUTES[self.drug])}, got {shorten(route)}")
         object.__setattr__(self, "route", route)
         if not isinstance(self.unit, str) or self.unit not in AMOUNT_UNITS[self.drug]:
             raise RegimenError(
-                f"{where}: field 'unit' must be one of {tuple(AMOUNT_UNITS[self.drug])}, got {self.unit!r}")
+                f"{where}: field 'unit' must be one of {tuple(AMOUNT_UNITS[self.drug])}, got {shorten(self.unit)}")
         amount = _number(self.amount, "amount", where)
         if amount <= 0:
             raise RegimenError(f"{where}: field 'amount' must be > 0, got {amount!r}")
@@ -348,17 +349,17 @@ class Regimen:
 
     def __post_init__(self) -> None:
         if self.taper is not None and not isinstance(self.taper, SteroidTaper):
-            raise RegimenError(f"regimen: field 'taper' must be a SteroidTaper, got {self.taper!r}")
+            raise RegimenError(f"regimen: field 'taper' must be a SteroidTaper, got {shorten(self.taper)}")
         if not isinstance(self.name, str) or not self.name.strip():
-            raise RegimenError(f"regimen: field 'name' must be a non-empty string, got {self.name!r}")
+            raise RegimenError(f"regimen: field 'name' must be a non-empty string, got {shorten(self.name)}")
         for fld in ("description", "assumption"):
             if not isinstance(getattr(self, fld), str):
-                raise RegimenError(f"regimen {self.name!r}: field {fld!r} must be a string, "
-                                   f"got {getattr(self, fld)!r}")
+                raise RegimenError(f"regimen {shorten(self.name)}: field {fld!r} must be a string, "
+                                   f"got {shorten(getattr(self, fld))}")
         scheds = tuple(self.schedules)
         for s in scheds:
             if not isinstance(s, DoseSchedule):
-                raise RegimenError(f"regimen {self.name!r}: schedules must be DoseSchedule objects, got {s!r}")
+                raise RegimenError(f"regimen {shorten(self.name)}: schedules must be DoseSchedule objects, got {shorten(s)}")
         object.__setattr__(self, "schedules", scheds)
 
     def events(self, until_day: float | None = None) -> EventTable:
@@ -400,10 +401,12 @@ class Regimen:
         """Build from a plain dict (as in a scenario file); unknown keys are errors."""
         if not isinstance(data, dict):
             raise RegimenError(f"{where}: must be a table, got {type(data).__name__}")
+        from tregpd.safeio import check_nesting
+        check_nesting(data, where, error=RegimenError)
         allowed = {"name", "description", "assumption", "schedules", "doses", "taper"}
-        unknown = sorted(set(data) - allowed)
+        unknown = sorted(map(str, set(data) - allowed))
         if unknown:
-            raise RegimenError(f"{where}: unknown keys {unknown}; allowed: {sorted(allowed)}")
+            raise RegimenError(f"{where}: unknown keys {shorten(unknown)}; allowed: {sorted(allowed)}")
         raw = data.get("schedules", data.get("doses", []))
         if not isinstance(raw, list):
             raise RegimenError(f"{where}: 'schedules' must be a list of tables")
@@ -424,9 +427,9 @@ def _from_table(cls, table, where: str, required: Sequence[str]):
     if not isinstance(table, dict):
         raise RegimenError(f"{where}: must be a table")
     fields = set(cls.__dataclass_fields__)
-    unknown = sorted(set(table) - fields)
+    unknown = sorted(map(str, set(table) - fields))
     if unknown:
-        raise RegimenError(f"{where}: unknown keys {unknown}; allowed: {sorted(fields)}")
+        raise RegimenError(f"{where}: unknown keys {shorten(unknown)}; allowed: {sorted(fields)}")
     missing = sorted(set(required) - set(table))
     if missing:
         raise RegimenError(f"{where}: missing keys {missing}")
@@ -448,7 +451,7 @@ def reference_regimen(weeks: float = 24, taper: bool = True) -> Regimen:
     """The study's assumed reference regimen (see :data:`REFERENCE_ASSUMPTION`), ``weeks`` in (0, 5200]."""
     weeks = _number(weeks, "weeks", "reference regimen")
     if not 0 < weeks <= 5200:
-        raise RegimenError(f"reference regimen: 'weeks' must be > 0 and <= 5200 (100 years), got {weeks!r}")
+        raise RegimenError(f"reference regimen: 'weeks' must be > 0 and <= 5200 (100 years), got {shorten(weeks)}")
     days = weeks * 7.0
     return Regimen(
         name="shanxi_reference",
@@ -472,6 +475,9 @@ def no_treatment() -> Regimen:
 NONMEM_COLUMNS = ("ID", "TIME", "AMT", "CMT", "EVID", "II", "ADDL")
 #: largest ADDL accepted on one record (100 years of hourly doses); a typo such as 1e9 would exhaust memory
 MAX_ADDL = 1_000_000
+#: most doses one event file may expand to, all records and IDs together (sum of ADDL + 1), checked before
+#: expanding: 60 records of ADDL 1e6 would otherwise take 4 GB
+MAX_TOTAL_DOSES = 2_000_000
 
 
 def write_nonmem(events: dict[int, EventTable] | EventTable, path: str | Path | None = None,
@@ -537,18 +543,16 @@ def read_nonmem(source: str | Path | io.StringIO) -> dict[int, EventTable]:
     Lines starting with '#' are comments. Errors name the file line and the column.
     """
     import pandas as pd
-    name = str(source) if not isinstance(source, io.StringIO) else "<text>"
+    from tregpd.safeio import MAX_INPUT_BYTES, read_text_file
+    name = shorten(str(source))[1:-1] if not isinstance(source, io.StringIO) else "<text>"
     if isinstance(source, (str, Path)):
-        if not Path(source).is_file():
-            raise RegimenError(f"event file {name!r} does not exist")
-        try:
-            text = Path(source).read_text(encoding="utf-8-sig")
-        except UnicodeDecodeError as exc:
-            raise RegimenError(f"{name}: not a UTF-8 text file ({exc.reason} at byte {exc.start})") from None
-        except OSError as exc:
-            raise RegimenError(f"event file {name!r} cannot be read: {exc.strerror or exc}") from None
+        text = read_text_file(source, "event file", error=RegimenError)
     else:  # StringIO or another text stream
-        text = source.getvalue() if hasattr(source, "getvalue") else source.read()
+        text = source.getvalue() if hasattr(source, "getvalue") else source.read(MAX_INPUT_BYTES + 1)
+        if not isinstance(text, str):
+            raise RegimenError(f"{name}: an event table must be text, got {type(text).__name__}")
+        if len(text) > MAX_INPUT_BYTES:
+            raise RegimenError(f"{name}: more than {MAX_INPUT_BYTES} characters; the limit of an event file")
     # keep the file line number of every header/data line, so errors can name it
     kept = [(i + 1, ln) for i, ln in enumerate(text.splitlines())
             if ln.strip() and not ln.lstrip().startswith("#")]
@@ -556,7 +560,7 @@ def read_nonmem(source: str | Path | io.StringIO) -> dict[int, EventTable]:
         df = pd.read_csv(io.StringIO("\n".join(ln for _, ln in kept)), comment="#", skipinitialspace=True)
     except Exception as exc:  # pandas raises several types for malformed CSV
         reason = " ".join(str(exc).split())  # pandas messages can end in a newline; keep one line
-        raise RegimenError(f"{name}: not a readable CSV ({reason})") from None
+        raise RegimenError(f"{name}: not a readable CSV ({shorten(reason)[1:-1]})") from None
     line_of = [n for n, _ in kept[1:]] if len(kept) - 1 == len(df) else None
 
     def at(r: int) -> str:
@@ -565,17 +569,17 @@ def read_nonmem(source: str | Path | io.StringIO) -> dict[int, EventTable]:
     df.columns = [str(c).strip().upper() for c in df.columns]
     missing = [c for c in ("ID", "TIME", "AMT", "CMT", "EVID") if c not in df.columns]
     if missing:
-        raise RegimenError(f"{name}: missing columns {missing}; required ID, TIME, AMT, CMT, EVID")
+        raise RegimenError(f"{name}: missing columns {shorten(missing)}; required ID, TIME, AMT, CMT, EVID")
     known = set(NONMEM_COLUMNS) | {"RATE", "DV", "MDV"}
     unknown = [c for c in df.columns if c not in known]
     if unknown:
-        raise RegimenError(f"{name}: unknown columns {unknown}; known: {sorted(known)}")
+        raise RegimenError(f"{name}: unknown columns {shorten(unknown)}; known: {sorted(known)}")
     for col in df.columns:
         vals = pd.to_numeric(df[col], errors="coerce")
         bad = np.flatnonzero(vals.isna().to_numpy() & ~(col == "DV"))
         if bad.size:
             r = int(bad[0])
-            raise RegimenError(f"{at(r + 1)}: column {col} must be a number, got {df[col].iloc[r]!r}")
+            raise RegimenError(f"{at(r + 1)}: column {col} must be a number, got {shorten(df[col].iloc[r])}")
         if col in ("ID", "EVID", "CMT", "ADDL", "MDV"):
             # integer columns: inf or 1.5 would overflow int() or be silently truncated
             arr = vals.to_numpy(dtype=float)
@@ -584,6 +588,16 @@ def read_nonmem(source: str | Path | io.StringIO) -> dict[int, EventTable]:
                 r = int(bad[0])
                 raise RegimenError(f"{at(r + 1)}: column {col} must be an integer, got {float(arr[r])}")
         df[col] = vals
+    if "ADDL" in df.columns:
+        evid = df["EVID"].to_numpy(dtype=float)
+        addl = np.clip(df["ADDL"].to_numpy(dtype=float), 0, None)
+        # a record above MAX_ADDL is refused by name below, before it is expanded
+        total = float(np.where(((evid == 1) | (evid == 4)) & (addl <= MAX_ADDL), addl + 1, 0).sum())
+        if total > MAX_TOTAL_DOSES:
+            raise RegimenError(
+                f"{name}: the dose records expand to {total:.0f} doses (sum of ADDL + 1), more than the limit of "
+                f"{MAX_TOTAL_DOSES} doses in one event file; split the file by ID and simulate the IDs "
+                f"separately, or lower ADDL (doses after the end of the simulation have no effect)")
     out: dict[int, tuple[list, list, list]] = {}
     prev = {}
     for r, row in enumerate(df.itertuples(index=False), start=1):
@@ -604,11 +618,11 @@ def read_nonmem(source: str | Path | io.StringIO) -> dict[int, EventTable]:
         if evid == 4 and pid in out and out[pid][0]:
             raise RegimenError(f"{at(r)}: EVID 4 (reset) is only supported as the first dose of an ID")
         if rec.get("RATE", 0) not in (0, 0.0):
-            raise RegimenError(f"{at(r)}: RATE must be 0 (bolus doses only), got {rec['RATE']!r}")
+            raise RegimenError(f"{at(r)}: RATE must be 0 (bolus doses only), got {shorten(rec['RATE'])}")
         amt = float(rec["AMT"])
         cmt = int(rec["CMT"])
         if cmt not in DOSABLE_CMTS or cmt != rec["CMT"]:
-            raise RegimenError(f"{at(r)}: CMT must be one of {DOSABLE_CMTS}, got {rec['CMT']!r}")
+            raise RegimenError(f"{at(r)}: CMT must be one of {DOSABLE_CMTS}, got {shorten(rec['CMT'])}")
         if cmt == CMT_GC_LEVEL and not (math.isfinite(amt) and amt >= 0):
             raise RegimenError(f"{at(r)}: AMT (CMT {CMT_GC_LEVEL} glucocorticoid level, mg/day) must be finite "
                                f"and >= 0, got {amt!r}")
@@ -617,7 +631,7 @@ def read_nonmem(source: str | Path | io.StringIO) -> dict[int, EventTable]:
         ii = float(rec.get("II", 0.0))
         addl = rec.get("ADDL", 0)
         if addl != int(addl) or addl < 0:
-            raise RegimenError(f"{at(r)}: ADDL must be a non-negative integer, got {addl!r}")
+            raise RegimenError(f"{at(r)}: ADDL must be a non-negative integer, got {shorten(addl)}")
         addl = int(addl)
         if addl > MAX_ADDL:
             raise RegimenError(f"{at(r)}: ADDL must be <= {MAX_ADDL} (additional doses expanded in "

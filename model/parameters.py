@@ -245,10 +245,8 @@ class ParameterSet:
 
 def parse_parameters(text: str, origin: str = "<string>") -> ParameterSet:
     """Parse and validate parameter-file text (TOML)."""
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ParameterError(f"{origin}: not valid TOML: {exc}") from None
+    from tregpd.safeio import load_toml
+    data = load_toml(text, origin, error=ParameterError)
     meta = data.pop("meta", {})
     if not isinstance(meta, dict):
         raise ParameterError(f"{origin}: [meta] must be a table")
@@ -278,16 +276,8 @@ def load_parameters(path: str | Path | None = None) -> ParameterSet:
     if path is None:
         text = resources.files("tregpd.model").joinpath("data", DEFAULT_PARAMETER_FILE).read_text()
         return parse_parameters(text, origin=f"tregpd/model/data/{DEFAULT_PARAMETER_FILE}")
-    path = Path(path)
-    if not path.is_file():
-        raise ParameterError(f"parameter file {str(path)!r} does not exist")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise ParameterError(f"parameter file {str(path)!r} is not UTF-8 text ({exc.reason} at byte "
-                             f"{exc.start})") from None
-    except OSError as exc:
-        raise ParameterError(f"parameter file {str(path)!r} cannot be read: {exc.strerror or exc}") from None
+    from tregpd.safeio import read_text_file
+    text = read_text_file(path, "parameter file", error=ParameterError)
     return parse_parameters(text, origin=str(path))
 
 

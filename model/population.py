@@ -13,7 +13,7 @@ from typing import Mapping
 import numpy as np
 
 from .errors import ParameterError
-from .parameters import EXPECTED_UNITS, PARAMETER_NAMES, ParameterSet, _PER_DAY
+from .parameters import EXPECTED_UNITS, N_THETA, PARAMETER_NAMES, ParameterSet, _PER_DAY
 from .structures import get_model
 
 #: Default IIV (SD of the log) — ASSUMPTIONS except where noted. Sirolimus CL/F: Golubovic 2019 omega^2 0.0547
@@ -56,6 +56,11 @@ def sample_population(parameters: ParameterSet, n: int, iiv: Mapping[str, float]
         raise ParameterError(f"population size n must be a positive integer, got {n!r}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ParameterError(f"seed must be a non-negative integer, got {seed!r}")
+    from tregpd.safeio import check_memory
+    check_memory(f"sample_population(n={n})", n, 2 * N_THETA + len(PARAMETER_NAMES),
+                 "draw the population in chunks (theta_from_z on blocks of scores), or use `tregpd trial`, which "
+                 "streams patients in chunks", error=ParameterError,
+                 detail="the parameter matrix, the scores and the clipping mask")
     iiv = dict(DEFAULT_IIV if iiv is None else iiv)
     known = list(EXPECTED_UNITS)
     for name, om in iiv.items():

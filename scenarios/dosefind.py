@@ -175,6 +175,17 @@ def dose_find(parameters: ParameterSet | None = None, max_selectivity: float = 0
         raise ScenarioError(f"dose finding: population must be a positive integer, got {population!r}")
     if not weeks > 0:
         raise ScenarioError(f"dose finding: weeks must be > 0, got {weeks!r}")
+    if weeks > 520:
+        raise ScenarioError(f"dose finding: weeks must be <= 520 (10 years), got {weeks!r}")
+    from tregpd.model.kernels import N_OUT
+    from tregpd.model.parameters import N_THETA
+    from tregpd.safeio import check_memory
+    n_times = int(weeks) + 7   # weekly grid plus the report weeks
+    check_memory(f"dose finding: population {population} over {weeks:g} weeks", population,
+                 n_times * N_OUT + 3 * N_THETA,
+                 "lower --population (every regimen is simulated on the same population, one regimen at a time), "
+                 "or run a chosen regimen with `tregpd trial`, which streams patients in chunks",
+                 error=ScenarioError, detail=f"{n_times} weekly outputs x {N_OUT} outputs and the parameters")
     params = parameters if parameters is not None else default_parameters()
     cands = candidate_regimens(doses, intervals, course_days, weeks, sirolimus_mg, sirolimus_interval_day)
     it = cands

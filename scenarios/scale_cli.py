@@ -114,7 +114,8 @@ def run_trial_command(args: argparse.Namespace) -> int:
     from tregpd.model.io import atomic_save_figure, atomic_write_frame, atomic_write_json, provenance
     from tregpd.model.parameters import load_parameters
     from .backends import make_backend
-    from .trial import DEFAULT_BLOCK, DEFAULT_RATIO_TARGET, make_plan, run_trial, summary_table
+    from .trial import (DEFAULT_BLOCK, DEFAULT_RATIO_TARGET, check_trial_memory, make_plan, run_trial,
+                        summary_table)
 
     _check_positive(args.patients, "--patients")
     _check_positive(args.chunk, "--chunk")
@@ -125,6 +126,7 @@ def run_trial_command(args: argparse.Namespace) -> int:
     plan = make_plan(params, regimens, args.patients, seed=args.seed, weeks=args.weeks,
                      block=args.block if args.block is not None else DEFAULT_BLOCK,
                      ratio_target=args.ratio_target if args.ratio_target is not None else DEFAULT_RATIO_TARGET)
+    check_trial_memory(plan, args.chunk)   # before a cluster is started or anything simulated
     with make_backend(workers=args.workers, scheduler=args.scheduler) as backend:
         desc = backend.describe()
         _print(f"trial: {plan.n_patients} patients x {len(regimens)} regimen(s) on {desc['backend']}"

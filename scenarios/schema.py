@@ -62,6 +62,8 @@ from tregpd.model.dosing import Regimen
 from tregpd.model.errors import RegimenError, ScenarioError
 from tregpd.model.population import DEFAULT_IIV
 from tregpd.model.parameters import PARAMETER_NAMES
+from tregpd.safeio import check_memory, check_nesting, load_toml, read_text_file, shorten
+from tregpd.model.kernels import N_OUT  # values each patient stores per output time
 
 #: Study questions a scenario can be tagged with (``question`` key); the runner groups figures by them.
 QUESTIONS: Mapping[str, str] = {
@@ -81,7 +83,8 @@ DEFAULT_RATIO_TARGET = 0.29
 _SCENARIO_KEYS = {"name", "description", "source", "assumption", "question", "weeks", "parameters",
                   "population", "seed", "iiv", "outputs", "output_step_day", "ratio_target"}
 _REQUIRED = ("name", "description", "weeks")
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]*$")
+#: the whole name (fullmatch): "$" would also accept a trailing newline
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_\-]{0,99}")
 
 
 class ScenarioWarning(UserWarning):
@@ -186,7 +189,7 @@ def _finite(v) -> bool:
 def _number(sc: dict, key: str, origin: str, default=None, positive=True) -> float:
     v = sc.get(key, default)
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not _finite(v):
-        raise _err(origin, key, f"must be a number, got {v!r}")
+        raise _err(origin, key, f"must be a number, got {shorten(v)}")
     if positive and v <= 0:
         raise _err(origin, key, f"must be > 0, got {v!r}")
     return float(v)
@@ -195,14 +198,14 @@ def _number(sc: dict, key: str, origin: str, default=None, positive=True) -> flo
 def _integer(sc: dict, key: str, origin: str, default, minimum: int) -> int:
     v = sc.get(key, default)
     if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
-        raise _err(origin, key, f"must be an integer >= {minimum}, got {v!r}")
+        raise _err(origin, key, f"must be an integer >= {minimum}, got {shorten(v)}")
     return int(v)
 
 
 def _string(sc: dict, key: str, origin: str, default="") -> str:
     v = sc.get(key, default)
     if not isinstance(v, str):
-        raise _err(origin, key, f"must be a string, got {v!r}")
+        raise _err(origin, key, f"must be a string, got {shorten(v)}")
     return v
 
 
@@ -225,43 +228,53 @@ def parse_scenario(data: Mapping[str, Any], origin: str = "<scenario>", base_dir
     """
     if not isinstance(data, Mapping):
         raise ScenarioError(f"{origin}: a scenario must be a table, got {type(data).__name__}")
-    unknown = sorted(set(data) - {"scenario", "regimen"})
+    check_nesting(data, origin, error=ScenarioError)
+    unknown = sorted(map(str, set(data) - {"scenario", "regimen"}))
     if unknown:
-        raise ScenarioError(f"{origin}: unknown top-level tables/keys {unknown}; allowed: ['regimen', 'scenario']")
+        raise ScenarioError(f"{origin}: unknown top-level tables/keys {shorten(unknown)}; allowed: "
+                            f"['regimen', 'scenario']")
     if "scenario" not in data:
         raise ScenarioError(f"{origin}: missing the [scenario] table")
     sc = data["scenario"]
     if not isinstance(sc, Mapping):
         raise ScenarioError(f"{origin}: [scenario] must be a table")
-    unknown = sorted(set(sc) - _SCENARIO_KEYS)
+    unknown = sorted(map(str, set(sc) - _SCENARIO_KEYS))
     if unknown:
-        raise ScenarioError(f"{origin}: [scenario] unknown keys {unknown}; allowed: {sorted(_SCENARIO_KEYS)}")
+        raise ScenarioError(f"{origin}: [scenario] unknown keys {shorten(unknown)}; allowed: "
+                            f"{sorted(_SCENARIO_KEYS)}")
     missing = [k for k in _REQUIRED if k not in sc]
     if missing:
         raise ScenarioError(f"{origin}: [scenario] missing required keys {missing}")
 
     name = _string(sc, "name", origin)
-    if not _NAME_RE.match(name):
+    if not _NAME_RE.fullmatch(name):
         raise _err(origin, "name", f"must start with a letter or digit and contain only letters, digits, '_' "
-                                   f"and '-' (it names the output folder), got {name!r}")
+                                   f"and '-', at most 100 characters (it names the output folder), got "
+                                   f"{shorten(name)}")
     description = _string(sc, "description", origin)
     if not description.strip():
         raise _err(origin, "description", "must not be empty")
     question = _string(sc, "question", origin)
     if question and question not in QUESTIONS:
-        raise _err(origin, "question", f"must be one of {sorted(QUESTIONS)}, got {question!r}")
+        raise _err(origin, "question", f"must be one of {sorted(QUESTIONS)}, got {shorten(question)}")
     weeks = _number(sc, "weeks", origin)
     if weeks > 520:
         raise _err(origin, "weeks", f"must be <= 520 (10 years), got {weeks!r}")
     population = _integer(sc, "population", origin, 300, 1)
     if population > 1_000_000:
-        raise _err(origin, "population", f"must be <= 1000000 (use tregpd scale for larger runs), "
-                                         f"got {population!r}")
+        raise _err(origin, "population", f"must be <= 1000000 (use `tregpd trial`, which streams patients in "
+                                         f"chunks, for larger runs), got {population!r}")
     seed = _integer(sc, "seed", origin, 20170614, 0)
     step = _number(sc, "output_step_day", origin, 1.0)
     if step > 7.0:
         raise _err(origin, "output_step_day", f"must be <= 7 days (the summary needs weekly values), got {step!r}")
     target = _number(sc, "ratio_target", origin, DEFAULT_RATIO_TARGET)
+    # work bound before anything is allocated: the runner holds population x grid x N_OUT float64 values
+    n_times = math.floor(weeks * 7.0 / step + 1e-9) + 1 + 5     # the grid plus up to 5 report weeks
+    check_memory(f"{origin}: [scenario] population {population} with output_step_day {step:g} over "
+                 f"{weeks:g} weeks", population, n_times * N_OUT,
+                 "lower population or raise output_step_day, or use `tregpd trial`, which streams patients in "
+                 "chunks", error=ScenarioError, detail=f"{n_times} output times x {N_OUT} outputs")
 
     params = _string(sc, "parameters", origin, "default")
     if _resolved_parameters is not None:
@@ -271,29 +284,30 @@ def parse_scenario(data: Mapping[str, Any], origin: str = "<scenario>", base_dir
         if not p.is_absolute() and base_dir is not None:
             p = (base_dir / p).resolve()
         if not p.is_file():
+            why = "is not a regular file" if p.exists() else "does not exist"
             raise _err(origin, "parameters", f"must be 'default', 'fitted' or an existing parameter file; "
-                                             f"{str(p)!r} does not exist")
+                                             f"{shorten(str(p))} {why}")
         params = str(p)
 
     iiv = sc.get("iiv")
     if iiv is not None:
         if not isinstance(iiv, Mapping):
-            raise _err(origin, "iiv", f"must be a table name = omega, got {iiv!r}")
+            raise _err(origin, "iiv", f"must be a table name = omega, got {shorten(iiv)}")
         for k, v in iiv.items():
             if k not in PARAMETER_NAMES:
-                raise _err(origin, "iiv", f"unknown parameter {k!r}; known: {', '.join(PARAMETER_NAMES)}")
+                raise _err(origin, "iiv", f"unknown parameter {shorten(k)}; known: {', '.join(PARAMETER_NAMES)}")
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not _finite(v) or v < 0:
-                raise _err(origin, "iiv", f"omega of {k!r} must be a number >= 0, got {v!r}")
+                raise _err(origin, "iiv", f"omega of {shorten(k)} must be a number >= 0, got {shorten(v)}")
         merged = dict(DEFAULT_IIV)
         merged.update({k: float(v) for k, v in iiv.items()})
         iiv = merged
 
     outputs = sc.get("outputs", ["csv", "parquet", "png"])
     if not isinstance(outputs, list) or not all(isinstance(o, str) for o in outputs):
-        raise _err(origin, "outputs", f"must be a list of strings, got {outputs!r}")
+        raise _err(origin, "outputs", f"must be a list of strings, got {shorten(outputs)}")
     bad = [o for o in outputs if o not in OUTPUT_KINDS]
     if bad:
-        raise _err(origin, "outputs", f"unknown output kinds {bad}; allowed: {list(OUTPUT_KINDS)}")
+        raise _err(origin, "outputs", f"unknown output kinds {shorten(bad)}; allowed: {list(OUTPUT_KINDS)}")
 
     reg_data = data.get("regimen", {})
     if not isinstance(reg_data, Mapping):
@@ -345,16 +359,8 @@ def load_scenario(path: str | Path) -> Scenario:
         If the file is missing, is not valid TOML, or breaks the schema (the message names file and key).
     """
     path = Path(path)
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except FileNotFoundError:
-        raise ScenarioError(f"{path}: scenario file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ScenarioError(f"{path}: cannot read scenario file: {exc}") from None
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ScenarioError(f"{path}: not valid TOML: {exc}") from None
+    text = read_text_file(path, "scenario file", error=ScenarioError)
+    data = load_toml(text, str(path), error=ScenarioError)
     sc = parse_scenario(data, origin=str(path), base_dir=path.parent)
     object.__setattr__(sc, "path", path)
     return sc

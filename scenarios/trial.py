@@ -44,7 +44,7 @@ import numpy as np
 from tregpd.model import kernels as K
 from tregpd.model.dosing import EventTable, Regimen
 from tregpd.model.errors import TregpdError
-from tregpd.model.parameters import PARAMETER_NAMES, ParameterSet, parse_parameters
+from tregpd.model.parameters import N_THETA, PARAMETER_NAMES, ParameterSet, parse_parameters
 from tregpd.model.population import DEFAULT_IIV, theta_from_z
 from tregpd.model.simulate import SolverOptions, simulate_population
 
@@ -426,6 +426,23 @@ def chunk_bounds(n_patients: int, chunk_patients: int, block: int) -> list[tuple
     return [(s, min(s + chunk_patients, n_patients)) for s in range(0, n_patients, chunk_patients)]
 
 
+def check_trial_memory(plan: TrialPlan, chunk_patients: int) -> float:
+    """Refuse a trial whose chunk (patients x output weeks x outputs, plus the histograms of the summaries)
+    would not fit in memory, before anything is simulated; returns the estimate in bytes."""
+    from tregpd.safeio import check_memory
+    chunk = _positive_int(chunk_patients, "chunk size")
+    chunk = min(-(-chunk // plan.block) * plan.block, -(-plan.n_patients // plan.block) * plan.block)
+    n_t, n_reg, n_obs = plan.t_out.size, len(plan.events), len(OBSERVABLES)
+    n_blocks = chunk // plan.block
+    # per chunk and in the accumulator: histograms, block means and M2, counters
+    summaries = 2.0 * n_reg * n_obs * n_t * (HIST_BINS + 2 + 6 + 2 * n_blocks) * 8.0
+    return check_memory(f"trial: chunk of {chunk} patients x {n_t} output weeks x {n_reg} regimen(s)", chunk,
+                        n_t * K.N_OUT + 3 * N_THETA, "lower --chunk (the results do not depend on it) or give "
+                        "fewer --weeks", error=TrialError, extra_bytes=summaries,
+                        detail=f"{n_t} output times x {K.N_OUT} outputs and the parameters, plus "
+                               f"{n_reg * n_obs * n_t} histograms of {HIST_BINS} bins")
+
+
 def run_trial(plan: TrialPlan, chunk_patients: int = 20_000, backend: Backend | None = None,
               progress: bool = False) -> TrialResult:
     """Run a virtual trial in chunks on ``backend`` (default in-process) and reduce it to summaries.
@@ -434,6 +451,7 @@ def run_trial(plan: TrialPlan, chunk_patients: int = 20_000, backend: Backend | 
     the backend (see the module docstring).
     """
     chunk_patients = _positive_int(chunk_patients, "chunk size")
+    check_trial_memory(plan, chunk_patients)
     chunk_patients = -(-chunk_patients // plan.block) * plan.block
     backend = backend if backend is not None else InProcessBackend()
     bounds = chunk_bounds(plan.n_patients, chunk_patients, plan.block)

@@ -134,5 +134,5 @@ def test_missing_file_and_non_utf8(tmp_path):
         load_cohort(tmp_path / "nope.csv")
     p = tmp_path / "latin1.csv"
     p.write_bytes(HEADER.encode() + "0,treg,median,12,5,caf\xe9\n".encode("latin-1"))
-    with pytest.raises(CohortError, match="not a UTF-8"):
+    with pytest.raises(CohortError, match="latin1.csv. is not UTF-8 text"):
         load_cohort(p)

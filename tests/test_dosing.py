@@ -260,7 +260,7 @@ def test_read_nonmem_file_errors(tmp_path):
     with pytest.raises(RegimenError, match=r"bad.csv, line 7: AMT must be finite and > 0, got -5.0"):
         read_nonmem(bad)
     bad.write_bytes(b"\xff\xfeID")
-    with pytest.raises(RegimenError, match="not a UTF-8 text file"):
+    with pytest.raises(RegimenError, match="bad.csv' is not UTF-8 text"):
         read_nonmem(bad)
     big = tmp_path / "big.csv"
     big.write_text("ID,TIME,AMT,CMT,EVID,II,ADDL\n1,0,5,1,1,1e308,3\n")

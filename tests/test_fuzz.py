@@ -382,3 +382,122 @@ def test_simulate_argv_fuzz(tmp_path_factory, opts):
     assert "Traceback" not in err.getvalue()
     if code == 2 and "usage:" not in err.getvalue():
         assert len(err.getvalue().strip().splitlines()) == 1, err.getvalue()
+
+
+# ------------------------------------------------------- files: nesting, encodings, sizes, special files
+# Every file parser through its file entry point: whatever bytes or kind of path it is given, only a
+# TregpdError comes out, on one line and short. Messages may list the 33 parameter names (~490 characters),
+# so the bound is TregpdError's own cap (MAX_MESSAGE, 800) rather than 500.
+from tregpd.model.errors import MAX_MESSAGE  # noqa: E402
+
+
+def _file_parsers():
+    from tregpd.model import load_parameters
+    return {"parameters": load_parameters, "events": read_nonmem, "cohort": cohort.load_cohort,
+            "scenario": schema.load_scenario}
+
+
+VALID_FILES = {"parameters": RAW_PARAMS.encode(), "cohort": COHORT_TEXT.encode(),
+               "events": b"ID,TIME,AMT,CMT,EVID,II,ADDL\n1,0,5,1,1,1,4\n",
+               "scenario": next(p for p in schema.library_paths() if p.name == "il2_alone.toml").read_bytes()}
+
+
+@st.composite
+def hostile_bytes(draw, kind):
+    """Bytes built from a valid file of ``kind``: deep nesting, BOMs and other encodings, invalid bytes, long
+    fields, truncation and repetition."""
+    data = VALID_FILES[kind]
+    for _ in range(draw(st.integers(1, 3))):
+        how = draw(st.sampled_from(["nest", "bom", "utf16", "latin1", "invalid", "long", "truncate", "repeat",
+                                    "nul", "dotted"]))
+        pos = draw(st.integers(0, len(data)))
+        if how == "nest":
+            d = draw(st.sampled_from([2, 31, 33, 200, 2000]))
+            o, c = draw(st.sampled_from([("[", "]"), ("{a=", "}"), ("[{b=", "}]")]))
+            data = data[:pos] + f"x = {o * d}1{c * d}\n".encode() + data[pos:]
+        elif how == "bom":
+            data = b"\xef\xbb\xbf" + data
+        elif how == "utf16":
+            data = data.decode("utf-8", "replace").encode(draw(st.sampled_from(["utf-16", "utf-16-be",
+                                                                                  "utf-32"])))
+        elif how == "latin1":
+            data = data[:pos] + "é µ".encode("latin-1") + data[pos:]
+        elif how == "invalid":
+            data = data[:pos] + draw(st.binary(min_size=1, max_size=8)) + data[pos:]
+        elif how == "long":
+            n = draw(st.sampled_from([300, 5000, 200_000]))
+            data = data[:pos] + draw(st.sampled_from([b"x", b"9", b"[", b",", b'"'])) * n + data[pos:]
+        elif how == "truncate":
+            data = data[:pos]
+        elif how == "repeat":
+            data = data * draw(st.integers(2, 50))
+        elif how == "nul":
+            data = data[:pos] + b"\x00" + data[pos:]
+        else:
+            data = data[:pos] + (".".join(["k"] * draw(st.sampled_from([5, 40, 500]))) + " = 1\n").encode() \
+                + data[pos:]
+    return data
+
+
+def _only_short_tregpd_errors(fn, *args):
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            fn(*args)
+        except TregpdError as exc:
+            msg = str(exc)
+            assert msg and "\n" not in msg.split(": not valid TOML")[0], msg[:300]
+            assert len(msg) <= MAX_MESSAGE, msg[:300]
+
+
+file_fuzz_settings = settings(max_examples=EXAMPLES or 25, deadline=None,
+                              suppress_health_check=list(HealthCheck))
+
+
+@pytest.mark.parametrize("kind", sorted(VALID_FILES))
+@file_fuzz_settings
+@given(data=st.data())
+def test_file_parsers_hostile_bytes(tmp_path_factory, kind, data):
+    raw = data.draw(hostile_bytes(kind))
+    path = tmp_path_factory.mktemp("hostile") / ("f.csv" if kind in ("events", "cohort") else "f.toml")
+    path.write_bytes(raw)
+    _only_short_tregpd_errors(_file_parsers()[kind], path)
+
+
+@pytest.mark.parametrize("kind", sorted(VALID_FILES))
+def test_file_parsers_special_files(tmp_path, kind):
+    """A directory, a character device, a fifo, a missing file, a path through a file, an oversized file and
+    an empty file: one TregpdError each, naming what is wrong (and never blocking on the fifo)."""
+    from tregpd.safeio import MAX_INPUT_BYTES
+    parse = _file_parsers()[kind]
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    big = tmp_path / "big"
+    with open(big, "wb") as fh:
+        fh.truncate(MAX_INPUT_BYTES + 1)     # sparse: no disk used
+    empty = tmp_path / "empty"
+    empty.write_bytes(b"")
+    (tmp_path / "file").write_text("x")
+    cases = {tmp_path: "is a directory", "/dev/null": "character device", fifo: "named pipe",
+             tmp_path / "nope": "does not exist", tmp_path / "file" / "x": "does not exist",
+             big: "larger than the limit", empty: None, "x" * 5000: None}
+    for path, fragment in cases.items():
+        with pytest.raises(TregpdError) as exc:
+            parse(path)
+        msg = str(exc.value)
+        assert len(msg) <= MAX_MESSAGE and "\n" not in msg, msg[:300]
+        if fragment is not None:
+            assert fragment in msg, (path, msg)
+
+
+@file_fuzz_settings
+@given(depth=st.integers(1, 3000), leaf=nasty, wrap=st.sampled_from(["dict", "list", "mixed"]))
+def test_regimen_from_dict_any_nesting(depth, leaf, wrap):
+    value = leaf
+    for i in range(depth):
+        value = {"k": value} if wrap == "dict" or (wrap == "mixed" and i % 2) else [value]
+    d = {"name": "x", "schedules": [{"drug": "il2", "amount": value, "unit": "MIU"}]}
+    _only_short_tregpd_errors(Regimen.from_dict, d, "nested")
+    _only_short_tregpd_errors(schema.parse_scenario, {"scenario": {"name": "x", "description": "d", "weeks": 1,
+                                                                   "iiv": {"il2_cl": value}}}, "nested.toml")

@@ -144,7 +144,7 @@ def test_missing_required_key_bad_toml_and_missing_file(tmp_path):
         load_scenario(write(tmp_path, GOOD.replace('description = "test"\n', "")))
     with pytest.raises(ScenarioError, match="not valid TOML"):
         load_scenario(write(tmp_path, "[scenario\nname = 1"))
-    with pytest.raises(ScenarioError, match="scenario file not found"):
+    with pytest.raises(ScenarioError, match="scenario file .*nope.toml. does not exist"):
         load_scenario(tmp_path / "nope.toml")
     with pytest.raises(ScenarioError, match=r"unknown top-level tables/keys \['regimens'\]"):
         load_scenario(write(tmp_path, GOOD.replace("regimen.schedules", "regimens.schedules")))
