@@ -16,6 +16,7 @@ from tregpd.model.errors import TregpdError
 COMMAND_MODULES = (
     "tregpd.model.cli",
     "tregpd.model.models_cli",
+    "tregpd.fitting.calibrate",
     "tregpd.fitting.cli",
     "tregpd.fitting.validate_cli",
     "tregpd.scenarios.cli",

@@ -59,6 +59,8 @@ HINGE_SCALE_DAYS = 7.0
 #: margin a "direction" fact asks for (log units: a 5 % change)
 DIRECTION_MARGIN = 0.05
 POTENCY_BOUNDS = (0.2, 5.0)
+#: a structure with fewer free parameters within this ΔAIC of the best is preferred (calibrate.choose)
+DELTA_AIC_SIMPLER = 2.0
 
 #: candidate free parameters, in order; a structure frees those it declares
 CANDIDATES = (

@@ -66,7 +66,10 @@ EXPECTED_UNITS: Mapping[str, str] = _Units()
 #: Multiplier from the file's unit to the kernel's per-day unit.
 _PER_DAY = {"1/h": 24.0, "L/h": 24.0}
 
-_ENTRY_KEYS = {"value", "unit", "lower", "upper", "fitted", "status", "source", "note"}
+_ENTRY_KEYS = {"value", "unit", "lower", "upper", "fitted", "status", "source", "note", "role"}
+#: what the evidence does with a parameter: calibrated (profile closed on both sides by the joint fit),
+#: bounded (one side only), prior (fixed at its literature/assumed value)
+ROLES = ("prior", "calibrated", "bounded")
 _STATUSES = {"VERIFIED", "RECALLED", "DERIVED", "ASSUMPTION", "FOUNDING DOC", "FITTED"}
 
 DEFAULT_PARAMETER_FILE = "parameters.toml"
@@ -101,6 +104,7 @@ class Parameter:
     status: str
     source: str
     note: str = ""
+    role: str = "prior"
 
     def __post_init__(self) -> None:
         where = f"parameter {self.name!r}"
@@ -133,6 +137,8 @@ class Parameter:
             raise ParameterError(f"{where}: status {self.status!r} is not one of {sorted(_STATUSES)}")
         if not isinstance(self.source, str) or not self.source.strip():
             raise ParameterError(f"{where}: field 'source' must name where the value comes from")
+        if self.role not in ROLES:
+            raise ParameterError(f"{where}: role {self.role!r} is not one of {list(ROLES)}")
         if not isinstance(self.note, str):
             raise ParameterError(f"{where}: field 'note' must be a string, got {self.note!r}")
 
@@ -232,6 +238,8 @@ class ParameterSet:
             lines += [f"[{p.name}]", f"value = {p.value!r}", f"unit = {q(p.unit)}", f"lower = {p.lower!r}",
                       f"upper = {p.upper!r}", f"fitted = {'true' if p.fitted else 'false'}",
                       f"status = {q(p.status)}", f"source = {q(p.source)}"]
+            if p.role != "prior":
+                lines.append(f"role = {q(p.role)}")
             if p.note:
                 lines.append(f"note = {q(p.note)}")
             lines.append("")

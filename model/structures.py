@@ -11,7 +11,8 @@ calibration can ask which mechanisms the evidence demands (``tregpd models`` lis
   the cells (a negative feedback: more Treg, less IL-2 per dose) and is no longer closed form;
 * ``v1_waning``: the Treg response to IL-2 desensitises with exposure (a lumped negative feedback: CD25/STAT5
   regulation, activation-induced contraction), so daily dosing peaks and then wanes;
-* ``v2``: consumption + desensitisation + sirolimus on Th17, glucocorticoid term off.
+* ``v2``: consumption + desensitisation + sirolimus on Th17, glucocorticoid term off;
+* ``v2_lean``: desensitisation + sirolimus on Th17, glucocorticoid term off, linear (closed-form) PK.
 
 Adding a structure: declare it here (or anywhere, and pass it to :func:`register`), and put any new parameter
 in the parameter file. Nothing else changes: kernels, Jacobian, SBML and the equation listing are derived.
@@ -208,6 +209,35 @@ def _v2() -> ModelStructure:
 
 V2 = _v2()
 
+
+def _v2_lean() -> ModelStructure:
+    base = V1_WANING
+    inter = []
+    for i in base.intermediates:
+        if i.name == "gc_factor":
+            continue
+        if i.name == "induction":
+            i = Intermediate(i.name, "naive_to_treg", i.unit, i.description)
+        if i.name == "th17_prolif":
+            i = Intermediate(i.name, "th17_proliferation * (1.0 + il2_emax_th17 * s_eff)"
+                                     " * (1.0 - rapa_imax_th17_prolif * i_mtor)", i.unit, i.description)
+        inter.append(i)
+    params = {k: v for k, v in base.parameters.items()
+              if k not in ("gc_ec50", "gc_imax_th17", "rapa_emax_treg_induction", "gc_baseline_dose")}
+    return ModelStructure(
+        name="v2_lean", description=(
+            "Desensitisation of the Treg IL-2 response + sirolimus on Th17 only, no glucocorticoid term; IL-2 "
+            "and sirolimus PK linear (closed form). The mechanisms of v2 that the joint fit uses, without the "
+            "IL-2 consumption it drives to ~0."),
+        parameters=params, derived=base.derived, pk=base.pk,
+        covariates=(Covariate("prednisone", "mg/day", 9, "0.0", PREDNISONE.description),),
+        intermediates=tuple(inter), states=base.states, observables=base.observables, doses=base.doses,
+        hypotheses=("Treg IL-2 response desensitises", "sirolimus on Th17 only", "glucocorticoid term OFF",
+                    "IL-2 and sirolimus PK linear (closed form)"), parent="sat0261_v1")
+
+
+V2_LEAN = _v2_lean()
+
 _REGISTRY: dict[str, ModelStructure] = {}
 DEFAULT_MODEL = "sat0261_v1"
 
@@ -223,8 +253,16 @@ def register(structure: ModelStructure, *, replace: bool = False) -> ModelStruct
     return structure
 
 
-for _s in (SAT0261_V1, V1_GC_OFF, V1_GC_ALL, V1_RAPA_TH17, V1_IL2_CONSUMPTION, V1_WANING, V2):
+def unregister(name: str) -> None:
+    """Remove a structure registered at run time (bundled structures cannot be removed)."""
+    if name in _BUNDLED:
+        raise DeclarationError(f"model {name!r} is bundled and cannot be unregistered")
+    _REGISTRY.pop(name, None)
+
+
+for _s in (SAT0261_V1, V1_GC_OFF, V1_GC_ALL, V1_RAPA_TH17, V1_IL2_CONSUMPTION, V1_WANING, V2, V2_LEAN):
     register(_s)
+_BUNDLED = frozenset(_REGISTRY)
 
 
 def models() -> Mapping[str, ModelStructure]:

@@ -190,9 +190,13 @@ def test_validate_accepts_model_keyword(tmp_path):
     from tregpd.fitting.validate import validate
     cal = load_calibration()
     small = cal[cal["regimen_id"] == "dilt1d_0p101"]
-    outcome = validate(population=5, seed=1, out=None, model="ignored-if-unsupported", calibration=small)
+    outcome = validate(population=5, seed=1, out=None, model="v1_waning", calibration=small)
     assert len(outcome.numbers) == len(small[small["weight_class"] != "qualitative"])
     assert outcome.files == {}
+    sim = next(iter(outcome.simulations.values()))
+    assert sim.typical.model == "v1_waning"
+    with pytest.raises(Exception, match="unknown model"):
+        validate(population=5, seed=1, out=None, model="no-such-structure", calibration=small)
 
 
 def test_cli_validate(tmp_path, capsys):

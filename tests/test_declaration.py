@@ -18,7 +18,7 @@ from tregpd.model import kernels as K
 from tregpd.model.codegen import cache_key, generate_source, kernels_for
 from tregpd.model.declaration import DeclarationError, Intermediate, ModelStructure, State
 from tregpd.model.parameters import parse_parameters
-from tregpd.model.structures import SAT0261_V1, get_model, models, register
+from tregpd.model.structures import SAT0261_V1, get_model, models, register, unregister
 
 NO_JIT = os.environ.get("NUMBA_DISABLE_JIT", "0") not in ("", "0")
 STRUCTURES = list(models())
@@ -92,6 +92,13 @@ def test_toy_structure_one_new_state_and_parameter_runs_exports_and_matches_road
         add_states=(State("memory_treg", "cells/uL", "toy_memory_rate * treg - 0.05 * memory_treg",
                           "toy_memory_rate * treg_baseline / 0.05", "memory Treg (toy)"),))
     register(toy, replace=True)
+    try:
+        _toy_checks()
+    finally:
+        unregister("toy_memory_treg")
+
+
+def _toy_checks():
     text = default_parameters().to_toml() + (
         '\n[toy_memory_rate]\nvalue = 0.02\nunit = "1/day"\nlower = 0.0\nupper = 1.0\nfitted = false\n'
         'status = "ASSUMPTION"\nsource = "test structure: rate of Treg entering the memory pool"\n')
@@ -166,5 +173,8 @@ def test_events_on_undeclared_compartments_are_refused():
     ev = EventTable(np.array([1.0]), np.array([3]), np.array([1.0]))
     only_il2 = SAT0261_V1.with_changes("il2_only_doses", "x", doses=SAT0261_V1.doses[:2])
     register(only_il2, replace=True)
-    with pytest.raises(TregpdError, match=r"compartment\(s\) \[3\]"):
-        simulate(events=ev, t_end_day=5.0, model="il2_only_doses")
+    try:
+        with pytest.raises(TregpdError, match=r"compartment\(s\) \[3\]"):
+            simulate(events=ev, t_end_day=5.0, model="il2_only_doses")
+    finally:
+        unregister("il2_only_doses")
