@@ -106,8 +106,10 @@ def calibrated_parameter_set(fit: StructureFit, roles: dict[str, str]):
             params[n] = replace(p, fitted=True, role=role,
                                 source=f"{src} | {tag} by the joint fit ({fit.problem.model}, typical mode, "
                                        f"profile: {roles.get(n, 'not profiled')}) to: {studies}")
-        elif n in fit.problem.structure.parameter_names:
-            params[n] = replace(p, fitted=False, role="prior")
+        elif roles.get(n, "").startswith("prior"):
+            params[n] = replace(p, fitted=False, role="prior",
+                                source=p.source + " | profile flat in the joint fit: NOT IDENTIFIED by the "
+                                                  "calibration dataset, fixed at this prior")
         else:
             params[n] = replace(p, fitted=False, role="prior")
     return replace(ps, parameters=params, name=f"calibrated {fit.problem.model}",
@@ -161,6 +163,14 @@ def run_calibration(out: Path, models=None, do_profiles: bool = True, n_points: 
             roles[n] = classify(prof, n, lo, hi)
         files["profiles"] = atomic_write_frame(out / "profiles.csv", prof)
         files["profiles_png"] = _plot_profiles(prof, out / "profiles.png")
+    unidentified = [n for n, r in roles.items() if r == "not identified" and n in chosen.problem.free]
+    if unidentified:
+        # the data cannot identify these: fix them at their sourced priors and refit the rest
+        progress(f"   not identified, fixed at priors and refitted: {', '.join(unidentified)}")
+        prob = JointProblem(chosen.problem.model, free=[n for n in chosen.problem.free if n not in unidentified])
+        chosen = fit_structure(prob, start=chosen.values)
+        for n in unidentified:
+            roles[n] = "prior (not identified)"
     res = residual_table(chosen)
     files["residuals"] = atomic_write_frame(out / "residuals.csv", res)
     files["fit_report"] = atomic_write_text(out / "fit_report.txt", fit_summary(chosen) + "\n")
@@ -179,7 +189,9 @@ def run_calibration(out: Path, models=None, do_profiles: bool = True, n_points: 
           + "; ".join(chosen.problem.structure.hypotheses) + ".", "",
           "## Fitted values", "",
           _md(pd.DataFrame([{"parameter": n, "value": v, "profile": roles.get(n, "not profiled")}
-                            for n, v in chosen.values.items()])), "",
+                            for n, v in chosen.values.items()]
+                           + [{"parameter": n, "value": chosen.problem.base.value(n), "profile": r}
+                              for n, r in roles.items() if r.startswith("prior")])), "",
           "Residuals: `residuals.csv`; lmfit report: `fit_report.txt`; calibrated parameter file: "
           "`calibrated_parameters.toml`.", ""]
     files["report"] = atomic_write_text(out / "report.md", "\n".join(md))

@@ -113,6 +113,8 @@ class StudyRegimen:
                 s["amount"] = float(s.pop("amount_per_m2")) * self.bsa_m2
             if s.get("drug") == "il2" and "amount" in s and isinstance(s["amount"], (int, float)):
                 s["amount"] = float(s["amount"]) * factor
+                if self.product != "none" and "product" not in s:
+                    s["product"] = self.product   # the model's potency parameter of this product applies
             scheds.append(s)
         assumption = self.assumption
         if self.bsa_m2 is not None:

@@ -22,9 +22,10 @@ observations, and the comparison tables show the Gaussian part and the hinge par
 Product potency
 ---------------
 The labelled IU of the Chinese rhIL-2 and of ILT-101 may not act like aldesleukin IU (evidence README: "treat
-product potency as a parameter per product"). ``potency_chinese_rhil2`` multiplies the IU doses of every
-study with that product; it is a fit parameter here (not a model parameter: it changes the dose, not the
-biology), bounded to [0.2, 5]; ILT-101's potency is fixed at 1 (two RECALLED rows only cannot identify it).
+product potency as a parameter per product"). The model parameter ``il2_potency_chinese_rhil2`` multiplies
+the IU doses of every schedule with that product (its own dosing compartments, CMT 10/11) and is calibrated
+here; ILT-101's potency is fixed at 1 (two RECALLED rows only cannot identify it). The older dose-multiplier
+``fit_potency`` (not a model parameter) remains for comparison.
 
 Modes
 -----
@@ -66,7 +67,7 @@ DELTA_AIC_SIMPLER = 2.0
 CANDIDATES = (
     "il2_emax_treg", "il2_ec50_treg", "treg_crowding", "il2_emax_th17", "treg_suppression",
     "rapa_imax_th17_prolif", "rapa_emax_treg_induction", "gc_imax_th17", "il2_rmc_fraction",
-    "treg_desens_gain", "treg_desens_halflife",
+    "treg_desens_gain", "treg_desens_halflife", "il2_potency_chinese_rhil2",
 )
 
 
@@ -102,7 +103,7 @@ class JointProblem:
     model: str
     base: ParameterSet = field(default_factory=default_parameters)
     free: Sequence[str] | None = None
-    fit_potency: bool = True
+    fit_potency: bool = False
     mode: str = "typical"
     n_population: int = 40
     seed: int = 20170614

@@ -411,6 +411,7 @@ def generate_source(m: ModelStructure) -> str:
     body_cf, body_o = [], []
     for d in m.doses:
         f = "" if d.bioavailability is None else f" * {const[d.bioavailability]}"
+        f += "" if d.potency is None else f" * {const[d.potency]}"
         if d.target in amount_idx:
             body_cf += [f"if cmt == {d.cmt}:", f"    a[{amount_idx[d.target]}] += amt{f}", "    return 1"]
             body_o += [f"if cmt == {d.cmt}:", f"    y[{amount_idx[d.target]}] += amt{f}", "    return 1"]

@@ -114,12 +114,13 @@ class State:
 @dataclass(frozen=True)
 class Dose:
     """Where a NONMEM compartment number (CMT) puts its amount: into ``target`` (a state or a linear-PK
-    compartment), multiplied by ``bioavailability`` (a parameter name, or ``None`` for 1)."""
+    compartment), multiplied by ``bioavailability`` and ``potency`` (parameter names, or ``None`` for 1)."""
 
     cmt: int
     target: str
     bioavailability: str | None = None
     drug: str = ""
+    potency: str | None = None
 
 
 @dataclass(frozen=True)
@@ -348,9 +349,11 @@ class ModelStructure:
             if d.target not in targets:
                 raise DeclarationError(f"{where}: dose CMT {d.cmt} targets {d.target!r}, which is neither a "
                                        "state nor a PK compartment")
-            if d.bioavailability is not None and d.bioavailability not in constants:
-                raise DeclarationError(f"{where}: dose CMT {d.cmt}: bioavailability {d.bioavailability!r} is "
-                                       "not a parameter or derived constant")
+            for what in ("bioavailability", "potency"):
+                name = getattr(d, what)
+                if name is not None and name not in constants:
+                    raise DeclarationError(f"{where}: dose CMT {d.cmt}: {what} {name!r} is not a parameter or "
+                                           "derived constant")
 
     @staticmethod
     def _check_expr(expr: str, known: set[str], where: str) -> None:
@@ -396,7 +399,7 @@ class ModelStructure:
             "intermediates": [[i.name, i.expr, i.unit] for i in self.intermediates],
             "states": [[s.name, s.unit, s.ode, s.initial, s.nonnegative] for s in self.states],
             "observables": [[o.name, o.expr, o.unit] for o in self.observables],
-            "doses": [[d.cmt, d.target, d.bioavailability, d.drug] for d in self.doses],
+            "doses": [[d.cmt, d.target, d.bioavailability, d.drug, d.potency] for d in self.doses],
             "concentrations_from_states": {k: list(v) for k, v in self.concentrations_from_states.items()},
         }
 
@@ -481,6 +484,7 @@ class ModelStructure:
                                                  f"(initially {c.initial})" for c in self.covariates), ""]
         lines += ["Doses: " + "; ".join(f"CMT {d.cmt} -> {d.target}"
                                         + (f" x {d.bioavailability}" if d.bioavailability else "")
+                                        + (f" x {d.potency}" if d.potency else "")
                                         for d in self.doses), ""]
         lines += ["Parameters: " + ", ".join(f"`{n}` [{u}]" for n, u in self.parameters.items()), ""]
         return "\n".join(lines)

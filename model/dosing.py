@@ -48,7 +48,17 @@ CMT_NAIVE, CMT_TREG, CMT_TH17 = 6, 7, 8
 #: not a compartment: an event on CMT 9 SETS the glucocorticoid (prednisone-equivalent) dose level, mg/day,
 #: from its TIME on (a piecewise-constant time-varying covariate; AMT >= 0)
 CMT_GC_LEVEL = 9
-DOSABLE_CMTS = (CMT_IL2_DEPOT, CMT_IL2_CENTRAL, CMT_RAPA_GUT, CMT_GC_LEVEL)
+#: IL-2 products other than aldesleukin get their own dosing compartments (same depot/central, scaled by the
+#: product's potency parameter, e.g. ``il2_potency_chinese_rhil2``): s.c. and i.v.
+CMT_CHINESE_RHIL2_SC, CMT_CHINESE_RHIL2_IV, CMT_ILT101_SC, CMT_ILT101_IV = 10, 11, 12, 13
+#: IL-2 products: aldesleukin (Proleukin, the potency reference), the Chinese rhIL-2 (labelled in WIU; potency
+#: per labelled IU relative to aldesleukin unverified, a calibrated parameter), ILT-101 (LUPIL-2, TRANSREG)
+IL2_PRODUCTS = ("aldesleukin", "chinese_rhil2", "ilt101")
+PRODUCT_CMTS = {("aldesleukin", "sc"): CMT_IL2_DEPOT, ("aldesleukin", "iv"): CMT_IL2_CENTRAL,
+                ("chinese_rhil2", "sc"): CMT_CHINESE_RHIL2_SC, ("chinese_rhil2", "iv"): CMT_CHINESE_RHIL2_IV,
+                ("ilt101", "sc"): CMT_ILT101_SC, ("ilt101", "iv"): CMT_ILT101_IV}
+DOSABLE_CMTS = (CMT_IL2_DEPOT, CMT_IL2_CENTRAL, CMT_RAPA_GUT, CMT_GC_LEVEL, CMT_CHINESE_RHIL2_SC,
+                CMT_CHINESE_RHIL2_IV, CMT_ILT101_SC, CMT_ILT101_IV)
 
 DRUGS = ("il2", "sirolimus")
 #: route -> dosing compartment, per drug
@@ -56,7 +66,9 @@ ROUTES = {"il2": {"sc": CMT_IL2_DEPOT, "iv": CMT_IL2_CENTRAL}, "sirolimus": {"or
 #: amount unit -> factor to the model unit (IU for IL-2, mg for sirolimus)
 AMOUNT_UNITS = {"il2": {"MIU": 1e6, "WIU": 1e4, "IU": 1.0}, "sirolimus": {"mg": 1.0, "ug": 1e-3}}
 MODEL_AMOUNT_UNIT = {"il2": "IU", "sirolimus": "mg"}
-DRUG_OF_CMT = {CMT_IL2_DEPOT: "il2", CMT_IL2_CENTRAL: "il2", CMT_RAPA_GUT: "sirolimus"}
+DRUG_OF_CMT = {CMT_IL2_DEPOT: "il2", CMT_IL2_CENTRAL: "il2", CMT_RAPA_GUT: "sirolimus",
+               CMT_CHINESE_RHIL2_SC: "il2", CMT_CHINESE_RHIL2_IV: "il2", CMT_ILT101_SC: "il2",
+               CMT_ILT101_IV: "il2"}
 #: most doses one schedule may compile to (100 years of hourly doses); more is a typo that would exhaust memory
 MAX_DOSES_PER_SCHEDULE = 1_000_000
 
@@ -106,6 +118,9 @@ class DoseSchedule:
     stop_day : float or None
     route : str
         "sc" or "iv" for IL-2, "oral" for sirolimus.
+    product : str, optional
+        IL-2 product (:data:`IL2_PRODUCTS`; default "aldesleukin"); selects the dosing compartment whose
+        potency parameter scales the dose. Not used for sirolimus.
     """
 
     drug: str
@@ -118,6 +133,7 @@ class DoseSchedule:
     start_day: float = 0.0
     stop_day: float | None = None
     route: str | None = None
+    product: str | None = None
 
     def __post_init__(self) -> None:
         where = f"dose schedule ({shorten(self.drug)})"
@@ -128,6 +144,14 @@ class DoseSchedule:
             raise RegimenError(
                 f"{where}: field 'route' must be one of {tuple(ROUTES[self.drug])}, got {shorten(route)}")
         object.__setattr__(self, "route", route)
+        if self.drug == "il2":
+            product = self.product if self.product is not None else "aldesleukin"
+            if not isinstance(product, str) or product not in IL2_PRODUCTS:
+                raise RegimenError(f"{where}: field 'product' must be one of {IL2_PRODUCTS}, got "
+                                   f"{shorten(product)}")
+            object.__setattr__(self, "product", product)
+        elif self.product is not None:
+            raise RegimenError(f"{where}: field 'product' is only for IL-2 schedules, got {shorten(self.product)}")
         if not isinstance(self.unit, str) or self.unit not in AMOUNT_UNITS[self.drug]:
             raise RegimenError(
                 f"{where}: field 'unit' must be one of {tuple(AMOUNT_UNITS[self.drug])}, got {shorten(self.unit)}")
@@ -170,6 +194,8 @@ class DoseSchedule:
 
     @property
     def cmt(self) -> int:
+        if self.drug == "il2":
+            return PRODUCT_CMTS[(self.product, self.route)]
         return ROUTES[self.drug][self.route]
 
     @property
@@ -194,6 +220,8 @@ class DoseSchedule:
             d["course_interval_day"] = self.course_interval_day
         if self.stop_day is not None:
             d["stop_day"] = self.stop_day
+        if self.drug == "il2" and self.product != "aldesleukin":
+            d["product"] = self.product
         return d
 
 
@@ -461,7 +489,8 @@ def reference_regimen(weeks: float = 24, taper: bool = True) -> Regimen:
         taper=SAT0261_TAPER if taper else None,
         schedules=(
             DoseSchedule("il2", 0.5, "MIU", interval_day=1, doses_per_course=5,
-                         n_courses=int(math.ceil(days / 28.0)), course_interval_day=28, stop_day=days),
+                         n_courses=int(math.ceil(days / 28.0)), course_interval_day=28, stop_day=days,
+                         product="chinese_rhil2"),
             DoseSchedule("sirolimus", 0.5, "mg", interval_day=2, doses_per_course=int(math.ceil(days / 2.0)),
                          stop_day=days),
         ))

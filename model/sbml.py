@@ -274,7 +274,8 @@ def build_document(parameters: ParameterSet, regimen: Regimen, model_id: str = "
             d = doses[cmt]
             ev.setName(f"dose {k + 1}: {amt:g} {units[d.target]} into {d.target} at day {t:g}")
             ea.setVariable(d.target)
-            scale = f" * {d.bioavailability}" if d.bioavailability else ""
+            scale = (f" * {d.bioavailability}" if d.bioavailability else "") + \
+                (f" * {d.potency}" if d.potency else "")
             value = f"{d.target} + {float(amt)!r}{scale}"
         else:
             raise TregpdError(f"SBML export: event CMT {cmt} is not declared by model {m.name!r}")

@@ -38,6 +38,7 @@ V1_PARAMETERS: Mapping[str, str] = {
     "il2_emax_treg": "1", "il2_emax_th17": "1", "il2_imax_th17_diff": "1",
     "rapa_emax_treg_induction": "1", "rapa_imax_th17_diff": "1", "rapa_imax_th17_prolif": "1",
     "gc_baseline_dose": "mg/day", "gc_ec50": "mg/day", "gc_imax_th17": "1", "th17_crowding": "cells/uL",
+    "il2_potency_chinese_rhil2": "1", "il2_potency_ilt101": "1",
 }
 
 IL2_PK = LinearPK(
@@ -54,7 +55,11 @@ RAPA_PK = LinearPK(
     description="sirolimus oral: gut -> central <-> peripheral, apparent CL/F, V/F (literature.md c2)")
 
 V1_DOSES = (Dose(1, "il2_depot", "il2_bioavailability", "il2"), Dose(2, "il2_central", None, "il2"),
-            Dose(3, "rapa_gut", None, "sirolimus"))
+            Dose(3, "rapa_gut", None, "sirolimus"),
+            Dose(10, "il2_depot", "il2_bioavailability", "il2", "il2_potency_chinese_rhil2"),
+            Dose(11, "il2_central", None, "il2", "il2_potency_chinese_rhil2"),
+            Dose(12, "il2_depot", "il2_bioavailability", "il2", "il2_potency_ilt101"),
+            Dose(13, "il2_central", None, "il2", "il2_potency_ilt101"))
 
 PREDNISONE = Covariate("prednisone", "mg/day", 9, "gc_baseline_dose",
                        "background prednisone-equivalent dose; CMT 9 events set it from their time on")
