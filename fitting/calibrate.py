@@ -176,7 +176,7 @@ def run_calibration(out: Path, models=None, do_profiles: bool = True, n_points: 
     files["fit_report"] = atomic_write_text(out / "fit_report.txt", fit_summary(chosen) + "\n")
     ps = calibrated_parameter_set(chosen, roles)
     files["parameters"] = atomic_write_text(out / "calibrated_parameters.toml", ps.to_toml())
-    why = (f"`{chosen.problem.model}` has the lowest AIC" if chosen is best_aic else
+    why = (f"`{chosen.problem.model}` has the lowest AIC" if chosen.problem.model == best_aic.problem.model else
            f"`{chosen.problem.model}` is within ΔAIC {DELTA_AIC_SIMPLER:g} of the lowest-AIC structure "
            f"`{best_aic.problem.model}` with fewer free parameters, so the evidence does not demand the extra "
            "mechanism")
@@ -221,3 +221,43 @@ def run(args: argparse.Namespace) -> int:
     for p in r["files"].values():
         print(f"wrote {p}")
     return 0
+
+
+def bundle(calibrated: Path, bundled: Path, free_in_cohort_fit: tuple[str, ...] = ()) -> list[str]:
+    """Copy the calibrated values, roles and sources into the bundled parameter file (a maintainer step:
+    ``python -c "from tregpd.fitting.calibrate import bundle; ..."``), keeping its comments and order.
+
+    ``fitted`` in the bundled file keeps its meaning, "free in the cohort fit of ``tregpd fit``": it is set
+    true for ``free_in_cohort_fit`` and false elsewhere. Returns the names changed.
+    """
+    import re
+    from tregpd.model.parameters import load_parameters
+    from tregpd.safeio import load_toml
+    cal = load_parameters(calibrated)
+    text = Path(bundled).read_text()
+    raw = load_toml(text, str(bundled))
+    changed = []
+
+    def q(s: str) -> str:
+        return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+    for name, entry in raw.items():
+        if name == "meta" or name not in cal.parameters:
+            continue
+        p = cal[name]
+        block = re.search(rf"(?ms)^\[{re.escape(name)}\]\n(.*?)(?=^\[|\Z)", text)
+        body = block.group(1)
+        new = re.sub(r"(?m)^value = .*$", f"value = {p.value!r}", body)
+        new = re.sub(r"(?m)^fitted = .*$", f"fitted = {'true' if name in free_in_cohort_fit else 'false'}", new)
+        new = re.sub(r"(?m)^role = .*\n", "", new)
+        new = re.sub(r"(?m)^source = .*$", lambda m: f"source = {q(p.source)}", new)
+        if p.role != "prior":
+            new = new.replace("\nsource = ", f"\nrole = {q(p.role)}\nsource = ", 1)
+        if p.role == "prior" and "NOT IDENTIFIED" in p.source and "NOT IDENTIFIED" not in entry.get("source", ""):
+            pass
+        if new != body:
+            text = text[:block.start(1)] + new + text[block.end(1):]
+            changed.append(name)
+    from tregpd.model.io import atomic_write_text
+    atomic_write_text(bundled, text)
+    return changed
