@@ -687,6 +687,53 @@ def plot(scale_n, million, scale_d, wp, path):
     plt.close(fig)
 
 
+def print_structures(structs, first):
+    log("\nmodel structures (single patient, 24 weeks; tregpd DP5 at the loosest rtol with error <= LSODA's; "
+        "reference DOP853 rtol 1e-12 on each structure's Python RHS):")
+    log(fmt_table(structs, ["model", "il2_pk", "lsoda_ms", "lsoda_error", "tregpd_rtol", "tregpd_error", "tregpd_ms",
+                            "tregpd_steps", "ratio", "ratio_at_1e-6", "tregpd_error_at_1e-10", "roadrunner_ms",
+                            "roadrunner_error", "target"],
+                  {"lsoda_ms": "{:.1f}", "lsoda_error": "{:.1e}", "tregpd_rtol": "{:.0e}", "tregpd_error": "{:.1e}",
+                   "tregpd_ms": "{:.3f}", "tregpd_steps": "{}", "ratio": "{:,.0f}x", "ratio_at_1e-6": "{:,.0f}x",
+                   "tregpd_error_at_1e-10": "{:.1e}", "roadrunner_ms": "{:.1f}", "roadrunner_error": "{:.1e}",
+                   "target": "{:,.0f}x"}))
+    log("\ntargets (../shared/design.md; issue 14):")
+    for r in structs:
+        verdict = ("MET" if r["met"] else ("MISSED by %.2fx" % (r["target"] / r["ratio"]) if r["ratio"]
+                                           else "MISSED (no tolerance reached LSODA's accuracy)"))
+        log(f"  {r['model']:20s} >= {r['target']:,.0f}x LSODA ({r['target_kind']}): "
+            f"{r['ratio'] or float('nan'):,.0f}x -> {verdict}")
+    if first:
+        c, w = first["cold"]["first_call_s"], first["warm"]["first_call_s"]
+        log(f"  first call, cold cache <= {TARGET_COLD_S:g} s: {c:.1f} s -> "
+            f"{'MET' if c <= TARGET_COLD_S else 'MISSED by %.1fx' % (c / TARGET_COLD_S)}")
+        log(f"  first call, warm cache <= {TARGET_WARM_S:g} s: {w:.2f} s -> "
+            f"{'MET' if w <= TARGET_WARM_S else 'MISSED by %.1fx' % (w / TARGET_WARM_S)}")
+
+
+def structures_only(out_dir, quick):
+    """``--structures-only``: the per-structure rows and the first-call timings, printed and saved."""
+    info = machine_info()
+    log(f"tregpd benchmarks (structures only, {'quick' if quick else 'full'}) - {info['date_utc']} UTC, "
+        f"{info['cpu']}, load {info['load_average_at_start']}")
+    log("versions: " + ", ".join(f"{k} {v}" for k, v in info["versions"].items() if v))
+    structs = structure_rows(default_parameters(), reference_regimen(24, taper=False), quick)
+    try:
+        first = first_call_seconds()
+    except Exception as exc:  # a measurement, not a feature: record and go on
+        log(f"  first-call measurement failed: {exc}")
+        first = None
+    info["load_average_at_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
+    print_structures(structs, first)
+    import pandas as pd
+    prov = {"benchmark": "tregpd benchmarks/run.py --structures-only", "mode": "quick" if quick else "full",
+            "date_utc": info["date_utc"], "git_commit": info["git_commit"]}
+    atomic_write_frame(out_dir / "structures.csv", pd.DataFrame(structs), prov)
+    atomic_write_json(out_dir / "structures.json", {"machine": info, "structures": structs, "first_call": first})
+    log(f"\nwrote {out_dir}/structures.csv and {out_dir}/structures.json")
+    return 0
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="smaller sizes and repeats, DOP853 reference")
@@ -695,8 +742,13 @@ def main(argv=None):
     ap.add_argument("--million", type=int, default=None,
                     help="patients in the streamed run (default 1,000,000; --quick 200,000)")
     ap.add_argument("--chunk", type=int, default=100_000, help="chunk size of the streamed run")
+    ap.add_argument("--structures-only", action="store_true",
+                    help="only the per-structure rows and the cold/warm first call (~2 min once the kernels are "
+                         "cached); writes structures.csv and structures.json")
     args = ap.parse_args(argv)
     quick = args.quick
+    if args.structures_only:
+        return structures_only(Path(args.out), quick)
     t_start = time.perf_counter()
     out_dir = Path(args.out)
     info = machine_info()
@@ -832,27 +884,7 @@ def main(argv=None):
     log(fmt_table(scale_d, ["weeks", "n_doses", "steps", "ms_per_patient_single", "population_patients_per_s"],
                   {"weeks": "{}", "n_doses": "{}", "steps": "{}", "ms_per_patient_single": "{:.3f}",
                    "population_patients_per_s": "{:,.0f}"}))
-    log("\nmodel structures (single patient, 24 weeks; tregpd DP5 at the loosest rtol with error <= LSODA's; "
-        "reference DOP853 rtol 1e-12 on each structure's Python RHS):")
-    log(fmt_table(structs, ["model", "il2_pk", "lsoda_ms", "lsoda_error", "tregpd_rtol", "tregpd_error", "tregpd_ms",
-                            "tregpd_steps", "ratio", "ratio_at_1e-6", "tregpd_error_at_1e-10", "roadrunner_ms",
-                            "roadrunner_error", "target"],
-                  {"lsoda_ms": "{:.1f}", "lsoda_error": "{:.1e}", "tregpd_rtol": "{:.0e}", "tregpd_error": "{:.1e}",
-                   "tregpd_ms": "{:.3f}", "tregpd_steps": "{}", "ratio": "{:,.0f}x", "ratio_at_1e-6": "{:,.0f}x",
-                   "tregpd_error_at_1e-10": "{:.1e}", "roadrunner_ms": "{:.1f}", "roadrunner_error": "{:.1e}",
-                   "target": "{:,.0f}x"}))
-    log("\ntargets (../shared/design.md; issue 14):")
-    for r in structs:
-        verdict = ("MET" if r["met"] else ("MISSED by %.2fx" % (r["target"] / r["ratio"]) if r["ratio"]
-                                           else "MISSED (no tolerance reached LSODA's accuracy)"))
-        log(f"  {r['model']:20s} >= {r['target']:,.0f}x LSODA ({r['target_kind']}): "
-            f"{r['ratio'] or float('nan'):,.0f}x -> {verdict}")
-    if first:
-        c, w = first["cold"]["first_call_s"], first["warm"]["first_call_s"]
-        log(f"  first call, cold cache <= {TARGET_COLD_S:g} s: {c:.1f} s -> "
-            f"{'MET' if c <= TARGET_COLD_S else 'MISSED by %.1fx' % (c / TARGET_COLD_S)}")
-        log(f"  first call, warm cache <= {TARGET_WARM_S:g} s: {w:.2f} s -> "
-            f"{'MET' if w <= TARGET_WARM_S else 'MISSED by %.1fx' % (w / TARGET_WARM_S)}")
+    print_structures(structs, first)
     r1 = targets["single_patient_ratio_accuracy_matched"]
     log(f"  single patient >= {TARGET_RATIO:,.0f}x scipy LSODA at equal accuracy: "
         f"{r1:,.0f}x at rtol {targets['accuracy_matched_rtol']:g} (error {matched_row['max_norm_error']:.1e} <= "
