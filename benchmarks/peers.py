@@ -10,6 +10,12 @@ convention of tregpd, NONMEM and mrgsolve). Parameters are the kernel vector ``p
 :func:`tregpd.model.kernels.derive` (theta plus the derived baseline-balancing rates), so every tool sees
 bit-identical numbers.
 
+The hand-written right-hand sides below are the independent peers of the default structure (``sat0261_v1``).
+For every registered structure, :class:`StructurePeer` writes a plain-Python right-hand side from the
+structure's declaration (one line per declared expression, compiled once with Python's ``compile``), which is
+what a user without tregpd would write by hand; the benchmark checks it against the hand-written one for the
+default structure (identical derivatives) and uses it for the per-structure rows.
+
 Nothing here is used by the package; it is benchmark code.
 """
 from __future__ import annotations
@@ -209,3 +215,154 @@ def numbalsoda_patient(p, events, t_out, rtol=1e-6, atol=1e-8):
         out[k] = y
         k += 1
     return out
+
+
+# ===================================================================== any structure: generated Python RHS
+class StructurePeer:
+    """The ODE of any model structure as a plain-Python right-hand side for ``scipy.integrate.solve_ivp``.
+
+    Written from the structure's declaration (:mod:`tregpd.model.structures`) the way a user without tregpd
+    would write it by hand: every expression string of the declaration becomes one line of Python, in the
+    declaration's order, inside one function ``rhs(t, y)`` that is compiled once with Python's ``compile``; the
+    parameters, derived constants and every intermediate that depends on parameters/covariates only are
+    evaluated once (with ``eval``) and bound as closure variables (so the Python RHS does strictly less work
+    per call than one that recomputes them). The PK is integrated as ODE states (linear PK blocks as amounts,
+    concentration ``max(expr, 0)`` as in tregpd's PK-as-states layout), doses are jumps between segments.
+    Nothing from tregpd's generated numba code is used: only the declaration's strings and ``to_theta``.
+
+    State vector: linear-PK amounts (block by block), then the structure's states.
+    """
+
+    _FUNCS = {"exp": math.exp, "log": math.log, "sqrt": math.sqrt, "min": min, "max": max}
+
+    def __init__(self, model=None):
+        from tregpd.model.structures import get_model
+        m = get_model(model)
+        self.structure = m
+        self.names = list(m.pk_amount_names) + list(m.state_names)
+        self.n_state = len(self.names)
+        tiers = m.tiers
+        self.hoisted = [i for i in m.intermediates if tiers[i.name] in ("constant", "segment")]
+        inner = [i for i in m.intermediates if tiers[i.name] not in ("constant", "segment")]
+        # PK rate constants (parameters only): hoisted, named _k<block>_<n>
+        self.rates = []                          # (name, expr)
+        pk_lines = {c: [] for c in m.pk_amount_names}
+        for b, blk in enumerate(m.pk):
+            for n, ((src, dst), k) in enumerate(blk.rates.items()):
+                kn = f"_k{b}_{n}"
+                self.rates.append((kn, k))
+                pk_lines[src].append(f"- {kn} * {src}")
+                if dst is not None:
+                    pk_lines[dst].append(f"+ {kn} * {src}")
+        env_names = ([*m.parameter_names] + [*m.derived_names] + [c.name for c in m.covariates]
+                     + [i.name for i in self.hoisted] + [k for k, _ in self.rates])
+        src = ["def make_rhs(env):"]
+        src += [f"    {n} = env[{n!r}]" for n in env_names]
+        src += ["    def rhs(t, y):"]
+        src += [f"        {', '.join(self.names)}, = y"]
+        for blk in m.pk:
+            src.append(f"        {blk.name} = max({_subst(blk.concentration, 'amount', blk.observed)}, 0.0)")
+        for c, (expr, _) in m.concentrations_from_states.items():
+            src.append(f"        {c} = {expr}")
+        for i in inner:
+            src.append(f"        {i.name} = {i.expr}")
+        ret = [" ".join(pk_lines[c]).removeprefix("+ ") for c in m.pk_amount_names] + [s.ode for s in m.states]
+        src.append("        return [")
+        src += [f"            {r}," for r in ret]
+        src += ["        ]", "    return rhs"]
+        self.source = "\n".join(src) + "\n"
+        ns = dict(self._FUNCS)
+        exec(compile(self.source, f"<python rhs of {m.name}>", "exec"), ns)
+        self.make_rhs = ns["make_rhs"]
+        self.dose_index = {d.cmt: self.names.index(d.target) for d in m.doses}
+        self.dose_f = {d.cmt: d.bioavailability for d in m.doses}
+        self.cov_cmt = {c.cmt: c.name for c in m.covariates}
+        self.obs = {o.name: compile(o.expr, f"<observable {o.name}>", "eval") for o in m.observables}
+
+    def base_env(self, theta):
+        """Parameters (theta in the structure's order) and derived constants, evaluated in Python."""
+        m = self.structure
+        env = dict(zip(m.parameter_names, (float(v) for v in theta)))
+        for d in m.derived:
+            env[d.name] = eval(d.expr, dict(self._FUNCS), env)
+        for k, expr in self.rates:
+            env[k] = eval(expr, dict(self._FUNCS), env)
+        for c in m.covariates:
+            env[c.name] = eval(c.initial, dict(self._FUNCS), env)
+        return env
+
+    def segment_env(self, env):
+        """env plus the intermediates that depend on parameters and covariates only (recomputed on a
+        covariate event)."""
+        for i in self.hoisted:
+            env[i.name] = eval(i.expr, dict(self._FUNCS), env)
+        return env
+
+    def initial_state(self, env):
+        m = self.structure
+        y = np.zeros(self.n_state)
+        for s in m.states:
+            y[self.names.index(s.name)] = eval(s.initial, dict(self._FUNCS), env)
+        return y
+
+    def observe(self, y, env, name):
+        return eval(self.obs[name], dict(self._FUNCS), {**env, **dict(zip(self.names, y))})
+
+    def solve(self, theta, events, t_out, method="LSODA", rtol=1e-6, atol=1e-8, observe=("treg", "th17")):
+        """Integrate one patient segment by segment with solve_ivp; returns (n_out, len(observe)).
+
+        Output at a dose time is the post-dose value (tregpd's convention). ``t_out`` must be sorted.
+        """
+        from scipy.integrate import solve_ivp
+        env = self.segment_env(self.base_env(theta))
+        rhs = self.make_rhs(env)
+        t_end = float(t_out[-1])
+        bounds = segments(events.time_day, t_end)
+        y = self.initial_state(env)
+        states = np.empty((t_out.size, self.n_state))
+        k = 0
+
+        def apply(t, y, env, rhs):
+            changed = False
+            for i in np.flatnonzero(events.time_day == t):
+                cmt = int(events.cmt[i])
+                if cmt in self.dose_index:
+                    f = self.dose_f[cmt]
+                    y[self.dose_index[cmt]] += events.amount[i] * (1.0 if f is None else env[f])
+                elif cmt in self.cov_cmt:
+                    env[self.cov_cmt[cmt]] = float(events.amount[i])
+                    changed = True
+            if changed:
+                env = self.segment_env(env)
+                rhs = self.make_rhs(env)
+            return env, rhs
+
+        for a, b in zip(bounds[:-1], bounds[1:]):
+            env, rhs = apply(a, y, env, rhs)
+            while k < t_out.size and t_out[k] <= a:
+                states[k] = y
+                k += 1
+            inside = t_out[(t_out > a) & (t_out < b)]
+            sol = solve_ivp(rhs, (a, b), y, method=method, rtol=rtol, atol=atol,
+                            t_eval=np.concatenate([inside, [b]]))
+            if not sol.success:
+                raise RuntimeError(f"solve_ivp {method} failed at t={a}: {sol.message}")
+            for j in range(inside.size):
+                states[k] = sol.y[:, j]
+                k += 1
+            y = sol.y[:, -1].copy()
+        env, rhs = apply(t_end, y, env, rhs)
+        while k < t_out.size:
+            states[k] = y
+            k += 1
+        return np.array([[self.observe(s, env, o) for o in observe] for s in states])
+
+
+def _subst(expr, old, new):
+    """``expr`` with the name ``old`` replaced by ``new`` (whole names only)."""
+    import ast
+    tree = ast.parse(expr, mode="eval")
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name) and node.id == old:
+            node.id = new
+    return ast.unparse(tree)

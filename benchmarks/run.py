@@ -40,12 +40,15 @@ import peers  # noqa: E402
 from tregpd.model import (default_parameters, reference_regimen, sample_population, simulate,  # noqa: E402
                           simulate_population)
 from tregpd.model import kernels as K  # noqa: E402
+from tregpd.model.structures import DEFAULT_MODEL, get_model, models  # noqa: E402
 from tregpd.model.io import atomic_save_figure, atomic_write_frame, atomic_write_json  # noqa: E402
 
 T_OUT = np.array([0.0, 42.0, 84.0, 168.0])      # baseline + weeks 6, 12, 24
 RTOL, ATOL = 1e-6, 1e-8                          # one setting for every tool (tregpd's default)
 TARGET_RATIO = 1000.0
 TARGET_PPS = 10_000.0
+TARGET_RATIO_STATE_PK = 500.0                    # structures whose IL-2 PK depends on the cells (issue 14)
+TARGET_COLD_S, TARGET_WARM_S = 15.0, 1.0         # first call of the default structure (issue 14)
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -165,8 +168,9 @@ def cold_compile_seconds(snippet, timeout=900):
     numba cache: the first-call cost including JIT compilation. Returns (cold, warm) seconds; warm is a
     second fresh interpreter reusing that cache."""
     with tempfile.TemporaryDirectory(prefix="tregpd-bench-cache-") as cache:
-        env = dict(os.environ, NUMBA_CACHE_DIR=cache, PYTHONPATH=str(HERE) + os.pathsep
-                   + os.environ.get("PYTHONPATH", ""))
+        env = dict(os.environ, NUMBA_CACHE_DIR=os.path.join(cache, "numba"),
+                   TREGPD_CACHE_DIR=os.path.join(cache, "tregpd"),
+                   PYTHONPATH=str(HERE) + os.pathsep + os.environ.get("PYTHONPATH", ""))
         out = []
         for _ in range(2):
             r = subprocess.run([sys.executable, "-c", snippet], env=env, capture_output=True, text=True,
@@ -200,6 +204,147 @@ import peers, numbalsoda
 p = peers.derived_parameters(th); peers.numbalsoda_patient(p, ev, t_out)
 print(time.perf_counter() - t0)""",
 }
+
+
+FIRST_CALL_SNIPPET = """
+import json, time
+t0 = time.perf_counter()
+import numpy as np
+from tregpd.model import default_parameters, reference_regimen
+from tregpd.model import kernels as K
+p0 = default_parameters(); ev = reference_regimen(24, taper=False).events(); th = p0.to_theta()
+t_out = np.array([0.0, 42.0, 84.0, 168.0]); out = np.zeros((4, K.N_OUT))
+t1 = time.perf_counter()
+kern = K.for_model(None)            # generate (sympy) or read the kernel module, import it
+t2 = time.perf_counter()
+status = kern.simulate_patient(th, ev.time_day, ev.cmt, ev.amount, t_out, 1e-6, 1e-8, 0, 0, 10**6, out)[0]
+t3 = time.perf_counter()
+print(json.dumps({"import_s": t1 - t0, "load_s": t2 - t1, "call_s": t3 - t2, "first_call_s": t3 - t1,
+                  "status": int(status)}))
+"""
+
+
+def first_call_seconds(timeout=900):
+    """First call of the default structure's simulate_patient in a fresh interpreter whose tregpd kernel
+    cache (TREGPD_CACHE_DIR) and numba cache (NUMBA_CACHE_DIR) are a new empty folder (cold: generation,
+    import, JIT compilation of everything simulate_patient reaches), then in a second fresh interpreter reusing
+    that folder (warm). ``first_call_s`` = kernel module load + the first call (imports of numpy/tregpd
+    excluded; ``process_s`` is the whole subprocess wall time, interpreter start included)."""
+    res = {}
+    with tempfile.TemporaryDirectory(prefix="tregpd-bench-first-call-") as cache:
+        env = dict(os.environ, NUMBA_CACHE_DIR=os.path.join(cache, "numba"),
+                   TREGPD_CACHE_DIR=os.path.join(cache, "tregpd"))
+        for which in ("cold", "warm"):
+            t0 = time.perf_counter()
+            r = subprocess.run([sys.executable, "-c", FIRST_CALL_SNIPPET], env=env, capture_output=True,
+                               text=True, timeout=timeout)
+            wall = time.perf_counter() - t0
+            if r.returncode != 0:
+                raise RuntimeError(r.stderr.strip().splitlines()[-1] if r.stderr.strip() else "failed")
+            d = json.loads(r.stdout.strip().splitlines()[-1])
+            d["process_s"] = wall
+            res[which] = d
+    return res
+
+
+def structure_rows(p0, reg, quick):
+    """One row per registered model structure: single patient, 24 weeks, reference regimen; tregpd's
+    default solver (DP5, closed-form PK where the structure allows) at the loosest rtol whose error is at most
+    scipy LSODA's (Python RHS of that structure, peers.StructurePeer, rtol 1e-6) against a tight reference
+    (solve_ivp DOP853 rtol 1e-12 on the same Python RHS)."""
+    rows = []
+    ev = reg.events()
+    sweep = [1e-6, 3e-7, 1e-7, 3e-8, 1e-8, 3e-9, 1e-9, 3e-10, 1e-10]
+    for name in models():
+        m = get_model(name)
+        state_pk = "c_il2" in m.concentrations_from_states
+        t_c = time.perf_counter()
+        kern = K.for_model(name)
+        theta = np.ascontiguousarray(default_parameters().to_theta(name))
+        out = np.zeros((T_OUT.size, kern.N_OUT))
+        sel = [kern.OUTPUT_NAMES.index("treg"), kern.OUTPUT_NAMES.index("th17")]
+        kern.simulate_patient(theta, ev.time_day, ev.cmt, ev.amount, T_OUT, RTOL, ATOL, 0, 0, 10**7, out)
+        load_s = time.perf_counter() - t_c
+        peer = peers.StructurePeer(name)
+        t_r = time.perf_counter()
+        ref = peer.solve(theta, ev, T_OUT, "DOP853", 1e-12, 1e-14)
+        ref_s = time.perf_counter() - t_r
+
+        def lsoda():
+            return peer.solve(theta, ev, T_OUT, "LSODA", RTOL, ATOL)
+        v = lsoda()
+        t_lsoda, _ = median_time(lsoda, 3 if quick else 5, warmup=0)
+        err_lsoda = max_err(v, ref)
+        sw = []
+        for rtol in sweep:
+            atol = min(ATOL, rtol * 1e-2)
+
+            def run(rtol=rtol, atol=atol):
+                st, _, steps = kern.simulate_patient(theta, ev.time_day, ev.cmt, ev.amount, T_OUT, rtol, atol, 0,
+                                                     0, 10**7, out)
+                if st != 0:
+                    raise RuntimeError(f"{name}: tregpd status {st} at rtol {rtol}")
+                return out[:, sel].copy(), steps
+            vals, steps = run()
+            t, _ = median_time(run, 20 if quick else 100)
+            sw.append({"rtol": rtol, "err": max_err(vals, ref), "ms": t * 1e3, "steps": int(steps)})
+        ok = [r for r in sw if r["err"] <= err_lsoda]
+        best = max(ok, key=lambda r: r["rtol"]) if ok else None
+        d = sw[0]
+        target = TARGET_RATIO_STATE_PK if state_pk else TARGET_RATIO
+        row = {
+            "model": name, "default": name == DEFAULT_MODEL,
+            "il2_pk": "states (depends on cells)" if state_pk else "closed form",
+            "n_ode_states_tregpd_dp5": len(m.state_names), "lsoda_ms": t_lsoda * 1e3, "lsoda_error": err_lsoda,
+            "tregpd_rtol": best and best["rtol"], "tregpd_error": best and best["err"],
+            "tregpd_ms": best and best["ms"], "tregpd_steps": best and best["steps"],
+            "ratio": best and t_lsoda * 1e3 / best["ms"],
+            "tregpd_ms_at_1e-6": d["ms"], "tregpd_error_at_1e-6": d["err"], "steps_at_1e-6": d["steps"],
+            "ratio_at_1e-6": t_lsoda * 1e3 / d["ms"],
+            "tregpd_error_at_1e-10": sw[-1]["err"],
+            "target": target, "target_kind": ("issue 14" if (name == DEFAULT_MODEL or state_pk)
+                                              else "by analogy (closed form)"),
+            "reference_s": ref_s, "kernel_load_and_first_call_s": load_s,
+        }
+        row["met"] = bool(row["ratio"] is not None and row["ratio"] >= target)
+        if name == DEFAULT_MODEL:      # the generated Python RHS against the hand-written one (same state order)
+            p = peers.derived_parameters(theta)
+            f = peer.make_rhs(peer.segment_env(peer.base_env(theta)))
+            rng = np.random.default_rng(0)
+            dmax = 0.0
+            for _ in range(20):
+                y = peers.initial_state(p) * (1 + 0.5 * rng.random(8)) + rng.random(8) * [1e6, 1e6, 1, 1, 1, 0, 0, 0]
+                a, b = np.array(peers.rhs_python(0.0, y, p)), np.array(f(0.0, y))
+                dmax = max(dmax, float(np.max(np.abs(a - b) / np.maximum(np.abs(a), 1e-300))))
+            row["generated_vs_handwritten_rhs_max_rel_diff"] = dmax
+            log(f"  (default structure: generated Python RHS vs the hand-written peers.rhs_python at 20 random "
+                f"states: max relative difference {dmax:.1e})")
+        try:
+            import roadrunner
+            from tregpd.model.sbml import to_sbml
+            roadrunner.Logger.setLevel(roadrunner.Logger.LOG_ERROR)
+            rr = roadrunner.RoadRunner(to_sbml(default_parameters(), reg, model=name))
+            rr.integrator.relative_tolerance = RTOL
+            rr.integrator.absolute_tolerance = ATOL
+            rr.integrator.maximum_num_steps = 100_000
+
+            def rr_run():
+                rr.resetAll()
+                return np.asarray(rr.simulate(times=list(T_OUT), selections=["treg", "th17"]))
+            vr = rr_run()
+            tr, _ = median_time(rr_run, 3)
+            row["roadrunner_ms"], row["roadrunner_error"] = tr * 1e3, max_err(vr, ref)
+        except ImportError:
+            pass
+        except Exception as exc:  # a measurement, not a feature: record and go on
+            row["roadrunner_error_message"] = str(exc)[:200]
+        rows.append(row)
+        log(f"  {name:20s} IL-2 PK {row['il2_pk']:26s} LSODA {t_lsoda * 1e3:7.1f} ms (err {err_lsoda:.1e}); "
+            f"tregpd rtol {row['tregpd_rtol']} {row['tregpd_ms'] or float('nan'):.3f} ms (err "
+            f"{row['tregpd_error'] or float('nan'):.1e}, {row['tregpd_steps']} steps) -> "
+            f"{row['ratio'] or float('nan'):,.0f}x (target {target:,.0f}x); at rtol 1e-10 err "
+            f"{sw[-1]['err']:.1e}; reference {ref_s:.1f} s")
+    return rows
 
 
 def fmt_table(rows, cols, formats):
@@ -294,7 +439,7 @@ def single_patient_tools(p0, p, reg, events, theta, quick):
         import roadrunner
         from tregpd.model.sbml import to_sbml
         roadrunner.Logger.setLevel(roadrunner.Logger.LOG_ERROR)
-        xml = to_sbml(p0, reg)
+        xml = to_sbml(p0, reg, model=DEFAULT_MODEL)
         t0 = time.perf_counter()
         rr = roadrunner.RoadRunner(xml)
         rr_load = time.perf_counter() - t0
@@ -385,7 +530,7 @@ def work_precision(p, events, theta, ref, quick):
         from tregpd.model import default_parameters as _dp
         from tregpd.model.sbml import to_sbml
         roadrunner.Logger.setLevel(roadrunner.Logger.LOG_ERROR)
-        rr = roadrunner.RoadRunner(to_sbml(_dp(), reference_regimen(24, taper=False)))
+        rr = roadrunner.RoadRunner(to_sbml(_dp(), reference_regimen(24, taper=False), model=DEFAULT_MODEL))
         rr.integrator.maximum_num_steps = 100_000
         for rtol in [1e-4, 1e-6, 1e-8, 1e-10]:
             def run(rtol=rtol):
@@ -542,6 +687,53 @@ def plot(scale_n, million, scale_d, wp, path):
     plt.close(fig)
 
 
+def print_structures(structs, first):
+    log("\nmodel structures (single patient, 24 weeks; tregpd DP5 at the loosest rtol with error <= LSODA's; "
+        "reference DOP853 rtol 1e-12 on each structure's Python RHS):")
+    log(fmt_table(structs, ["model", "il2_pk", "lsoda_ms", "lsoda_error", "tregpd_rtol", "tregpd_error", "tregpd_ms",
+                            "tregpd_steps", "ratio", "ratio_at_1e-6", "tregpd_error_at_1e-10", "roadrunner_ms",
+                            "roadrunner_error", "target"],
+                  {"lsoda_ms": "{:.1f}", "lsoda_error": "{:.1e}", "tregpd_rtol": "{:.0e}", "tregpd_error": "{:.1e}",
+                   "tregpd_ms": "{:.3f}", "tregpd_steps": "{}", "ratio": "{:,.0f}x", "ratio_at_1e-6": "{:,.0f}x",
+                   "tregpd_error_at_1e-10": "{:.1e}", "roadrunner_ms": "{:.1f}", "roadrunner_error": "{:.1e}",
+                   "target": "{:,.0f}x"}))
+    log("\ntargets (../shared/design.md; issue 14):")
+    for r in structs:
+        verdict = ("MET" if r["met"] else ("MISSED by %.2fx" % (r["target"] / r["ratio"]) if r["ratio"]
+                                           else "MISSED (no tolerance reached LSODA's accuracy)"))
+        log(f"  {r['model']:20s} >= {r['target']:,.0f}x LSODA ({r['target_kind']}): "
+            f"{r['ratio'] or float('nan'):,.0f}x -> {verdict}")
+    if first:
+        c, w = first["cold"]["first_call_s"], first["warm"]["first_call_s"]
+        log(f"  first call, cold cache <= {TARGET_COLD_S:g} s: {c:.1f} s -> "
+            f"{'MET' if c <= TARGET_COLD_S else 'MISSED by %.1fx' % (c / TARGET_COLD_S)}")
+        log(f"  first call, warm cache <= {TARGET_WARM_S:g} s: {w:.2f} s -> "
+            f"{'MET' if w <= TARGET_WARM_S else 'MISSED by %.1fx' % (w / TARGET_WARM_S)}")
+
+
+def structures_only(out_dir, quick):
+    """``--structures-only``: the per-structure rows and the first-call timings, printed and saved."""
+    info = machine_info()
+    log(f"tregpd benchmarks (structures only, {'quick' if quick else 'full'}) - {info['date_utc']} UTC, "
+        f"{info['cpu']}, load {info['load_average_at_start']}")
+    log("versions: " + ", ".join(f"{k} {v}" for k, v in info["versions"].items() if v))
+    structs = structure_rows(default_parameters(), reference_regimen(24, taper=False), quick)
+    try:
+        first = first_call_seconds()
+    except Exception as exc:  # a measurement, not a feature: record and go on
+        log(f"  first-call measurement failed: {exc}")
+        first = None
+    info["load_average_at_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
+    print_structures(structs, first)
+    import pandas as pd
+    prov = {"benchmark": "tregpd benchmarks/run.py --structures-only", "mode": "quick" if quick else "full",
+            "date_utc": info["date_utc"], "git_commit": info["git_commit"]}
+    atomic_write_frame(out_dir / "structures.csv", pd.DataFrame(structs), prov)
+    atomic_write_json(out_dir / "structures.json", {"machine": info, "structures": structs, "first_call": first})
+    log(f"\nwrote {out_dir}/structures.csv and {out_dir}/structures.json")
+    return 0
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="smaller sizes and repeats, DOP853 reference")
@@ -550,8 +742,13 @@ def main(argv=None):
     ap.add_argument("--million", type=int, default=None,
                     help="patients in the streamed run (default 1,000,000; --quick 200,000)")
     ap.add_argument("--chunk", type=int, default=100_000, help="chunk size of the streamed run")
+    ap.add_argument("--structures-only", action="store_true",
+                    help="only the per-structure rows and the cold/warm first call (~2 min once the kernels are "
+                         "cached); writes structures.csv and structures.json")
     args = ap.parse_args(argv)
     quick = args.quick
+    if args.structures_only:
+        return structures_only(Path(args.out), quick)
     t_start = time.perf_counter()
     out_dir = Path(args.out)
     info = machine_info()
@@ -592,6 +789,19 @@ def main(argv=None):
                           "compile_s": single[0]["compile_s"], "first_call_warm_s": single[0]["first_call_warm_s"],
                           "peak_rss_mb": single[0]["peak_rss_mb"], "peak_delta_mb": single[0]["peak_delta_mb"],
                           "repeats": 100})
+
+    log("\n== model structures: single patient, 24 weeks, tregpd (accuracy-matched) vs scipy LSODA (Python RHS) ==")
+    structs = structure_rows(p0, reg, quick)
+
+    log("\n== first call of the default structure (fresh interpreter; cold = empty kernel and numba caches) ==")
+    try:
+        first = first_call_seconds()
+        for k, d in first.items():
+            log(f"  {k}: first call {d['first_call_s']:.2f} s (kernel module load {d['load_s']:.2f} s + call "
+                f"{d['call_s']:.2f} s; imports {d['import_s']:.2f} s; whole process {d['process_s']:.1f} s)")
+    except Exception as exc:  # a measurement, not a feature: record and go on
+        log(f"  first-call measurement failed: {exc}")
+        first = None
 
     log("\n== population throughput (tregpd) ==")
     pop = population_throughput(p0, reg, quick)
@@ -636,6 +846,10 @@ def main(argv=None):
         "target_patients_per_s": TARGET_PPS,
         "million_streamed_peak_rss_mb": million["peak_rss_mb"],
         "million_completed": million["n_patients"] >= 1_000_000,
+        "structures": {r["model"]: {"ratio": r["ratio"], "target": r["target"], "met": r["met"]} for r in structs},
+        "first_call_cold_s": first and first["cold"]["first_call_s"],
+        "first_call_warm_s": first and first["warm"]["first_call_s"],
+        "target_first_call_cold_s": TARGET_COLD_S, "target_first_call_warm_s": TARGET_WARM_S,
     }
     info["load_average_at_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
     info["total_seconds"] = time.perf_counter() - t_start
@@ -670,7 +884,7 @@ def main(argv=None):
     log(fmt_table(scale_d, ["weeks", "n_doses", "steps", "ms_per_patient_single", "population_patients_per_s"],
                   {"weeks": "{}", "n_doses": "{}", "steps": "{}", "ms_per_patient_single": "{:.3f}",
                    "population_patients_per_s": "{:,.0f}"}))
-    log("\ntargets (../shared/design.md):")
+    print_structures(structs, first)
     r1 = targets["single_patient_ratio_accuracy_matched"]
     log(f"  single patient >= {TARGET_RATIO:,.0f}x scipy LSODA at equal accuracy: "
         f"{r1:,.0f}x at rtol {targets['accuracy_matched_rtol']:g} (error {matched_row['max_norm_error']:.1e} <= "
@@ -700,8 +914,10 @@ def main(argv=None):
     atomic_write_frame(out_dir / "scaling_patients.csv", pd.DataFrame(scale_n + [dict(million, streamed=True)]),
                        prov)
     atomic_write_frame(out_dir / "scaling_duration.csv", pd.DataFrame(scale_d), prov)
+    atomic_write_frame(out_dir / "structures.csv", pd.DataFrame(structs), prov)
     atomic_write_json(out_dir / "run.json", {"machine": info, "reference": ref_info, "targets": targets,
                                              "skipped": dict(skipped), "million": million,
+                                             "first_call": first,
                                              "reference_values_treg_th17": ref.tolist()})
     plot(scale_n, million, scale_d, wp, Path(args.plot))
     log(f"\nwrote {out_dir}/*.csv, {out_dir}/run.json and {args.plot}")
