@@ -36,6 +36,7 @@ def _default_structure():
 #: (:mod:`tregpd.model.structures`) declares its own parameters; ``ParameterSet.to_theta(model)`` orders them.
 PARAMETER_NAMES: tuple[str, ...] = tuple(_default_structure().parameter_names)
 N_THETA = len(PARAMETER_NAMES)
+#: indices into the ``theta`` of the structure ``sat0261_v1`` (used by the hand-written benchmark peers)
 (I_IL2_KA, I_IL2_F, I_IL2_CL, I_IL2_V, I_IL2_PMOL_PER_IU,
  I_RAPA_KA, I_RAPA_CL, I_RAPA_VC, I_RAPA_Q, I_RAPA_VP,
  I_EC50_TREG, I_EC50_EFF, I_RAPA_IC50,
@@ -44,7 +45,8 @@ N_THETA = len(PARAMETER_NAMES)
  I_R_CROWD, I_R_SUPPRESS,
  I_IL2_EMAX_R, I_IL2_EMAX_T, I_IL2_IMAX_TDIFF,
  I_RAPA_EMAX_RIND, I_RAPA_IMAX_TDIFF, I_RAPA_IMAX_TPROLIF,
- I_GC0, I_GC_EC50, I_GC_IMAX_T, I_T_CROWD, I_POTENCY_CHINESE, I_POTENCY_ILT101) = range(N_THETA)
+ I_GC0, I_GC_EC50, I_GC_IMAX_T, I_T_CROWD, I_POTENCY_CHINESE, I_POTENCY_ILT101) = range(
+    len(_get_model("sat0261_v1").parameter_names))
 
 
 class _Units(Mapping):

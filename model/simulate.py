@@ -23,7 +23,7 @@ from . import kernels as K
 from .dosing import EventTable, Regimen, no_treatment
 from .errors import IntegrationError, ParameterError, TregpdError
 from .parameters import N_THETA, PARAMETER_NAMES, ParameterSet, default_parameters
-from .structures import ModelStructure, get_model
+from .structures import DEFAULT_MODEL, ModelStructure, get_model
 
 #: output variables: name -> (kernel column or None for derived, unit)
 VARIABLES = {
@@ -219,7 +219,7 @@ class SimulationResult:
     seed: int | None = None
     options: SolverOptions = field(default_factory=SolverOptions)
     theta: np.ndarray | None = None
-    model: str = "sat0261_v1"
+    model: str = DEFAULT_MODEL
 
     @property
     def variables(self) -> dict[str, tuple[int | None, str]]:

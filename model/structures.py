@@ -244,7 +244,7 @@ def _v2_lean() -> ModelStructure:
 V2_LEAN = _v2_lean()
 
 _REGISTRY: dict[str, ModelStructure] = {}
-DEFAULT_MODEL = "sat0261_v1"
+DEFAULT_MODEL = "v2_lean"
 
 
 def register(structure: ModelStructure, *, replace: bool = False) -> ModelStructure:
