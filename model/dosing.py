@@ -66,6 +66,9 @@ ROUTES = {"il2": {"sc": CMT_IL2_DEPOT, "iv": CMT_IL2_CENTRAL}, "sirolimus": {"or
 #: amount unit -> factor to the model unit (IU for IL-2, mg for sirolimus)
 AMOUNT_UNITS = {"il2": {"MIU": 1e6, "WIU": 1e4, "IU": 1.0}, "sirolimus": {"mg": 1.0, "ug": 1e-3}}
 MODEL_AMOUNT_UNIT = {"il2": "IU", "sirolimus": "mg"}
+#: dosing compartments of IL-2 (any product), and the s.c. ones
+IL2_CMTS = (CMT_IL2_DEPOT, CMT_IL2_CENTRAL, CMT_CHINESE_RHIL2_SC, CMT_CHINESE_RHIL2_IV, CMT_ILT101_SC, CMT_ILT101_IV)
+IL2_SC_CMTS = (CMT_IL2_DEPOT, CMT_CHINESE_RHIL2_SC, CMT_ILT101_SC)
 DRUG_OF_CMT = {CMT_IL2_DEPOT: "il2", CMT_IL2_CENTRAL: "il2", CMT_RAPA_GUT: "sirolimus",
                CMT_CHINESE_RHIL2_SC: "il2", CMT_CHINESE_RHIL2_IV: "il2", CMT_ILT101_SC: "il2",
                CMT_ILT101_IV: "il2"}

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
+from tregpd.model.dosing import IL2_CMTS, IL2_SC_CMTS
 
 from tregpd.model.dosing import DoseSchedule, Regimen, reference_regimen
 from tregpd.model.errors import ScenarioError
@@ -205,7 +206,7 @@ def dose_find(parameters: ParameterSet | None = None, max_selectivity: float = 0
     best = _plain(grid.iloc[0].to_dict()) if bool(grid["feasible"].iloc[0]) else None
     ref_reg = reference_regimen(weeks)
     reference = _plain({"regimen": "shanxi_reference (assumed)", "dose_miu": 0.5, "interval_day": 1.0, "course_day": 5.0,
-                 "n_doses": int((ref_reg.events().cmt == 1).sum()),
+                 "n_doses": int(np.isin(ref_reg.events().cmt, IL2_SC_CMTS).sum()),
                  **_evaluate(ref_reg, params, weeks, population, seed, parallel, iiv)})
     settings = {"max_selectivity": max_selectivity, "max_cumulative_miu": max_cumulative_miu,
                 "max_treg_median": max_treg_median, "weeks": weeks, "population": population, "seed": seed,

@@ -28,6 +28,7 @@ from __future__ import annotations
 from typing import Mapping, Sequence
 
 import numpy as np
+from tregpd.model.dosing import IL2_CMTS, IL2_SC_CMTS
 
 from tregpd.model.parameters import PARAMETER_NAMES
 
@@ -96,7 +97,7 @@ def peak_grid(regimen, t_end_day: float, window_day: float = 1.0, step_day: floa
         return np.zeros(0)
     offsets = np.arange(0.0, window_day + 1e-12, step_day)
     times = []
-    il2 = ev.time_day[np.isin(ev.cmt, (1, 2))]
+    il2 = ev.time_day[np.isin(ev.cmt, IL2_CMTS)]
     if il2.size:
         times.append((np.unique(il2)[:, None] + offsets[None, :]).ravel())
     rapa = ev.time_day[ev.cmt == 3]

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
+from tregpd.model.dosing import IL2_CMTS, IL2_SC_CMTS
 
 from tregpd.model.errors import ScenarioError, TregpdError
 from tregpd.model.io import atomic_save_figure, atomic_write_frame, atomic_write_json, atomic_write_text
@@ -139,7 +140,7 @@ def simulate_scenario(scenario: Scenario, parameters: ParameterSet, progress: bo
         rapa_t = ev.time_day[ev.cmt == 3]
         exposure = M.peak_exposure(t_peak, c_il2[ok], c_rapa[ok], theta[ok],
                                    float(rapa_t[-1]) if rapa_t.size else None)
-        if not np.any(np.isin(ev.cmt, (1, 2))):
+        if not np.any(np.isin(ev.cmt, IL2_CMTS)):
             exposure.pop("il2_peak", None)
             exposure.pop("selectivity_margin", None)
     return res, exposure, theta
