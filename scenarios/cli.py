@@ -44,7 +44,7 @@ def register(sub) -> None:
     v.add_argument("files", nargs="+", type=Path)
     v.set_defaults(func=validate_command)
 
-    from .schema import QUESTIONS
+    from .catalog import QUESTIONS
     q = ssub.add_parser("question", help="compare the library scenarios that answer one study question",
                         description="Study questions: " + "; ".join(f"{k} ({v})" for k, v in QUESTIONS.items())
                                     + ". 'all' runs each.")

@@ -63,17 +63,7 @@ from tregpd.model.errors import RegimenError, ScenarioError
 from tregpd.model.population import DEFAULT_IIV
 from tregpd.model.parameters import PARAMETER_NAMES
 
-#: Study questions a scenario can be tagged with (``question`` key); the runner groups figures by them.
-QUESTIONS: Mapping[str, str] = {
-    "reference": "the study's (assumed) reference regimen",
-    "combination": "each drug alone and both together",
-    "il2_dose": "IL-2 dose-response on the reference frequency",
-    "il2_frequency": "IL-2 dosing frequency at fixed dose",
-    "trial_regimens": "regimens of other low-dose IL-2 / sirolimus trials",
-    "sirolimus_dose": "sirolimus dose-response",
-    "duration": "treatment duration",
-    "washout": "stopping treatment and washout",
-}
+from .catalog import QUESTIONS  # defined without heavy imports, for the CLI parser
 OUTPUT_KINDS = ("csv", "parquet", "png", "patients")
 #: Default Th17/Treg target: the study's week-24 median (seed abstract; FOUNDING DOC).
 DEFAULT_RATIO_TARGET = 0.29
