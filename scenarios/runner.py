@@ -10,14 +10,15 @@ Per scenario, into ``out_dir/<name>/``:
   header comments and the Parquet metadata.
 * ``patients.parquet`` (``outputs`` contains "patients"): every patient's trajectory, tidy.
 * ``summary.csv``: the tidy summary (see :mod:`tregpd.scenarios.metrics`).
-* ``trajectories.png``: median and 90 % band of Treg, Th17 and ratio, with the healthy ranges.
+* ``trajectories.png``: median and 90 % band of Treg, Th17 and ratio, with the healthy ranges (when ``outputs``
+  contains "png" and the scenario's ``figures`` is true).
 * ``provenance.json``.
 
 Across scenarios (:func:`run_library`): ``comparison.csv`` and ``comparison.md`` (one row per scenario),
 ``answers.md`` (one short answer per study question present, see :mod:`tregpd.scenarios.questions`),
 ``summary_all.csv``, ``comparison.png`` (trajectories for up to 8 scenarios, else week-24 bar charts),
 ``comparison_<question>.png`` (trajectories of the reference and each study question's scenarios, for larger
-runs) and ``dose_response.png``.
+runs) and ``dose_response.png`` (unless ``figures=False``).
 """
 from __future__ import annotations
 
@@ -66,7 +67,15 @@ class ScenarioOutcome:
     seconds: float = 0.0
 
     def value(self, metric: str, week: float | None = None, statistic: str = "median") -> float:
-        return M.lookup(self.summary, metric, week, statistic)
+        return M.lookup_index(self._index(), metric, week, statistic)
+
+    def _index(self) -> dict:
+        # the summary indexed once (lookups by boolean masks over the frame dominated comparison tables)
+        cached = self.__dict__.get("_summary_index")
+        if cached is None or cached[0] is not self.summary:
+            cached = (self.summary, M.summary_index(self.summary))
+            self.__dict__["_summary_index"] = cached
+        return cached[1]
 
 
 def resolve_parameters(scenario: Scenario, parameters: ParameterSet | str | Path | None = None) -> ParameterSet:
@@ -224,7 +233,7 @@ def write_outputs(outcome: ScenarioOutcome, folder: Path) -> list[Path]:
         files.append(atomic_write_frame(folder / "patients.parquet",
                                         outcome.result.to_frame(["naive", "treg", "th17", "ratio"]), prov))
     files.append(atomic_write_frame(folder / "summary.csv", outcome.summary, prov))
-    if "png" in sc.outputs:
+    if "png" in sc.outputs and sc.figures:
         from . import plots
         import textwrap
         title = textwrap.fill(f"{sc.name}: {sc.description}", width=150)
@@ -254,11 +263,11 @@ def mean_daily_dose(scenario: Scenario, drug: str) -> float:
 
 def comparison_row(outcome: ScenarioOutcome) -> dict:
     """One row of the cross-scenario comparison (numbers, unformatted)."""
-    s = outcome.summary
     sc = outcome.scenario
     w = 24.0 if sc.weeks >= 24 - 1e-9 else float(sc.weeks)
     end = float(sc.weeks)
-    L = M.lookup
+    s = outcome._index()
+    L = M.lookup_index
     return {
         "scenario": sc.name, "question": sc.question, "weeks": sc.weeks, "report_week": w,
         "n_patients": int(L(s, "n_patients", statistic="count")), "n_failed": int(L(s, "n_failed", statistic="count")),
@@ -342,6 +351,9 @@ def run_library(paths: Sequence[str | Path | Scenario], out_dir: str | Path | No
     parameters : ParameterSet or parameter file, optional
         Used for every scenario (e.g. the fitted set from ``tregpd all``); default: each file's own choice.
     progress : tqdm bar over scenarios
+    figures : False: no PNG at all (neither per scenario nor across scenarios); True: per-scenario figures as
+        each file's ``outputs``/``figures`` say, and the comparison figures unless every scenario has
+        ``figures = false``
     population, output_step_day, ratio_target : optional overrides for every scenario (e.g. a quick smoke run,
         or a healthy-range ratio target instead of the study's week-24 median 0.29)
 
@@ -364,6 +376,9 @@ def run_library(paths: Sequence[str | Path | Scenario], out_dir: str | Path | No
         over["output_step_day"] = output_step_day
     if ratio_target is not None:
         over["ratio_target"] = ratio_target
+    if not figures:
+        over["figures"] = False
+    figures = figures and any(s.figures for s in scenarios)
     if over:
         scenarios = [s.with_overrides(**over) for s in scenarios]
     if isinstance(parameters, (str, Path)):

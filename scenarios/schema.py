@@ -22,6 +22,7 @@ drug schedule). Every key is checked; an unknown key anywhere is an error naming
     outputs = ["csv", "parquet", "png"]   # any of "csv", "parquet", "png", "patients" (all patients, parquet)
     output_step_day = 1.0            # trajectory grid spacing in days, > 0 and <= 7
     ratio_target = 0.29              # optional; Th17/Treg target for "time below target" (default 0.29)
+    figures = true                   # optional; false = no PNG for this scenario (scripted runs; the quickest)
 
     [regimen]
     assumption = ""                  # optional, as in Regimen.from_dict
@@ -69,7 +70,7 @@ OUTPUT_KINDS = ("csv", "parquet", "png", "patients")
 DEFAULT_RATIO_TARGET = 0.29
 
 _SCENARIO_KEYS = {"name", "description", "source", "assumption", "question", "weeks", "parameters",
-                  "population", "seed", "iiv", "outputs", "output_step_day", "ratio_target"}
+                  "population", "seed", "iiv", "outputs", "output_step_day", "ratio_target", "figures"}
 _REQUIRED = ("name", "description", "weeks")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]*$")
 
@@ -95,6 +96,9 @@ class Scenario:
     outputs : tuple of str
     output_step_day : float
     ratio_target : float
+    figures : bool
+        False: no figure for this scenario, whatever ``outputs`` says (``tregpd scenarios run --no-figures``
+        sets it on every scenario).
     regimen : Regimen
     path : Path or None
         The file it was read from.
@@ -114,6 +118,7 @@ class Scenario:
     outputs: tuple[str, ...] = ("csv", "parquet", "png")
     output_step_day: float = 1.0
     ratio_target: float = DEFAULT_RATIO_TARGET
+    figures: bool = True
     path: Path | None = None
 
     @property
@@ -152,7 +157,7 @@ class Scenario:
               "assumption": self.assumption, "question": self.question, "weeks": self.weeks,
               "parameters": self.parameters, "population": self.population, "seed": self.seed,
               "outputs": list(self.outputs), "output_step_day": self.output_step_day,
-              "ratio_target": self.ratio_target}
+              "ratio_target": self.ratio_target, "figures": self.figures}
         if self.iiv is not None:
             sc["iiv"] = dict(self.iiv)
         reg = self.regimen.to_dict()
@@ -285,6 +290,10 @@ def parse_scenario(data: Mapping[str, Any], origin: str = "<scenario>", base_dir
     if bad:
         raise _err(origin, "outputs", f"unknown output kinds {bad}; allowed: {list(OUTPUT_KINDS)}")
 
+    figures = sc.get("figures", True)
+    if not isinstance(figures, bool):
+        raise _err(origin, "figures", f"must be true or false, got {figures!r}")
+
     reg_data = data.get("regimen", {})
     if not isinstance(reg_data, Mapping):
         raise ScenarioError(f"{origin}: [regimen] must be a table")
@@ -322,7 +331,7 @@ def parse_scenario(data: Mapping[str, Any], origin: str = "<scenario>", base_dir
     return Scenario(name=name, description=description, weeks=weeks, regimen=regimen,
                     source=_string(sc, "source", origin), assumption=assumption, question=question,
                     parameters=params, population=population, seed=seed, iiv=iiv, outputs=tuple(outputs),
-                    output_step_day=step, ratio_target=target,
+                    output_step_day=step, ratio_target=target, figures=figures,
                     path=Path(origin) if origin and not origin.startswith("<") else None)
 
 
