@@ -212,3 +212,19 @@ def test_package_import_is_lazy_but_complete():
         "    assert set(pkg.__all__) <= set(dir(pkg))\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_trajectory_csv_matches_the_frame_writer(tmp_path):
+    """``tregpd simulate`` writes its CSV without pandas; the bytes equal the pandas writer's on to_frame()."""
+    from tregpd.model import default_parameters, sample_population, simulate, simulate_population
+    from tregpd.model.cli import trajectory_csv
+    from tregpd.model.io import atomic_write_frame
+    prov = {"command": "x", "seed": 3, "list": [1.5, "a"]}
+    one = simulate(default_parameters(), reference_regimen(6), t_end_day=42.0, output_step_day=0.5)
+    theta = sample_population(default_parameters(), 5, seed=3)
+    many = simulate_population(theta, reference_regimen(6), t_out=np.linspace(0.0, 42.0, 13))
+    many.status[1] = 1                                          # a failed patient is left out by both
+    many.values[2, 3, 0] = np.nan                               # NaN: an empty field
+    for res in (one, many):
+        ref = atomic_write_frame(tmp_path / "ref.csv", res.to_frame(), prov).read_text()
+        assert trajectory_csv(res, prov) == ref
