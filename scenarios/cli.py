@@ -108,7 +108,7 @@ def run_command(args: argparse.Namespace) -> int:
         raise ScenarioError("give scenario files (e.g. scenarios/library/*.toml) or --library")
     run = run_library(files, args.out, parameters=_load_params(args.params), progress=not args.no_progress,
                       population=args.population, output_step_day=args.step_day, ratio_target=args.ratio_target,
-                      figures=not args.no_figures)
+                      figures=not args.no_figures, figure_workers=None)
     print(run.markdown)
     failed = int(run.table["n_failed"].sum())
     if failed:

@@ -9,6 +9,8 @@ accepts ``ax``/``axes=None`` and returns the figure, never shows it.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from .metrics import HEALTHY_RANGE
@@ -173,13 +175,10 @@ def plot_dose_response(table, axes=None):
     -------
     Figure, or None when the table holds no dose series.
     """
-    series = [("il2_dose", "il2_dose_miu", "IL-2 dose per injection (MIU)"),
-              ("sirolimus_dose", "sirolimus_mg_per_day", "sirolimus (mg/day, mean)")]
-    # the reference regimen is a point of both series (0.5 MIU; 0.5 mg every other day)
-    member = lambda q: (table["question"] == q) | (table["question"] == "reference")
-    series = [s for s in series if (table["question"] == s[0]).any() and member(s[0]).sum() >= 2]
+    series = dose_response_series(table)
     if not series:
         return None
+    member = lambda q: (table["question"] == q) | (table["question"] == "reference")
     from tregpd.plotting import subplots
     if axes is None:
         fig, axes = subplots(len(series), 2, figsize=(9, 3.4 * len(series)), squeeze=False)
@@ -201,6 +200,16 @@ def plot_dose_response(table, axes=None):
             ax.grid(alpha=0.3)
         axes[row, 1].legend(frameon=False, fontsize=7)
     return fig
+
+
+def dose_response_series(table) -> list:
+    """The dose series of a comparison table that :func:`plot_dose_response` draws (question, column, label);
+    empty = no figure."""
+    series = [("il2_dose", "il2_dose_miu", "IL-2 dose per injection (MIU)"),
+              ("sirolimus_dose", "sirolimus_mg_per_day", "sirolimus (mg/day, mean)")]
+    # the reference regimen is a point of both series (0.5 MIU; 0.5 mg every other day)
+    member = lambda q: (table["question"] == q) | (table["question"] == "reference")
+    return [s for s in series if (table["question"] == s[0]).any() and member(s[0]).sum() >= 2]
 
 
 def plot_dosefind(grid, best=None, reference=None, max_selectivity=None, ax=None):
@@ -236,4 +245,42 @@ def plot_dosefind(grid, best=None, reference=None, max_selectivity=None, ax=None
     ax.set_ylabel("Th17/Treg at week 24 (median)")
     ax.grid(alpha=0.3)
     ax.legend(frameon=False, fontsize=7)
+    return fig
+
+
+# ------------------------------------------------------------------------- for drawing in worker processes
+@dataclass
+class ScenarioTag:
+    """The scenario fields the comparison figures read."""
+
+    name: str
+    question: str
+    weeks: float
+
+
+@dataclass
+class OutcomeView:
+    """What the comparison figures read of a :class:`~tregpd.scenarios.runner.ScenarioOutcome` (scenario tag,
+    Treg/Th17/ratio trajectories, indexed summary); cheap to send to a figure worker."""
+
+    scenario: ScenarioTag
+    result: object
+    index: dict
+
+    def value(self, metric: str, week: float | None = None, statistic: str = "median") -> float:
+        from .metrics import lookup_index
+        return lookup_index(self.index, metric, week, statistic)
+
+    @classmethod
+    def of(cls, outcome) -> "OutcomeView":
+        from tregpd.plotting import Curves
+        sc = outcome.scenario
+        return cls(ScenarioTag(sc.name, sc.question, float(sc.weeks)), Curves.of(outcome.result), outcome._index())
+
+
+def comparison_figure(outcomes, title: str | None = None, **kwargs):
+    """:func:`plot_comparison` with an optional figure title."""
+    fig = plot_comparison(outcomes, **kwargs)
+    if title:
+        fig.suptitle(title, fontsize=10)
     return fig

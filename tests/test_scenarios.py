@@ -471,3 +471,34 @@ def test_summary_index_lookup_matches_frame_lookup():
             a, b = M.lookup(out.summary, metric, week, stat), M.lookup_index(idx, metric, week, stat)
             assert (math.isnan(a) and math.isnan(b)) or a == b, (metric, stat, week)
     assert math.isnan(M.lookup_index(idx, "no_such_metric"))
+
+
+def test_figures_drawn_by_worker_processes_match_the_inline_run(tmp_path):
+    """``figure_workers`` (what the CLI uses for larger runs) writes the same files; tables are identical."""
+    lib = Path(LIBRARY[0]).parent
+    files = [lib / f"{n}.toml" for n in ("shanxi_reference", "il2_alone", "il2_dose_1p0miu", "untreated")]
+    kw = dict(population=3, output_step_day=7.0, progress=False)
+    inline = run_library(files, tmp_path / "a", figure_workers=0, **kw)
+    pooled = run_library(files, tmp_path / "b", figure_workers=2, **kw)
+    names = sorted(str(p.relative_to(tmp_path / "a")) for p in (tmp_path / "a").rglob("*.png"))
+    assert names == sorted(str(p.relative_to(tmp_path / "b")) for p in (tmp_path / "b").rglob("*.png"))
+    assert "comparison.png" in names and "dose_response.png" in names and "untreated/trajectories.png" in names
+    for name in names:
+        assert (tmp_path / "b" / name).read_bytes()[:4] == b"\x89PNG", name
+    assert [Path(f).name for f in inline.files] == [Path(f).name for f in pooled.files]
+    assert (tmp_path / "a" / "comparison.md").read_text() == (tmp_path / "b" / "comparison.md").read_text()
+
+
+def test_figure_writer_errors_propagate_and_workers_auto(tmp_path, monkeypatch):
+    from tregpd import plotting
+    monkeypatch.delenv(plotting.WORKERS_ENV, raising=False)
+    assert plotting.figure_workers(3) == 0                       # too few figures to repay starting workers
+    assert plotting.figure_workers(40, requested=0) == 0
+    assert plotting.figure_workers(1, requested=4) == 1          # never more workers than figures
+    monkeypatch.setenv(plotting.WORKERS_ENV, "0")
+    assert plotting.figure_workers(40) == 0
+    curves = plotting.Curves(np.arange(3.0), {v: np.ones((2, 3)) for v in ("treg", "th17", "ratio")})
+    with pytest.raises(OSError):
+        with plotting.FigureWriter(workers=1) as w:               # unwritable target: the error reaches us
+            (tmp_path / "file").write_text("x")
+            w.submit(plotting.plot_trajectory, tmp_path / "file" / "sub" / "x.png", curves)
