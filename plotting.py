@@ -191,10 +191,6 @@ class FigureWriter:
             except (OSError, ImportError, NotImplementedError, ValueError, RuntimeError):
                 self._pool = None
 
-    @property
-    def workers(self) -> int:
-        return 0 if self._pool is None else self._pool._max_workers
-
     def submit(self, make, path, *args, save=None, **kwargs) -> Path:
         save = {} if save is None else dict(save)
         if self._pool is None:

@@ -161,7 +161,7 @@ def question_command(args: argparse.Namespace) -> int:
             continue
         run = run_question(q, args.out, parameters=params, progress=not args.no_progress,
                            population=args.population, output_step_day=args.step_day,
-                           ratio_target=args.ratio_target, figures=not args.no_figures)
+                           ratio_target=args.ratio_target, figures=not args.no_figures, figure_workers=None)
         print(run.answer)
         print(f"wrote {args.out / q}/")
     return 0
