@@ -124,8 +124,9 @@ class Curves:
 
 def figure_workers(n_figures: int, requested: int | None = None) -> int:
     """Worker processes for drawing ``n_figures`` figures: ``requested`` if given, else $TREGPD_FIGURE_WORKERS if
-    set, else 2 when at least 2 CPUs are available and there are at least 6 figures (enough to repay starting the
-    workers, about 1 s of imports each, spent while the simulations run), else 0 (draw in this process)."""
+    set, else 2 when there are at least 6 figures (enough to repay starting the workers, about 1 s of imports
+    each) and at least one CPU is idle (2 or more CPUs, 1-minute load average at most CPUs - 1: on a busy
+    machine workers only add their start-up), else 0 (draw in this process)."""
     if requested is None:
         env = os.environ.get(WORKERS_ENV, "").strip()
         if env:
@@ -136,7 +137,11 @@ def figure_workers(n_figures: int, requested: int | None = None) -> int:
     if requested is not None:
         return max(0, min(int(requested), max(n_figures, 0)))
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return 2 if cpus >= 2 and n_figures >= 6 else 0
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        load = 0.0
+    return 2 if cpus >= 2 and n_figures >= 6 and load <= cpus - 1 else 0
 
 
 def _worker_init(modules) -> None:

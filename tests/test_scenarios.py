@@ -493,6 +493,8 @@ def test_figure_writer_errors_propagate_and_workers_auto(tmp_path, monkeypatch):
     from tregpd import plotting
     monkeypatch.delenv(plotting.WORKERS_ENV, raising=False)
     assert plotting.figure_workers(3) == 0                       # too few figures to repay starting workers
+    monkeypatch.setattr(plotting.os, "getloadavg", lambda: (64.0, 64.0, 64.0))
+    assert plotting.figure_workers(40) == 0                      # no idle CPU: workers would only add start-up
     assert plotting.figure_workers(40, requested=0) == 0
     assert plotting.figure_workers(1, requested=4) == 1          # never more workers than figures
     monkeypatch.setenv(plotting.WORKERS_ENV, "0")
