@@ -19,8 +19,6 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SOURCES = ("pyproject.toml", "README.md", "__init__.py", "_lazy.py", "_version.py", "cli.py", "pipeline.py",
-           "plotting.py", "model", "fitting", "scenarios")
 # not about the project's configuration: pip's notes about unreachable index folders, and distutils saying that
 # wheels are not byte-compiled at build time
 BENIGN = re.compile(r"^(WARNING: Location '.*' is ignored|warning: (build_py|install_lib): byte-compiling is "
@@ -33,6 +31,20 @@ def _setuptools_version() -> tuple[int, ...]:
     except ImportError:
         return (0,)
     return tuple(int(x) for x in re.findall(r"\d+", setuptools.__version__)[:2])
+
+
+def _sources() -> list[Path]:
+    """What the wheel is built from: pyproject.toml, README.md, the top-level modules and the folders of the
+    packages listed in pyproject.toml (tests/ and benchmarks/ are not part of it)."""
+    try:
+        import tomllib
+    except ImportError:  # pragma: no cover - Python 3.10
+        import tomli as tomllib
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    packages = config["tool"]["setuptools"]["packages"]
+    folders = {name.split(".")[1] for name in packages if name.count(".") >= 1}
+    return [ROOT / "pyproject.toml", ROOT / "README.md", *sorted(ROOT.glob("*.py")),
+            *sorted(ROOT / f for f in folders)]
 
 
 def _run(cmd, **kw):
@@ -49,12 +61,11 @@ def test_wheel_builds_clean_installs_and_runs_outside_the_tree(tmp_path):
     # build from a copy of the sources, so no build/ folder is left in the work tree
     src = tmp_path / "src"
     src.mkdir()
-    for name in SOURCES:
-        p = ROOT / name
+    for p in _sources():
         if p.is_dir():
-            shutil.copytree(p, src / name, ignore=shutil.ignore_patterns("__pycache__", "*.nbi", "*.nbc"))
+            shutil.copytree(p, src / p.name, ignore=shutil.ignore_patterns("__pycache__", "*.nbi", "*.nbc"))
         else:
-            shutil.copy2(p, src / name)
+            shutil.copy2(p, src / p.name)
     wheels = tmp_path / "wheels"
     build = _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-v",
                   "-w", wheels, src])
