@@ -14,7 +14,9 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
+# setuptools >= 77 in the venv too: the wheel test (tests/test_wheel.py) builds without build isolation (offline)
 $(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet "setuptools>=77"
 	$(BIN)/python -m pip install --quiet -e ".[test,sensitivity,mcmc]"
 	touch $(STAMP)
 

@@ -4,6 +4,10 @@ Subcommands are contributed by modules listed in :data:`COMMAND_MODULES`; each d
 ``register(subparsers)`` that adds its parsers and sets ``func`` (a callable taking the parsed ``args`` and
 returning an exit code). User errors (:class:`TregpdError`) print one line naming the problem and exit with
 status 2, without a traceback.
+
+Building the parser imports only the ``cli`` modules, which import nothing heavy at module level (numba, numpy,
+pandas, matplotlib, scipy, lmfit, dask are imported inside the command functions), so that ``tregpd --help`` and
+argument errors answer at once; ``tests/test_cli.py::test_parser_imports_nothing_heavy`` checks it.
 """
 from __future__ import annotations
 
@@ -25,12 +29,23 @@ COMMAND_MODULES = (
 )
 
 
+class _VersionAction(argparse.Action):
+    """``--version``: reads the package metadata only when asked."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings=option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from tregpd import __version__
+        print(f"tregpd {__version__}")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
-    from tregpd import __version__
     parser = argparse.ArgumentParser(
         prog="tregpd",
         description="Th17/Treg PK/PD simulator for refractory SLE under low-dose IL-2 and rapamycin.")
-    parser.add_argument("--version", action="version", version=f"tregpd {__version__}")
+    parser.add_argument("--version", action=_VersionAction, help="show program's version number and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         try:

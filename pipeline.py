@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
 
     print("== 4/4 scenario library with the fitted parameters", flush=True)
     lib = run_library(library_paths(), out / "scenarios", parameters=fit.parameters, progress=True,
-                      population=population)
+                      population=population, figure_workers=None)
     print(lib.markdown)
 
     keep = ["week", "observable", "statistic", "value", "role", "model_typical", "relative_error",

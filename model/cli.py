@@ -42,7 +42,7 @@ def run_sbml(args: argparse.Namespace) -> int:
 def run(args: argparse.Namespace) -> int:
     from .dosing import read_nonmem, reference_regimen, Regimen
     from .errors import TregpdError
-    from .io import atomic_save_figure, atomic_write_frame, atomic_write_json
+    from .io import atomic_save_figure, atomic_write_json, atomic_write_text
     from .parameters import load_parameters
     from .simulate import simulate
     from .. import plotting
@@ -64,18 +64,58 @@ def run(args: argparse.Namespace) -> int:
                        method=args.method, rtol=args.rtol)
     prov = res.provenance(command="tregpd simulate")
     out = Path(args.out)
-    frame = res.to_frame()
-    atomic_write_frame(out / "trajectory.csv", frame, prov)
+    # written without pandas (importing it is a quarter of a small run); same bytes as
+    # atomic_write_frame(res.to_frame()), see tests/test_cli.py::test_trajectory_csv_matches_the_frame_writer
+    atomic_write_text(out / "trajectory.csv", trajectory_csv(res, prov))
     atomic_write_json(out / "provenance.json", prov)
     fig = plotting.plot_trajectory(res)
-    atomic_save_figure(out / "trajectory.png", fig)
-    weekly = frame[frame["variable"].isin(["treg", "th17", "ratio"])]
-    weekly = weekly[(weekly["time_day"] % 42 == 0) | (weekly["time_day"] == t_end)]
-    table = weekly.pivot_table(index="time_day", columns="variable", values="value")
-    table.index = [f"week {d / 7:g}" for d in table.index]
+    # constrained layout already fits the figure: no second ("tight") drawing pass
+    atomic_save_figure(out / "trajectory.png", fig, bbox_inches=None)
     print(f"Regimen: {res.regimen.name if res.regimen else '?'}")
     if res.regimen is not None and res.regimen.assumption:
         print(res.regimen.assumption)
-    print(table[["treg", "th17", "ratio"]].round(3).to_string())
+    print(weekly_table(res, t_end))
     print(f"wrote {out / 'trajectory.csv'}, {out / 'trajectory.png'}, {out / 'provenance.json'}")
     return 0
+
+
+def trajectory_csv(res, provenance: dict | None = None) -> str:
+    """The tidy trajectory CSV of :meth:`SimulationResult.to_frame` (patient, time_day, variable, value, unit;
+    successful patients; provenance as ``# key: value`` lines on top), formatted as pandas writes it."""
+    import json
+    from .io import _json_default
+    from .simulate import VARIABLES
+
+    def num(x: float) -> str:
+        return "" if x != x else repr(x)            # pandas writes NaN as an empty field
+
+    lines = [f"# {k}: {json.dumps(v, default=_json_default)}\n" for k, v in (provenance or {}).items()]
+    lines.append("patient,time_day,variable,value,unit\n")
+    times = [num(float(t)) for t in res.time_day.tolist()]
+    ids = [str(int(i)) for i in res.patient_ids[res.ok].tolist()]
+    for var, (_, unit) in VARIABLES.items():
+        values = res.get(var)
+        for pid, row in zip(ids, values.tolist()):
+            lines.extend(f"{pid},{t},{var},{num(x)},{unit}\n" for t, x in zip(times, row))
+    return "".join(lines)
+
+
+def weekly_table(res, t_end: float, variables=("treg", "th17", "ratio")) -> str:
+    """Treg, Th17 and ratio every 6 weeks and at the end, one patient (the first successful one), as text."""
+    t = res.time_day
+    keep = [k for k, d in enumerate(t.tolist()) if d % 42 == 0 or d == t_end]
+    cols = {v: [round(float(res.get(v)[0, k]), 3) for k in keep] for v in variables}
+
+    def fmt(values):
+        nd = max((len(f"{x:.3f}".rstrip("0").split(".")[1]) for x in values), default=0)
+        return [f"{x:.{nd}f}" for x in values]
+
+    rows = [f"week {t[k] / 7:g}" for k in keep]
+    texts = {v: fmt(cols[v]) for v in variables}
+    w0 = max([len("variable"), *map(len, rows)])
+    widths = {v: max([len(v), *map(len, texts[v])]) for v in variables}
+    lines = ["variable".ljust(w0) + "".join("  " + v.rjust(widths[v]) for v in variables)]
+    for i, label in enumerate(rows):
+        lines.append(label.ljust(w0) + "".join("  " + texts[v][i].rjust(widths[v]) for v in variables))
+    return "\n".join(lines)
+

@@ -11,12 +11,13 @@ Quick start::
 The scenario file format is documented in :mod:`tregpd.scenarios.schema`; the metrics in
 :mod:`tregpd.scenarios.metrics`; the outputs in :mod:`tregpd.scenarios.runner`.
 """
-from .schema import (Scenario, ScenarioWarning, QUESTIONS, DEFAULT_RATIO_TARGET, load_scenario, parse_scenario,
-                     library_dir, library_paths)
-from .metrics import HEALTHY_RANGE, time_below
-from .runner import (ScenarioOutcome, LibraryRun, run_scenario, run_library, comparison_table,
-                     comparison_markdown, resolve_parameters)
+from tregpd._lazy import attach
 
-__all__ = ["Scenario", "ScenarioWarning", "QUESTIONS", "DEFAULT_RATIO_TARGET", "load_scenario", "parse_scenario",
-           "library_dir", "library_paths", "HEALTHY_RANGE", "time_below", "ScenarioOutcome", "LibraryRun",
-           "run_scenario", "run_library", "comparison_table", "comparison_markdown", "resolve_parameters"]
+# public names are imported lazily (on first use; see tregpd._lazy)
+__all__ = attach(__name__, {
+    "schema": ("Scenario", "ScenarioWarning", "QUESTIONS", "DEFAULT_RATIO_TARGET", "load_scenario",
+               "parse_scenario", "library_dir", "library_paths"),
+    "metrics": ("HEALTHY_RANGE", "time_below"),
+    "runner": ("ScenarioOutcome", "LibraryRun", "run_scenario", "run_library", "comparison_table",
+               "comparison_markdown", "resolve_parameters"),
+})

@@ -19,6 +19,9 @@ def _common(p, out_default: str) -> None:
                    help="Th17/Treg target for 'time with ratio below target' (default: each file's ratio_target, "
                         "0.29 = the study's week-24 median; e.g. 0.76 = top of the healthy range)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-figures", action="store_true",
+                   help="write no PNG (tables and trajectories only; the quickest, for scripted use); the same "
+                        "as 'figures = false' in every scenario file")
 
 
 def register(sub) -> None:
@@ -44,7 +47,7 @@ def register(sub) -> None:
     v.add_argument("files", nargs="+", type=Path)
     v.set_defaults(func=validate_command)
 
-    from .schema import QUESTIONS
+    from .catalog import QUESTIONS
     q = ssub.add_parser("question", help="compare the library scenarios that answer one study question",
                         description="Study questions: " + "; ".join(f"{k} ({v})" for k, v in QUESTIONS.items())
                                     + ". 'all' runs each.")
@@ -104,7 +107,8 @@ def run_command(args: argparse.Namespace) -> int:
     if not files:
         raise ScenarioError("give scenario files (e.g. scenarios/library/*.toml) or --library")
     run = run_library(files, args.out, parameters=_load_params(args.params), progress=not args.no_progress,
-                      population=args.population, output_step_day=args.step_day, ratio_target=args.ratio_target)
+                      population=args.population, output_step_day=args.step_day, ratio_target=args.ratio_target,
+                      figures=not args.no_figures, figure_workers=None)
     print(run.markdown)
     failed = int(run.table["n_failed"].sum())
     if failed:
@@ -157,7 +161,7 @@ def question_command(args: argparse.Namespace) -> int:
             continue
         run = run_question(q, args.out, parameters=params, progress=not args.no_progress,
                            population=args.population, output_step_day=args.step_day,
-                           ratio_target=args.ratio_target)
+                           ratio_target=args.ratio_target, figures=not args.no_figures, figure_workers=None)
         print(run.answer)
         print(f"wrote {args.out / q}/")
     return 0

@@ -218,3 +218,25 @@ def lookup(summary, metric: str, week: float | None = None, statistic: str = "me
     if len(s) == 0:
         return float("nan")
     return float(s["value"].to_numpy()[-1])
+
+
+def summary_index(summary) -> dict:
+    """A tidy summary indexed by (metric, statistic) -> (weeks, values) arrays in row order, for
+    :func:`lookup_index` (same answers as :func:`lookup`, without scanning the frame each time)."""
+    index: dict = {}
+    cols = [summary[c].to_numpy() for c in ("metric", "statistic", "week", "value")]
+    for metric, stat, week, value in zip(*cols):
+        index.setdefault((metric, stat), []).append((float(week), float(value)))
+    return {k: (np.array([w for w, _ in v]), np.array([x for _, x in v])) for k, v in index.items()}
+
+
+def lookup_index(index: Mapping, metric: str, week: float | None = None, statistic: str = "median") -> float:
+    """:func:`lookup` on a :func:`summary_index`."""
+    hit = index.get((metric, statistic))
+    if hit is None:
+        return float("nan")
+    weeks, values = hit
+    if week is not None:
+        values = values[np.isclose(weeks, week)]
+    return float(values[-1]) if values.size else float("nan")
+

@@ -1,5 +1,5 @@
-"""Scenario figures. matplotlib is imported lazily (Agg); every function accepts ``ax``/``axes=None`` and returns
-the figure, never shows it.
+"""Scenario figures. matplotlib is imported lazily, pyplot not at all (see :mod:`tregpd.plotting`); every function
+accepts ``ax``/``axes=None`` and returns the figure, never shows it.
 
 * :func:`plot_scenario`: one scenario's Treg, Th17 and ratio, median and 90 % band, healthy ranges shaded.
 * :func:`plot_comparison`: several scenarios' medians (with bands) on shared axes, plus a week-24 ratio bar chart.
@@ -9,6 +9,8 @@ the figure, never shows it.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from .metrics import HEALTHY_RANGE
@@ -16,22 +18,16 @@ from .metrics import HEALTHY_RANGE
 _PANELS = (("treg", "Treg (cells/µL)"), ("th17", "Th17 (cells/µL)"), ("ratio", "Th17/Treg"))
 
 
-def _plt():
-    import matplotlib
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-    return plt
-
-
 def close(fig) -> None:
     """Release a figure's memory (figures are returned, never shown)."""
-    _plt().close(fig)
+    from tregpd.plotting import close as _close
+    _close(fig)
 
 
 def _axes(axes, n, figsize):
-    plt = _plt()
+    from tregpd.plotting import subplots
     if axes is None:
-        fig, axes = plt.subplots(1, n, figsize=figsize, constrained_layout=True)
+        fig, axes = subplots(1, n, figsize=figsize)
         return fig, np.atleast_1d(axes)
     axes = np.atleast_1d(axes)
     return axes[0].figure, axes
@@ -98,23 +94,22 @@ def plot_comparison(outcomes, axes=None, max_trajectories: int = 8, max_bands: i
     outcomes : sequence of ScenarioOutcome
     axes : Axes to draw into (4 for the trajectory layout, 2 for the bar layout), optional
     """
-    plt = _plt()
+    from tregpd.plotting import colormap, new_figure, subplots
     outcomes = list(outcomes)
     few = len(outcomes) <= max_trajectories
     if axes is None:
         if few:
-            fig = plt.figure(figsize=(14, 7.5), constrained_layout=True)
+            fig = new_figure(figsize=(14, 7.5), layout="constrained")
             gs = fig.add_gridspec(2, 3, height_ratios=[1, 0.9])
             axes = [fig.add_subplot(gs[0, i]) for i in range(3)] + [fig.add_subplot(gs[1, :])]
         else:
-            fig, axes = plt.subplots(2, 1, figsize=(max(10, 0.42 * len(outcomes) + 3), 8.5),
-                                     constrained_layout=True, sharex=True)
+            fig, axes = subplots(2, 1, figsize=(max(10, 0.42 * len(outcomes) + 3), 8.5), sharex=True)
             axes = list(axes)
     else:
         axes = list(np.atleast_1d(axes))
         fig = axes[0].figure
     if few:
-        cmap = plt.get_cmap("tab10")
+        cmap = colormap("tab10")
         colors = [cmap(i % 10) for i in range(len(outcomes))]
         for o, color in zip(outcomes, colors):
             res = o.result
@@ -133,7 +128,7 @@ def plot_comparison(outcomes, axes=None, max_trajectories: int = 8, max_bands: i
         bar_axes = [(axes[3], "ratio", "Th17/Treg")]
     else:
         from .schema import QUESTIONS
-        qcmap = plt.get_cmap("tab10")
+        qcmap = colormap("tab10")
         qs = list(QUESTIONS)
         colors = [qcmap(qs.index(o.scenario.question) % 10) if o.scenario.question in qs else "grey"
                   for o in outcomes]
@@ -180,17 +175,13 @@ def plot_dose_response(table, axes=None):
     -------
     Figure, or None when the table holds no dose series.
     """
-    series = [("il2_dose", "il2_dose_miu", "IL-2 dose per injection (MIU)"),
-              ("sirolimus_dose", "sirolimus_mg_per_day", "sirolimus (mg/day, mean)")]
-    # the reference regimen is a point of both series (0.5 MIU; 0.5 mg every other day)
-    member = lambda q: (table["question"] == q) | (table["question"] == "reference")
-    series = [s for s in series if (table["question"] == s[0]).any() and member(s[0]).sum() >= 2]
+    series = dose_response_series(table)
     if not series:
         return None
-    plt = _plt()
+    member = lambda q: (table["question"] == q) | (table["question"] == "reference")
+    from tregpd.plotting import subplots
     if axes is None:
-        fig, axes = plt.subplots(len(series), 2, figsize=(9, 3.4 * len(series)), constrained_layout=True,
-                                 squeeze=False)
+        fig, axes = subplots(len(series), 2, figsize=(9, 3.4 * len(series)), squeeze=False)
     else:
         axes = np.atleast_2d(axes)
         fig = axes[0, 0].figure
@@ -211,6 +202,16 @@ def plot_dose_response(table, axes=None):
     return fig
 
 
+def dose_response_series(table) -> list:
+    """The dose series of a comparison table that :func:`plot_dose_response` draws (question, column, label);
+    empty = no figure."""
+    series = [("il2_dose", "il2_dose_miu", "IL-2 dose per injection (MIU)"),
+              ("sirolimus_dose", "sirolimus_mg_per_day", "sirolimus (mg/day, mean)")]
+    # the reference regimen is a point of both series (0.5 MIU; 0.5 mg every other day)
+    member = lambda q: (table["question"] == q) | (table["question"] == "reference")
+    return [s for s in series if (table["question"] == s[0]).any() and member(s[0]).sum() >= 2]
+
+
 def plot_dosefind(grid, best=None, reference=None, max_selectivity=None, ax=None):
     """Dose-finding grid: week-24 median ratio against the selectivity margin, feasible points filled.
 
@@ -220,9 +221,9 @@ def plot_dosefind(grid, best=None, reference=None, max_selectivity=None, ax=None
         ratio_median_w24, feasible, dose_miu)
     best, reference : dict rows to highlight
     """
-    plt = _plt()
+    from tregpd.plotting import subplots
     if ax is None:
-        fig, ax = plt.subplots(figsize=(6.4, 4.4), constrained_layout=True)
+        fig, ax = subplots(figsize=(6.4, 4.4))
     else:
         fig = ax.figure
     feas = grid["feasible"].to_numpy(dtype=bool)
@@ -244,4 +245,42 @@ def plot_dosefind(grid, best=None, reference=None, max_selectivity=None, ax=None
     ax.set_ylabel("Th17/Treg at week 24 (median)")
     ax.grid(alpha=0.3)
     ax.legend(frameon=False, fontsize=7)
+    return fig
+
+
+# ------------------------------------------------------------------------- for drawing in worker processes
+@dataclass
+class ScenarioTag:
+    """The scenario fields the comparison figures read."""
+
+    name: str
+    question: str
+    weeks: float
+
+
+@dataclass
+class OutcomeView:
+    """What the comparison figures read of a :class:`~tregpd.scenarios.runner.ScenarioOutcome` (scenario tag,
+    Treg/Th17/ratio trajectories, indexed summary); cheap to send to a figure worker."""
+
+    scenario: ScenarioTag
+    result: object
+    index: dict
+
+    def value(self, metric: str, week: float | None = None, statistic: str = "median") -> float:
+        from .metrics import lookup_index
+        return lookup_index(self.index, metric, week, statistic)
+
+    @classmethod
+    def of(cls, outcome) -> "OutcomeView":
+        from tregpd.plotting import Curves
+        sc = outcome.scenario
+        return cls(ScenarioTag(sc.name, sc.question, float(sc.weeks)), Curves.of(outcome.result), outcome._index())
+
+
+def comparison_figure(outcomes, title: str | None = None, **kwargs):
+    """:func:`plot_comparison` with an optional figure title."""
+    fig = plot_comparison(outcomes, **kwargs)
+    if title:
+        fig.suptitle(title, fontsize=10)
     return fig

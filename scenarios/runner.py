@@ -10,14 +10,15 @@ Per scenario, into ``out_dir/<name>/``:
   header comments and the Parquet metadata.
 * ``patients.parquet`` (``outputs`` contains "patients"): every patient's trajectory, tidy.
 * ``summary.csv``: the tidy summary (see :mod:`tregpd.scenarios.metrics`).
-* ``trajectories.png``: median and 90 % band of Treg, Th17 and ratio, with the healthy ranges.
+* ``trajectories.png``: median and 90 % band of Treg, Th17 and ratio, with the healthy ranges (when ``outputs``
+  contains "png" and the scenario's ``figures`` is true).
 * ``provenance.json``.
 
 Across scenarios (:func:`run_library`): ``comparison.csv`` and ``comparison.md`` (one row per scenario),
 ``answers.md`` (one short answer per study question present, see :mod:`tregpd.scenarios.questions`),
 ``summary_all.csv``, ``comparison.png`` (trajectories for up to 8 scenarios, else week-24 bar charts),
 ``comparison_<question>.png`` (trajectories of the reference and each study question's scenarios, for larger
-runs) and ``dose_response.png``.
+runs) and ``dose_response.png`` (unless ``figures=False``).
 """
 from __future__ import annotations
 
@@ -67,7 +68,15 @@ class ScenarioOutcome:
     seconds: float = 0.0
 
     def value(self, metric: str, week: float | None = None, statistic: str = "median") -> float:
-        return M.lookup(self.summary, metric, week, statistic)
+        return M.lookup_index(self._index(), metric, week, statistic)
+
+    def _index(self) -> dict:
+        # the summary indexed once (lookups by boolean masks over the frame dominated comparison tables)
+        cached = self.__dict__.get("_summary_index")
+        if cached is None or cached[0] is not self.summary:
+            cached = (self.summary, M.summary_index(self.summary))
+            self.__dict__["_summary_index"] = cached
+        return cached[1]
 
 
 def resolve_parameters(scenario: Scenario, parameters: ParameterSet | str | Path | None = None) -> ParameterSet:
@@ -171,7 +180,7 @@ def percentile_frame(res: SimulationResult, variables: Sequence[str] = TRAJECTOR
 
 
 def run_scenario(scenario: Scenario | str | Path, out_dir: str | Path | None, parameters=None,
-                 progress: bool = True, parallel: bool = True) -> ScenarioOutcome:
+                 progress: bool = True, parallel: bool = True, figure_writer=None) -> ScenarioOutcome:
     """Simulate one scenario and write its outputs into ``out_dir/<name>/``.
 
     Parameters
@@ -182,6 +191,7 @@ def run_scenario(scenario: Scenario | str | Path, out_dir: str | Path | None, pa
         Overrides the scenario file's ``parameters`` (see :func:`resolve_parameters`).
     progress : show a tqdm bar over patient chunks
     parallel : use the prange kernel
+    figure_writer : :class:`tregpd.plotting.FigureWriter`, optional (default: draw here, at once)
 
     Returns
     -------
@@ -199,7 +209,7 @@ def run_scenario(scenario: Scenario | str | Path, out_dir: str | Path | None, pa
     summary = summarise_result(scenario, res, exposure)
     outcome = ScenarioOutcome(scenario, res, summary, exposure, parameters=params)
     if out_dir is not None:
-        outcome.files = write_outputs(outcome, Path(out_dir) / scenario.name)
+        outcome.files = write_outputs(outcome, Path(out_dir) / scenario.name, figure_writer=figure_writer)
     outcome.seconds = time.perf_counter() - t0
     return outcome
 
@@ -211,8 +221,11 @@ def _provenance(outcome: ScenarioOutcome, **extra) -> dict:
         parameter_source=sc.parameters, failures=[list(f) for f in outcome.result.failures()[:20]], **extra)
 
 
-def write_outputs(outcome: ScenarioOutcome, folder: Path) -> list[Path]:
-    """Write a scenario's trajectories, summary, figure and provenance into ``folder``; returns the paths."""
+def write_outputs(outcome: ScenarioOutcome, folder: Path, figure_writer=None) -> list[Path]:
+    """Write a scenario's trajectories, summary, figure and provenance into ``folder``; returns the paths.
+
+    The figure is drawn by ``figure_writer`` (a :class:`tregpd.plotting.FigureWriter`; default: here, at once);
+    with a writer that has workers it is on disk once the writer is closed."""
     sc = outcome.scenario
     prov = _provenance(outcome, command="tregpd scenarios run")
     files = []
@@ -225,13 +238,14 @@ def write_outputs(outcome: ScenarioOutcome, folder: Path) -> list[Path]:
         files.append(atomic_write_frame(folder / "patients.parquet",
                                         outcome.result.to_frame(["naive", "treg", "th17", "ratio"]), prov))
     files.append(atomic_write_frame(folder / "summary.csv", outcome.summary, prov))
-    if "png" in sc.outputs:
+    if "png" in sc.outputs and sc.figures:
         from . import plots
+        from tregpd.plotting import Curves, FigureWriter
         import textwrap
         title = textwrap.fill(f"{sc.name}: {sc.description}", width=150)
-        fig = plots.plot_scenario(outcome.result, title=title, ratio_target=sc.ratio_target)
-        files.append(atomic_save_figure(folder / "trajectories.png", fig, bbox_inches=None))
-        plots.close(fig)
+        writer = figure_writer if figure_writer is not None else FigureWriter()
+        files.append(writer.submit(plots.plot_scenario, folder / "trajectories.png", Curves.of(outcome.result),
+                                   title=title, ratio_target=sc.ratio_target, save={"bbox_inches": None}))
     files.append(atomic_write_json(folder / "provenance.json", prov))
     return files
 
@@ -255,11 +269,11 @@ def mean_daily_dose(scenario: Scenario, drug: str) -> float:
 
 def comparison_row(outcome: ScenarioOutcome) -> dict:
     """One row of the cross-scenario comparison (numbers, unformatted)."""
-    s = outcome.summary
     sc = outcome.scenario
     w = 24.0 if sc.weeks >= 24 - 1e-9 else float(sc.weeks)
     end = float(sc.weeks)
-    L = M.lookup
+    s = outcome._index()
+    L = M.lookup_index
     return {
         "scenario": sc.name, "question": sc.question, "weeks": sc.weeks, "report_week": w,
         "n_patients": int(L(s, "n_patients", statistic="count")), "n_failed": int(L(s, "n_failed", statistic="count")),
@@ -333,7 +347,8 @@ class LibraryRun:
 
 def run_library(paths: Sequence[str | Path | Scenario], out_dir: str | Path | None, parameters=None,
                 progress: bool = True, population: int | None = None, output_step_day: float | None = None,
-                parallel: bool = True, figures: bool = True, ratio_target: float | None = None) -> LibraryRun:
+                parallel: bool = True, figures: bool = True, ratio_target: float | None = None,
+                figure_workers: int | None = 0) -> LibraryRun:
     """Run several scenarios and compare them.
 
     Parameters
@@ -343,6 +358,12 @@ def run_library(paths: Sequence[str | Path | Scenario], out_dir: str | Path | No
     parameters : ParameterSet or parameter file, optional
         Used for every scenario (e.g. the fitted set from ``tregpd all``); default: each file's own choice.
     progress : tqdm bar over scenarios
+    figures : False: no PNG at all (neither per scenario nor across scenarios); True: per-scenario figures as
+        each file's ``outputs``/``figures`` say, and the comparison figures unless every scenario has
+        ``figures = false``
+    figure_workers : processes drawing the figures while the scenarios run (0, the default: draw here; None:
+        automatic, see :func:`tregpd.plotting.figure_workers`; the ``tregpd`` command uses automatic). Workers
+        are spawned: the main module must import without side effects.
     population, output_step_day, ratio_target : optional overrides for every scenario (e.g. a quick smoke run,
         or a healthy-range ratio target instead of the study's week-24 median 0.29)
 
@@ -365,10 +386,25 @@ def run_library(paths: Sequence[str | Path | Scenario], out_dir: str | Path | No
         over["output_step_day"] = output_step_day
     if ratio_target is not None:
         over["ratio_target"] = ratio_target
+    if not figures:
+        over["figures"] = False
+    figures = figures and any(s.figures for s in scenarios)
     if over:
         scenarios = [s.with_overrides(**over) for s in scenarios]
     if isinstance(parameters, (str, Path)):
         parameters = load_parameters(parameters)
+    from tregpd.plotting import FigureWriter, figure_workers as auto_workers
+    n_figures = 0
+    if out_dir is not None and figures:
+        n_figures = sum("png" in s.outputs and s.figures for s in scenarios) + 2 + len(QUESTIONS)
+    workers = auto_workers(n_figures, figure_workers) if n_figures else 0
+    with FigureWriter(workers, warm=("tregpd.scenarios.plots",)) as writer:
+        run = _run_library(scenarios, out_dir, parameters, progress, parallel, figures, writer)
+    run.seconds = time.perf_counter() - t0
+    return run
+
+
+def _run_library(scenarios, out_dir, parameters, progress, parallel, figures, writer) -> LibraryRun:
     outcomes = []
     it = scenarios
     if progress:
@@ -377,7 +413,8 @@ def run_library(paths: Sequence[str | Path | Scenario], out_dir: str | Path | No
     for sc in it:
         if progress:
             it.set_postfix_str(sc.name)
-        outcomes.append(run_scenario(sc, out_dir, parameters=parameters, progress=False, parallel=parallel))
+        outcomes.append(run_scenario(sc, out_dir, parameters=parameters, progress=False, parallel=parallel,
+                                     figure_writer=writer))
     table = comparison_table(outcomes)
     rank = {n: i for i, n in enumerate(table["scenario"])}
     outcomes.sort(key=lambda o: rank[o.scenario.name])
@@ -398,21 +435,18 @@ def run_library(paths: Sequence[str | Path | Scenario], out_dir: str | Path | No
                                         pd.concat([o.summary for o in outcomes], ignore_index=True), prov))
         if figures:
             from . import plots
-            fig = plots.plot_comparison(outcomes)
-            files.append(atomic_save_figure(out / "comparison.png", fig, bbox_inches=None))
-            plots.close(fig)
+            views = [plots.OutcomeView.of(o) for o in outcomes]
+            save = {"bbox_inches": None}
+            files.append(writer.submit(plots.comparison_figure, out / "comparison.png", views, save=save))
             # per-question trajectory comparisons (reference + the scenarios tagged with the question)
             questions = [q for q in QUESTIONS if q != "reference"
                          and any(o.scenario.question == q for o in outcomes)]
             if len(outcomes) > 8 and questions:
                 for q in questions:
-                    group = [o for o in outcomes if o.scenario.question in ("reference", q)]
-                    fig = plots.plot_comparison(group, max_trajectories=max(8, len(group)))
-                    fig.suptitle(f"{q}: {QUESTIONS[q]}", fontsize=10)
-                    files.append(atomic_save_figure(out / f"comparison_{q}.png", fig, bbox_inches=None))
-                    plots.close(fig)
-            fig = plots.plot_dose_response(table)
-            if fig is not None:
-                files.append(atomic_save_figure(out / "dose_response.png", fig, bbox_inches=None))
-                plots.close(fig)
-    return LibraryRun(outcomes, table, md, files, time.perf_counter() - t0)
+                    group = [v for v in views if v.scenario.question in ("reference", q)]
+                    files.append(writer.submit(plots.comparison_figure, out / f"comparison_{q}.png", group,
+                                               title=f"{q}: {QUESTIONS[q]}", max_trajectories=max(8, len(group)),
+                                               save=save))
+            if plots.dose_response_series(table):
+                files.append(writer.submit(plots.plot_dose_response, out / "dose_response.png", table, save=save))
+    return LibraryRun(outcomes, table, md, files, 0.0)

@@ -22,6 +22,7 @@ drug schedule). Every key is checked; an unknown key anywhere is an error naming
     outputs = ["csv", "parquet", "png"]   # any of "csv", "parquet", "png", "patients" (all patients, parquet)
     output_step_day = 1.0            # trajectory grid spacing in days, > 0 and <= 7
     ratio_target = 0.29              # optional; Th17/Treg target for "time below target" (default 0.29)
+    figures = true                   # optional; false = no PNG for this scenario (scripted runs; the quickest)
 
     [regimen]
     assumption = ""                  # optional, as in Regimen.from_dict
@@ -65,23 +66,13 @@ from tregpd.model.parameters import PARAMETER_NAMES
 from tregpd.safeio import check_memory, check_nesting, load_toml, read_text_file, shorten
 from tregpd.model.kernels import N_OUT  # values each patient stores per output time
 
-#: Study questions a scenario can be tagged with (``question`` key); the runner groups figures by them.
-QUESTIONS: Mapping[str, str] = {
-    "reference": "the study's (assumed) reference regimen",
-    "combination": "each drug alone and both together",
-    "il2_dose": "IL-2 dose-response on the reference frequency",
-    "il2_frequency": "IL-2 dosing frequency at fixed dose",
-    "trial_regimens": "regimens of other low-dose IL-2 / sirolimus trials",
-    "sirolimus_dose": "sirolimus dose-response",
-    "duration": "treatment duration",
-    "washout": "stopping treatment and washout",
-}
+from .catalog import QUESTIONS  # defined without heavy imports, for the CLI parser
 OUTPUT_KINDS = ("csv", "parquet", "png", "patients")
 #: Default Th17/Treg target: the study's week-24 median (seed abstract; FOUNDING DOC).
 DEFAULT_RATIO_TARGET = 0.29
 
 _SCENARIO_KEYS = {"name", "description", "source", "assumption", "question", "weeks", "parameters",
-                  "population", "seed", "iiv", "outputs", "output_step_day", "ratio_target"}
+                  "population", "seed", "iiv", "outputs", "output_step_day", "ratio_target", "figures"}
 _REQUIRED = ("name", "description", "weeks")
 #: the whole name (fullmatch): "$" would also accept a trailing newline
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_\-]{0,99}")
@@ -108,6 +99,9 @@ class Scenario:
     outputs : tuple of str
     output_step_day : float
     ratio_target : float
+    figures : bool
+        False: no figure for this scenario, whatever ``outputs`` says (``tregpd scenarios run --no-figures``
+        sets it on every scenario).
     regimen : Regimen
     path : Path or None
         The file it was read from.
@@ -127,6 +121,7 @@ class Scenario:
     outputs: tuple[str, ...] = ("csv", "parquet", "png")
     output_step_day: float = 1.0
     ratio_target: float = DEFAULT_RATIO_TARGET
+    figures: bool = True
     path: Path | None = None
 
     @property
@@ -165,7 +160,7 @@ class Scenario:
               "assumption": self.assumption, "question": self.question, "weeks": self.weeks,
               "parameters": self.parameters, "population": self.population, "seed": self.seed,
               "outputs": list(self.outputs), "output_step_day": self.output_step_day,
-              "ratio_target": self.ratio_target}
+              "ratio_target": self.ratio_target, "figures": self.figures}
         if self.iiv is not None:
             sc["iiv"] = dict(self.iiv)
         reg = self.regimen.to_dict()
@@ -309,6 +304,10 @@ def parse_scenario(data: Mapping[str, Any], origin: str = "<scenario>", base_dir
     if bad:
         raise _err(origin, "outputs", f"unknown output kinds {shorten(bad)}; allowed: {list(OUTPUT_KINDS)}")
 
+    figures = sc.get("figures", True)
+    if not isinstance(figures, bool):
+        raise _err(origin, "figures", f"must be true or false, got {figures!r}")
+
     reg_data = data.get("regimen", {})
     if not isinstance(reg_data, Mapping):
         raise ScenarioError(f"{origin}: [regimen] must be a table")
@@ -346,7 +345,7 @@ def parse_scenario(data: Mapping[str, Any], origin: str = "<scenario>", base_dir
     return Scenario(name=name, description=description, weeks=weeks, regimen=regimen,
                     source=_string(sc, "source", origin), assumption=assumption, question=question,
                     parameters=params, population=population, seed=seed, iiv=iiv, outputs=tuple(outputs),
-                    output_step_day=step, ratio_target=target,
+                    output_step_day=step, ratio_target=target, figures=figures,
                     path=Path(origin) if origin and not origin.startswith("<") else None)
 
 

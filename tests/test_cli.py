@@ -171,3 +171,60 @@ def test_interrupt_exits_130_and_leaves_no_partial_file(tmp_path, capsys, monkey
     assert names == ["provenance.json", "trajectory.csv"]  # complete files only; no .tmp left behind
     json.loads((out / "provenance.json").read_text())
     assert len(pd.read_csv(out / "trajectory.csv", comment="#")) > 0
+
+
+HEAVY = ("numba", "numpy", "pandas", "matplotlib", "scipy", "lmfit", "dask", "pyarrow")
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["simulate", "--help"], ["scenarios", "run", "--help"],
+                                  ["simulate", "--no-such-flag"], ["--version"]])
+def test_parser_imports_nothing_heavy(argv):
+    """``tregpd --help``, ``--version`` and argument errors build the parser only: no numba, numpy, pandas,
+    matplotlib, scipy, lmfit, dask or pyarrow is imported (that is what makes them answer in well under 0.3 s)."""
+    code = (
+        "import sys, tregpd.cli\n"
+        "parser = tregpd.cli.build_parser()\n"
+        "try:\n"
+        f"    parser.parse_args({argv!r})\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        f"heavy = sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r})\n"
+        "print('HEAVY', heavy, file=sys.stderr)\n"
+        "assert not heavy, heavy\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "HEAVY []" in proc.stderr
+
+
+def test_package_import_is_lazy_but_complete():
+    """``import tregpd`` is light; the public names still resolve (to the same objects as the submodules')."""
+    code = (
+        "import sys, tregpd, tregpd.model, tregpd.fitting, tregpd.scenarios\n"
+        "assert 'numba' not in sys.modules and 'numpy' not in sys.modules\n"
+        "import tregpd.model.simulate as S\n"          # importing the submodule keeps the exported function
+        "from tregpd.model import simulate, kernels\n"
+        "from tregpd.model.simulate import simulate_population\n"
+        "assert callable(simulate) and simulate is tregpd.simulate and simulate is S\n"
+        "assert tregpd.model.simulate_population is simulate_population\n"
+        "for pkg in (tregpd, tregpd.model, tregpd.fitting, tregpd.scenarios):\n"
+        "    missing = [n for n in pkg.__all__ if not hasattr(pkg, n)]\n"
+        "    assert not missing, (pkg.__name__, missing)\n"
+        "    assert set(pkg.__all__) <= set(dir(pkg))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_trajectory_csv_matches_the_frame_writer(tmp_path):
+    """``tregpd simulate`` writes its CSV without pandas; the bytes equal the pandas writer's on to_frame()."""
+    from tregpd.model import default_parameters, sample_population, simulate, simulate_population
+    from tregpd.model.cli import trajectory_csv
+    from tregpd.model.io import atomic_write_frame
+    prov = {"command": "x", "seed": 3, "list": [1.5, "a"]}
+    one = simulate(default_parameters(), reference_regimen(6), t_end_day=42.0, output_step_day=0.5)
+    theta = sample_population(default_parameters(), 5, seed=3)
+    many = simulate_population(theta, reference_regimen(6), t_out=np.linspace(0.0, 42.0, 13))
+    many.status[1] = 1                                          # a failed patient is left out by both
+    many.values[2, 3, 0] = np.nan                               # NaN: an empty field
+    for res in (one, many):
+        ref = atomic_write_frame(tmp_path / "ref.csv", res.to_frame(), prov).read_text()
+        assert trajectory_csv(res, prov) == ref

@@ -419,3 +419,88 @@ def test_time_below_plus_time_above_is_the_whole_period(values, target):
     above = time_below(t, -v[None, :], -target)[0]
     assert 0.0 <= below <= t[-1] + 1e-12
     assert below + above == pytest.approx(t[-1], abs=1e-9) or np.any(np.isclose(v, target))
+
+
+# ------------------------------------------------------------------------------------------------ figures
+def test_cli_no_figures_writes_tables_but_no_png(tmp_path, capsys):
+    lib = Path(LIBRARY[0]).parent
+    files = [str(lib / "shanxi_reference.toml"), str(lib / "il2_dose_1p0miu.toml")]
+    rc = cli_main(["scenarios", "run", *files, "--population", "4", "--step-day", "7", "--out", str(tmp_path),
+                   "--no-progress", "--no-figures"])
+    assert rc == 0, capsys.readouterr().err
+    assert "| shanxi_reference | 24 |" in capsys.readouterr().out
+    for name in ("comparison.csv", "comparison.md", "summary_all.csv", "shanxi_reference/trajectories.csv",
+                 "shanxi_reference/trajectories.parquet", "shanxi_reference/summary.csv",
+                 "shanxi_reference/provenance.json", "il2_dose_1p0miu/summary.csv"):
+        assert (tmp_path / name).is_file(), name
+    assert not list(tmp_path.rglob("*.png"))
+    prov = json.loads((tmp_path / "shanxi_reference" / "provenance.json").read_text())
+    assert prov["scenario"]["scenario"]["figures"] is False
+
+
+def test_figures_key_in_scenario_files(tmp_path):
+    sc = load_scenario(write(tmp_path, GOOD.replace("weeks = 4", "weeks = 4\nfigures = false")))
+    assert sc.figures is False and sc.to_dict()["scenario"]["figures"] is False
+    assert load_scenario(write(tmp_path, GOOD)).figures is True                    # default
+    assert load_scenario(write(tmp_path, GOOD.replace("weeks = 4", "weeks = 4\nfigures = true"))).figures
+    for bad in ('"no"', "0", "1", '"false"'):
+        with pytest.raises(ScenarioError, match=r"\[scenario\] figures: must be true or false"):
+            load_scenario(write(tmp_path, GOOD.replace("weeks = 4", f"weeks = 4\nfigures = {bad}")))
+    # a scenario with figures = false writes no PNG, even with "png" in outputs; the others still do
+    off = write(tmp_path, GOOD.replace("weeks = 4", 'weeks = 4\nfigures = false\noutputs = ["csv", "png"]'),
+                "off.toml")
+    on = write(tmp_path, GOOD.replace('name = "t1"', 'name = "t2"').replace("weeks = 4", 'weeks = 4\noutputs = ["csv", "png"]'),
+               "on.toml")
+    run_library([off, on], tmp_path / "out", progress=False)
+    assert not (tmp_path / "out" / "t1" / "trajectories.png").exists()
+    assert (tmp_path / "out" / "t2" / "trajectories.png").is_file()
+    assert (tmp_path / "out" / "comparison.png").is_file()
+    # every scenario figures = false: no comparison figure either
+    run_library([off], tmp_path / "out2", progress=False)
+    assert not list((tmp_path / "out2").rglob("*.png"))
+    assert (tmp_path / "out2" / "comparison.csv").is_file()
+
+
+def test_summary_index_lookup_matches_frame_lookup():
+    sc = load_scenario(LIBRARY[0]).with_overrides(population=4, output_step_day=7.0)
+    out = run_scenario(sc, None, progress=False)
+    idx = M.summary_index(out.summary)
+    keys = {(m, s) for m, s in zip(out.summary["metric"], out.summary["statistic"])}
+    for metric, stat in sorted(keys):
+        for week in (None, 0.0, 6.0, 24.0, 23.0):
+            a, b = M.lookup(out.summary, metric, week, stat), M.lookup_index(idx, metric, week, stat)
+            assert (math.isnan(a) and math.isnan(b)) or a == b, (metric, stat, week)
+    assert math.isnan(M.lookup_index(idx, "no_such_metric"))
+
+
+def test_figures_drawn_by_worker_processes_match_the_inline_run(tmp_path):
+    """``figure_workers`` (what the CLI uses for larger runs) writes the same files; tables are identical."""
+    lib = Path(LIBRARY[0]).parent
+    files = [lib / f"{n}.toml" for n in ("shanxi_reference", "il2_alone", "il2_dose_1p0miu", "untreated")]
+    kw = dict(population=3, output_step_day=7.0, progress=False)
+    inline = run_library(files, tmp_path / "a", figure_workers=0, **kw)
+    pooled = run_library(files, tmp_path / "b", figure_workers=2, **kw)
+    names = sorted(str(p.relative_to(tmp_path / "a")) for p in (tmp_path / "a").rglob("*.png"))
+    assert names == sorted(str(p.relative_to(tmp_path / "b")) for p in (tmp_path / "b").rglob("*.png"))
+    assert "comparison.png" in names and "dose_response.png" in names and "untreated/trajectories.png" in names
+    for name in names:
+        assert (tmp_path / "b" / name).read_bytes()[:4] == b"\x89PNG", name
+    assert [Path(f).name for f in inline.files] == [Path(f).name for f in pooled.files]
+    assert (tmp_path / "a" / "comparison.md").read_text() == (tmp_path / "b" / "comparison.md").read_text()
+
+
+def test_figure_writer_errors_propagate_and_workers_auto(tmp_path, monkeypatch):
+    from tregpd import plotting
+    monkeypatch.delenv(plotting.WORKERS_ENV, raising=False)
+    assert plotting.figure_workers(3) == 0                       # too few figures to repay starting workers
+    monkeypatch.setattr(plotting.os, "getloadavg", lambda: (64.0, 64.0, 64.0))
+    assert plotting.figure_workers(40) == 0                      # no idle CPU: workers would only add start-up
+    assert plotting.figure_workers(40, requested=0) == 0
+    assert plotting.figure_workers(1, requested=4) == 1          # never more workers than figures
+    monkeypatch.setenv(plotting.WORKERS_ENV, "0")
+    assert plotting.figure_workers(40) == 0
+    curves = plotting.Curves(np.arange(3.0), {v: np.ones((2, 3)) for v in ("treg", "th17", "ratio")})
+    with pytest.raises(OSError):
+        with plotting.FigureWriter(workers=1) as w:               # unwritable target: the error reaches us
+            (tmp_path / "file").write_text("x")
+            w.submit(plotting.plot_trajectory, tmp_path / "file" / "sub" / "x.png", curves)
