@@ -49,6 +49,8 @@ CONCLUSION_LABELS = {
     "combo_ratio_fold": "reference scenario (IL-2 + sirolimus + taper): week-24 Th17/Treg fold change",
     "il2_alone_treg_fold": "IL-2 alone (+ taper, no sirolimus): week-24 Treg fold change",
     "il2_alone_ratio_fold": "IL-2 alone (+ taper, no sirolimus): week-24 Th17/Treg fold change",
+    "sat0261_treg_fold_pred": "SAT0261 fit (its own hypothesised regimen): predicted week-24 Treg fold change",
+    "sat0261_ratio_fold_pred": "SAT0261 fit (its own hypothesised regimen): predicted week-24 Th17/Treg fold change",
 }
 
 
