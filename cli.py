@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "tregpd.fitting.calibrate",
     "tregpd.fitting.cli",
     "tregpd.fitting.validate_cli",
+    "tregpd.fitting.hypotheses_cli",
     "tregpd.scenarios.cli",
     "tregpd.scenarios.scale_cli",
     "tregpd.pipeline",

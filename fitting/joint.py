@@ -50,7 +50,7 @@ from tregpd.model.parameters import ParameterSet
 from tregpd.model.population import DEFAULT_IIV, sample_population
 from tregpd.model.structures import get_model
 
-from .calibration import load_calibration, load_regimens, parse_check
+from .calibration import StudyRegimen, load_calibration, load_regimens, parse_check
 from .validate import StudySimulation, evaluate_check, row_quantity
 
 #: hinge scales of the soft constraints: a violation of this size (log units) counts as one SE
@@ -98,6 +98,9 @@ class JointProblem:
     n_population, seed : population mode only
     use_checks : bool
         Include the qualitative facts as soft constraints.
+    regimens : mapping regimen id -> StudyRegimen, optional
+        The regimen table (default: the bundled one, :func:`load_regimens`); pass a modified copy to fit under
+        another regimen hypothesis (:mod:`tregpd.fitting.regimen_hypotheses`).
     """
 
     model: str
@@ -109,6 +112,7 @@ class JointProblem:
     seed: int = 20170614
     use_checks: bool = True
     iiv: Mapping[str, float] | None = None
+    regimens: Mapping[str, StudyRegimen] | None = field(default=None, repr=False)
 
     def __post_init__(self):
         self.structure = get_model(self.model)
@@ -119,7 +123,7 @@ class JointProblem:
             raise JointFitError(f"model {self.model!r} does not read the free parameter(s) {unknown}")
         if self.mode not in ("typical", "population"):
             raise JointFitError(f"mode must be 'typical' or 'population', got {self.mode!r}")
-        self.regimens = load_regimens()
+        self.regimens = dict(self.regimens) if self.regimens is not None else load_regimens()
         cal = load_calibration(regimens=self.regimens)
         self.rows = cal[cal["weight_class"].isin(["calibration", "loose_check"])].reset_index(drop=True)
         self.checks = cal[cal["weight_class"] == "qualitative"].reset_index(drop=True) if self.use_checks \
@@ -353,7 +357,8 @@ def profile(fit: StructureFit, name: str, n_points: int = 7, max_nfev: int = 150
     for v in grid:
         sub = JointProblem(prob.model, base=prob.base, free=[n for n in prob.free if n != name],
                            fit_potency=prob.fit_potency and name != "potency_chinese_rhil2", mode=prob.mode,
-                           n_population=prob.n_population, seed=prob.seed, use_checks=prob.use_checks)
+                           n_population=prob.n_population, seed=prob.seed, use_checks=prob.use_checks,
+                           iiv=prob.iiv, regimens=prob.regimens)
         fixed = dict(best)
         fixed[name] = v
         if name == "potency_chinese_rhil2":
