@@ -21,14 +21,11 @@ from __future__ import annotations
 import argparse
 import math
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
-
-from .joint import (DELTA_AIC_SIMPLER, JointProblem, StructureFit, compare_structures, fit_structure,
-                    fit_summary, profile, residual_table)
+#: a structure with fewer free parameters within this ΔAIC of the best is preferred (same as joint.py)
+DELTA_AIC_SIMPLER = 2.0
 
 DELTA_CHI2_95 = 3.841458820694124
 #: structures compared by default (every bundled one)
@@ -49,7 +46,7 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def choose(fits: list[StructureFit]) -> StructureFit:
+def choose(fits: list) -> "StructureFit":  # noqa: F821
     """Lowest AIC, unless a structure with fewer free parameters is within DELTA_AIC_SIMPLER of it."""
     best = min(fits, key=lambda f: f.aic)
     simpler = [f for f in fits if f.n_free < best.n_free and f.aic - best.aic <= DELTA_AIC_SIMPLER]
@@ -57,14 +54,17 @@ def choose(fits: list[StructureFit]) -> StructureFit:
 
 
 def _profile_job(args):
+    from .joint import JointProblem, fit_structure, profile
     model, values, name, n_points = args
     prob = JointProblem(model)
     fit = fit_structure(prob, start=values, max_nfev=60)
     return profile(fit, name, n_points=n_points, max_nfev=60)
 
 
-def profiles(fit: StructureFit, n_points: int = 5, workers: int = 2):
+def profiles(fit, n_points: int = 5, workers: int = 2):
     import pandas as pd
+    from concurrent.futures import ProcessPoolExecutor
+    from .joint import profile
     names = list(fit.problem.parameter_names)
     jobs = [(fit.problem.model, fit.values, n, n_points) for n in names]
     if workers > 1:
@@ -80,6 +80,7 @@ def profiles(fit: StructureFit, n_points: int = 5, workers: int = 2):
 
 def classify(prof, name: str, lower: float, upper: float) -> str:
     """'identified' (Δchi2 > 3.84 on both sides), 'bounded' (one side only) or 'not identified'."""
+    import numpy as np
     d = prof[prof["parameter"] == name].sort_values("value")
     if d.empty:
         return "not profiled"
@@ -89,11 +90,11 @@ def classify(prof, name: str, lower: float, upper: float) -> str:
     return "identified" if (left and right) else ("bounded" if (left or right) else "not identified")
 
 
-def studies_of(problem: JointProblem) -> str:
+def studies_of(problem) -> str:
     return ", ".join(dict.fromkeys(list(problem.rows["study"]) + list(problem.checks["study"])))
 
 
-def calibrated_parameter_set(fit: StructureFit, roles: dict[str, str]):
+def calibrated_parameter_set(fit, roles: dict[str, str]):
     """The parameter file of the chosen structure: fitted values with role and calibrating studies."""
     ps = fit.problem.parameter_set(fit.values)
     studies = studies_of(fit.problem)
@@ -144,6 +145,7 @@ def run_calibration(out: Path, models=None, do_profiles: bool = True, n_points: 
                     progress=print) -> dict:
     import pandas as pd
     from tregpd.model.io import atomic_write_frame, atomic_write_json, atomic_write_text, provenance
+    from .joint import JointProblem, compare_structures, fit_structure, fit_summary, residual_table
     t0 = time.perf_counter()
     models = list(models or DEFAULT_COMPARISON)
     fits, table = compare_structures(models, progress=lambda f: progress(

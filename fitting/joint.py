@@ -383,7 +383,9 @@ def profile(fit: StructureFit, name: str, n_points: int = 7, max_nfev: int = 150
 def fit_summary(fit: StructureFit) -> str:
     """lmfit's own report of a structure fit, headed by what was fitted."""
     import lmfit
-    head = (f"model {fit.problem.model} ({fit.problem.mode} mode): {fit.n_free} free parameters, "
+    head = ("lmfit's own AIC/BIC below assume an estimated error scale; the model comparison uses "
+            "chi2 + 2k and chi2 + k ln n with the studies' stated SEs (known variance).\n"
+            f"model {fit.problem.model} ({fit.problem.mode} mode): {fit.n_free} free parameters, "
             f"{len(fit.problem.rows)} numbers + {len(fit.problem.checks)} soft facts; chi2 numbers "
             f"{fit.chi2_gauss:.2f}, facts {fit.chi2_hinge:.2f}; {fit.seconds:.1f} s, {fit.result.nfev} "
             "evaluations\n")

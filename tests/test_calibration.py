@@ -115,7 +115,8 @@ def test_every_three_days_bsa_regimen_by_hand(regimens):
 def test_potency_scales_only_its_product(regimens):
     base = study_regimen("sat0261", regimens=regimens).events()
     pot = study_regimen("sat0261", potency={"chinese_rhil2": 0.5, "aldesleukin": 3.0}, regimens=regimens).events()
-    il2 = base.cmt == 1
+    il2 = base.cmt == 10          # Chinese rhIL-2 s.c.: its own compartment (the model's potency parameter)
+    assert il2.any() and not (base.cmt == 1).any()
     np.testing.assert_allclose(pot.amount[il2], 0.5 * base.amount[il2])
     np.testing.assert_allclose(pot.amount[~il2], base.amount[~il2])  # sirolimus and taper untouched
     assert base.amount[il2][0] == pytest.approx(0.5e6)

@@ -106,7 +106,7 @@ def _toy_checks():
     reg = reference_regimen(6)
     times = [0.0, 1.5, 10.0, 28.2, 42.0]
     res = simulate(params, reg, t_out=times, rtol=1e-11, atol=1e-12, model="toy_memory_treg")
-    base = simulate(params, reg, t_out=times, rtol=1e-11, atol=1e-12)
+    base = simulate(params, reg, t_out=times, rtol=1e-11, atol=1e-12, model="sat0261_v1")
     np.testing.assert_allclose(res.get("treg")[0], base.get("treg")[0], rtol=1e-8)   # one-way coupling
     with pytest.raises(Exception, match="toy_memory_rate"):
         default_parameters().to_theta("toy_memory_treg")
@@ -163,7 +163,7 @@ def test_equation_listing_is_generated_from_the_declaration():
 def test_default_kernel_module_attributes_are_the_default_structures():
     m = get_model(None)
     assert K.N_OUT == len(m.output_names) and K.N_THETA == len(m.parameter_names)
-    assert K.for_model(None) is K.for_model("sat0261_v1")
+    assert K.for_model(None) is K.for_model(m.name)
     assert K.for_model("v1_waning") is not K.for_model(None)
 
 

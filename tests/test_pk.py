@@ -105,14 +105,15 @@ def test_il2_multiple_doses_superpose(params, reference):
     t = np.array([0.0, 0.3, 1.0, 2.5, 4.0, 4.2, 5.0, 7.0, 28.0, 28.5, 30.1, 33.0, 56.25, 140.5, 141.9])
     res = simulate(params, reference, t_out=t)
     ev = reference.events()
-    il2 = ev.cmt == 1
-    ref = sum(bateman(t - td, a, params) for td, a in zip(ev.time_day[il2], ev.amount[il2]))
+    il2 = ev.cmt == 10   # the reference regimen's Chinese rhIL-2 s.c.: dose x its potency parameter
+    pot = params.value("il2_potency_chinese_rhil2")
+    ref = sum(bateman(t - td, a * pot, params) for td, a in zip(ev.time_day[il2], ev.amount[il2]))
     scale = ref.max()
     np.testing.assert_allclose(res.get("c_il2")[0], ref, rtol=1e-10, atol=1e-12 * scale)
     # cumulative AUC = sum of per-dose integrals up to t
     auc = res.get("auc_il2")[0]
     for k in (4, 9, 13):
-        q = sum(quad(lambda s: bateman(s, a, params), 0, t[k] - td, epsabs=0, epsrel=1e-12, limit=200)[0]
+        q = sum(quad(lambda s: bateman(s, a * pot, params), 0, t[k] - td, epsabs=0, epsrel=1e-12, limit=200)[0]
                 for td, a in zip(ev.time_day[il2], ev.amount[il2]) if td < t[k])
         assert auc[k] == pytest.approx(q, rel=1e-9)
 

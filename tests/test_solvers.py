@@ -31,8 +31,14 @@ import numpy as np
 import pytest
 from scipy.integrate import solve_ivp
 
-from tregpd.model import SolverOptions, default_parameters, no_treatment, simulate
+from functools import partial
+
+from tregpd.model import SolverOptions, default_parameters, no_treatment
+from tregpd.model import simulate as _simulate
 from tregpd.model.kernels import STATUS_OK
+
+#: the independent right-hand side below is that of the structure sat0261_v1
+simulate = partial(_simulate, model="sat0261_v1")
 
 NO_JIT = os.environ.get("NUMBA_DISABLE_JIT", "0") not in ("", "0")
 
@@ -100,8 +106,11 @@ def reference_solution(p, regimen, t_out, method, rtol=1e-10):
         for td, c, a in zip(ev.time_day, ev.cmt, ev.amount):
             if td == t and c == 9:    # CMT 9 sets the prednisone level (mg/day)
                 v["gc_g"] = glucocorticoid_factor(a, v)
-            elif td == t:
-                y[int(c) - 1] += a * (v["il2_bioavailability"] if c == 1 else 1.0)
+            elif td == t:   # product compartments 10-13: same depot/central, scaled by the product's potency
+                pot = {10: v["il2_potency_chinese_rhil2"], 11: v["il2_potency_chinese_rhil2"],
+                       12: v["il2_potency_ilt101"], 13: v["il2_potency_ilt101"]}.get(int(c), 1.0)
+                target = {10: 1, 11: 2, 12: 1, 13: 2}.get(int(c), int(c))
+                y[target - 1] += a * pot * (v["il2_bioavailability"] if target == 1 else 1.0)
         out[t_out == t] = y
         if k + 1 < breaks.size:
             sol = solve_ivp(reference_rhs, (t, breaks[k + 1]), y, method=method, rtol=rtol, atol=atol,
