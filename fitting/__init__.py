@@ -13,5 +13,6 @@ __all__ = attach(__name__, {
     "optimise": ("build_parameters", "make_minimizer", "minimize", "profile_likelihood", "confidence_intervals",
                  "sample_posterior", "Profile", "FitError", "DELTA_CHI2_95"),
     "workflow": ("fit_typical", "fit_population", "run_fit", "FitOutcome", "TypicalFit", "PopulationFit",
-                 "fitted_parameter_set"),
+                 "fitted_parameter_set", "PoorFitError"),
+    "report": ("FitVerdict", "assess_fit", "RESIDUAL_LIMIT_SE"),
 })

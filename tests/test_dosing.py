@@ -37,8 +37,9 @@ def test_units_and_routes():
 def test_reference_regimen_events():
     reg = reference_regimen(weeks=24)
     ev = reg.events()
-    il2 = ev.time_day[ev.cmt == 1]
+    il2 = ev.time_day[ev.cmt == 10]    # the Shanxi group's Chinese rhIL-2 s.c. (its own compartment)
     rapa = ev.time_day[ev.cmt == 3]
+    assert not np.any(ev.cmt == 1)
     assert il2.size == 6 * 5  # 6 courses of 5 daily doses in 168 days
     np.testing.assert_array_equal(il2[:6], [0, 1, 2, 3, 4, 28])
     assert il2.max() == 140.0 + 4
@@ -49,7 +50,7 @@ def test_reference_regimen_events():
     assert "ASSUMPTION" in reg.assumption and reg.assumption == REFERENCE_ASSUMPTION
     # same-time doses are ordered by compartment
     both = np.flatnonzero(ev.time_day == 0.0)
-    np.testing.assert_array_equal(ev.cmt[both], [1, 3, 9])
+    np.testing.assert_array_equal(ev.cmt[both], [3, 9, 10])
     # background prednisone taper (SAT0261: 17.20 -> 8.87 mg/d over 24 weeks) as CMT 9 level events every 14 d
     gc_t, gc_level = ev.time_day[ev.cmt == 9], ev.amount[ev.cmt == 9]
     np.testing.assert_array_equal(gc_t, np.arange(0, 169, 14.0))
@@ -126,7 +127,7 @@ def test_event_table_validation():
         EventTable([0.0, 3.0, 1.0], [1, 1, 1], [1.0, 1.0, 1.0])
     with pytest.raises(RegimenError, match=r"row 1: AMT must be finite and > 0, got 0.0$"):
         EventTable([0.0, 1.0], [1, 1], [1.0, 0.0])
-    with pytest.raises(RegimenError, match=r"row 0: CMT must be one of \(1, 2, 3, 9\).*got 7"):
+    with pytest.raises(RegimenError, match=r"row 0: CMT must be one of \(1, 2, 3, 9, 10, 11, 12, 13\).*got 7"):
         EventTable([0.0], [7], [1.0])
     with pytest.raises(RegimenError, match=r"row 0: TIME must be finite and >= 0"):
         EventTable([-1.0], [1], [1.0])
@@ -171,7 +172,7 @@ def test_nonmem_round_trip_compresses_with_addl(tmp_path):
     assert len(lines) - 1 < 15 + 13
     assert sum(ln.split(",")[3] == "9" for ln in lines[1:]) == 13
     assert "1,0.0,0.5,3,1,2.0,83" in lines
-    assert "1,0.0,500000.0,1,1,1.0,4" in lines
+    assert "1,0.0,500000.0,10,1,1.0,4" in lines
     back = read_nonmem(path)
     assert list(back) == [1]
     np.testing.assert_array_equal(back[1].time_day, ev.time_day)
@@ -220,7 +221,7 @@ def test_read_nonmem_accepts_observations_and_lowercase_headers():
     ("ID,TIME,AMT,CMT,EVID,FOO\n1,0,1,1,1,2\n", "unknown columns ['FOO']"),
     ("ID,TIME,AMT,CMT,EVID\n1,0,1,1,1\n1,abc,1,1,1\n", "<text>, line 3: column TIME must be a number, got 'abc'"),
     ("ID,TIME,AMT,CMT,EVID\n1,0,-5,1,1\n", "<text>, line 2: AMT must be finite and > 0, got -5.0"),
-    ("ID,TIME,AMT,CMT,EVID\n1,0,5,7,1\n", "<text>, line 2: CMT must be one of (1, 2, 3, 9), got 7"),
+    ("ID,TIME,AMT,CMT,EVID\n1,0,5,7,1\n", "<text>, line 2: CMT must be one of (1, 2, 3, 9, 10, 11, 12, 13), got 7"),
     ("ID,TIME,AMT,CMT,EVID\n1,0,-1,9,1\n",
      "<text>, line 2: AMT (CMT 9 glucocorticoid level, mg/day) must be finite and >= 0, got -1.0"),
     ("ID,TIME,AMT,CMT,EVID\n1,0,5,1.5,1\n", "<text>, line 2: column CMT must be an integer, got 1.5"),

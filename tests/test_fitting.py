@@ -22,13 +22,16 @@ pytestmark = pytest.mark.slow
 
 WEEKS = (0, 6, 12, 24)
 T_OUT = [7.0 * w for w in WEEKS]
-FREE = ("il2_emax_treg", "treg_suppression", "rapa_imax_th17_prolif", "gc_imax_th17")
+#: free in the cohort fit: the bundled parameter file's fitted flags (default structure v2_lean)
+FREE = ("il2_emax_treg", "il2_emax_th17", "rapa_imax_th17_prolif")
+#: free in the recovery tests (identifiable from a 4-visit cohort of the default structure)
+RECOVER = ("il2_emax_treg", "rapa_imax_th17_prolif", "treg_crowding")
 
 
 @pytest.fixture(scope="module")
 def truth_cohort():
     """Typical-patient medians at weeks 0, 6, 12, 24 simulated with known parameters (tight tolerances)."""
-    truth = {"il2_emax_treg": 12.0, "rapa_imax_th17_prolif": 0.3, "treg_suppression": 200.0}
+    truth = {"il2_emax_treg": 12.0, "rapa_imax_th17_prolif": 0.3, "treg_crowding": 80.0}
     res = simulate(default_parameters().with_values(**truth), reference_regimen(24), t_out=T_OUT,
                    rtol=1e-10, atol=1e-12)
     return truth, cohort_from_result(res, WEEKS, n=82, source="simulated truth")
@@ -36,9 +39,9 @@ def truth_cohort():
 
 def test_typical_recovery(truth_cohort):
     truth, cohort = truth_cohort
-    problem = FitProblem(cohort, free=FREE)
-    start = build_parameters(problem)                       # the file's priors: 20, 100, 0.5
-    assert {n: start[n].value for n in FREE} != truth
+    problem = FitProblem(cohort, free=RECOVER)
+    start = build_parameters(problem)                       # the file's values
+    assert {n: start[n].value for n in RECOVER} != truth
     _, result = minimize(problem, start)
     for name, value in truth.items():
         assert result.params[name].value == pytest.approx(value, rel=2e-3), name
@@ -137,18 +140,22 @@ def test_cli_fit_end_to_end(seed_run):
 
 
 def test_seed_fit_reproduces_medians(seed_run):
-    """Week 0 by construction; week 24 within 3 % in both modes (measured: typical Treg 21.93, ratio 0.2878;
-    population 22.06, 0.2887). Before the background prednisone taper was modelled, the model could not raise
-    Th17 and both week-24 medians missed by ~13 %."""
+    """Week 0 by construction; week 24 within 3 SE (the fit verdict's rule) in both modes. The default structure
+    (v2_lean, chosen by the joint calibration over all studies) has no glucocorticoid term, so Th17 cannot rise
+    and the two week-24 medians are not both reachable: measured typical Treg 18.5 (-2.6 SE), ratio 0.254
+    (-1.9 SE). With ``--model sat0261_v1`` (taper term) the seed fit reaches both within 3 % (see the fit report
+    and the calibration report for why the joint evidence prefers v2_lean)."""
     _, _, outcome, _ = seed_run
     table = outcome.residuals
     get = lambda w, o: table[(table["week"] == w) & (table["observable"] == o)
                              & (table["statistic"] == "median")].iloc[0]
     assert get(0, "treg")["model_typical"] == pytest.approx(12.98, rel=1e-9)
     assert get(0, "ratio")["model_typical"] == pytest.approx(0.44, rel=1e-6)
-    for mode in ("model_typical", "model_population"):
-        assert get(24, "treg")[mode] == pytest.approx(22.1, rel=0.03)
-        assert get(24, "ratio")[mode] == pytest.approx(0.29, rel=0.03)
+    for mode in ("typical", "population"):
+        for obs, val in (("treg", 22.1), ("ratio", 0.29)):
+            row = get(24, obs)
+            assert abs(row[f"residual_{mode}_se"]) <= 3.0, (mode, obs, row[f"model_{mode}"])
+            assert row[f"model_{mode}"] == pytest.approx(val, rel=0.25)
     # the residual vector lmfit minimised is the table's fitted residuals
     fitted = table[table["role"] == "fitted"]["residual_typical_se"].to_numpy()
     assert np.sum(fitted ** 2) == pytest.approx(outcome.typical.result.chisqr, rel=1e-6)
@@ -176,8 +183,9 @@ def test_seed_identifiability_statement(seed_run):
     assert profs["il2_ec50_treg"].classification == "not identifiable"
     assert np.max(profs["il2_ec50_treg"].delta) < DELTA_CHI2_95
     assert set(typ.decisions) == set(FREE)
-    for prof in profs.values():       # profile minima never undercut the best fit beyond optimiser noise
-        assert np.min(prof.chisqr) >= typ.initial.chisqr - 1e-3
+    for name in FREE:    # profile minima of the free parameters never undercut the best fit beyond optimiser noise
+        assert np.min(profs[name].chisqr) >= typ.initial.chisqr - 1e-3
+    # il2_ec50_treg is fixed in the fit: its profile may find lower chi-square (that is what it is for)
 
 
 def test_posterior_sampling_runs_within_bounds(truth_cohort):

@@ -137,10 +137,13 @@ def test_model_margin_elasticities_are_exact_for_linear_pk(model_local):
     assert margin["il2_bioavailability"] == pytest.approx(1.0, abs=1e-9)
     assert margin["il2_pmol_per_iu"] == pytest.approx(1.0, abs=1e-9)
     assert margin["il2_ec50_effector"] == pytest.approx(-1.0, abs=1e-9)
+    # the reference regimen's product (Chinese rhIL-2) scales the dose: its potency acts like F
+    assert margin["il2_potency_chinese_rhil2"] == pytest.approx(1.0, abs=1e-9)
     # nothing downstream of the IL-2 PK changes the IL-2 peak
-    il2_pk = {"il2_ka", "il2_bioavailability", "il2_cl", "il2_v", "il2_pmol_per_iu", "il2_ec50_effector"}
+    il2_pk = {"il2_ka", "il2_bioavailability", "il2_cl", "il2_v", "il2_pmol_per_iu", "il2_ec50_effector",
+              "il2_potency_chinese_rhil2"}
     others = [n for n in margin.index if n not in il2_pk]
-    assert len(others) == D - 6 and (margin[others] == 0.0).all()
+    assert len(others) == D - 7 and (margin[others] == 0.0).all()
     assert (margin[sorted(il2_pk)].abs() > 0.1).all()
 
 
@@ -151,7 +154,7 @@ def test_model_local_elasticity_matches_independent_finite_difference(model_loca
     reg = reference_regimen()
     t = model_local.table.set_index(["output", "parameter"])["elasticity"]
     h = 0.05
-    for name in ("treg_crowding", "il2_emax_treg", "rapa_cl"):
+    for name in ("treg_crowding", "il2_emax_treg", "il2_cl"):
         v = params[name].value
         ys = []
         for sign in (1, -1):
