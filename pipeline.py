@@ -1,11 +1,17 @@
 """``tregpd all``: the main job of the README.
 
-1. fit the bundled SAT0261 cohort (typical patient + virtual population, profiles, identifiability) -> out/fit/
-2. simulate the (assumed) reference regimen with the fitted parameters -> out/reference/ (trajectory CSV, PNG)
-3. local sensitivities of the week-24 outcomes at the fitted typical patient -> out/sensitivity/
-4. run the whole scenario library with the fitted parameters -> out/scenarios/ (per-scenario trajectories as
-   CSV + Parquet, summary tables, figures; comparison table and figures across scenarios)
-5. write out/SUMMARY.md: what was fitted, how well, and the scenario comparison, with every file's path.
+1. joint calibration: every model structure fitted to the calibration dataset (all public evidence,
+   fitting/data/calibration.csv), compared by AIC/BIC; the chosen structure profiled; calibrated parameters
+   -> out/calibration/
+2. validation, study by study, with the calibrated parameters -> out/validate/ (table, qualitative checks,
+   one figure per study)
+3. SAT0261 regimen hypotheses: how much the conclusions move with the unknown regimen -> out/hypotheses/
+   (skipped with --quick)
+4. fit of the bundled SAT0261 cohort alone (the seed study's medians) -> out/fit/
+5. the (assumed) reference regimen with the calibrated parameters -> out/reference/
+6. local sensitivities of the week-24 outcomes at the calibrated typical patient -> out/sensitivity/
+7. the whole scenario library with the calibrated parameters -> out/scenarios/
+8. out/SUMMARY.md: model comparison, validation table, what was fitted and how well, the scenario comparison.
 
 Every file is written atomically with provenance (package version, parameters, regimen, seed).
 """
@@ -19,24 +25,27 @@ DEFAULT_SEED = 20170614
 
 
 def register(sub) -> None:
-    p = sub.add_parser("all", help="main job: fit the bundled cohort, run the scenario suite, write outputs",
-                       description="Fit the bundled SAT0261 cohort, simulate the reference regimen with the fitted "
-                                   "parameters, run the scenario library and write trajectories, tables and "
-                                   "figures under --out.")
+    p = sub.add_parser("all", help="main job: calibrate on all evidence, validate, run the scenario suite",
+                       description="Calibrate the model structures on all public evidence, validate study by "
+                                   "study, fit the bundled SAT0261 cohort, simulate the reference regimen, run "
+                                   "the scenario library and write trajectories, tables and figures under --out.")
     p.add_argument("--out", type=Path, default=Path("out"), help="output folder (default out/)")
     p.add_argument("--seed", type=int, default=DEFAULT_SEED, help="seed of every virtual population")
     p.add_argument("--population", type=int, default=None,
                    help="override the population size of every scenario (default: each file's own)")
     p.add_argument("--quick", action="store_true",
-                   help="small populations and no population fit (a smoke run of the whole pipeline)")
+                   help="no profiles, no regimen hypotheses, small populations, no population fit (a smoke run)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from tregpd.fitting import run_fit
+    from tregpd.fitting.calibrate import run_calibration
+    from tregpd.fitting.validate import validate
     from tregpd.model.cli import run as run_simulate
     from tregpd.model.errors import TregpdError
     from tregpd.model.io import atomic_write_text
+    from tregpd.model.parameters import load_parameters
     from tregpd.scenarios import library_paths, run_library
     from tregpd.scenarios.questions import answers_markdown
 
@@ -47,50 +56,98 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     t0 = time.perf_counter()
     population = args.population if args.population is not None else (20 if args.quick else None)
+    n_steps = 7 if args.quick else 8
+    step = iter(range(1, n_steps + 1))
 
-    print("== 1/4 fitting the bundled cohort (SAT0261 medians)", flush=True)
-    fit = run_fit(None, out / "fit", mode="typical" if args.quick else "both", seed=args.seed)
-    print(f"   fitted parameters -> {fit.files['parameters']} ({fit.runtime_s:.1f} s)")
+    print(f"== {next(step)}/{n_steps} joint calibration of the model structures on all public evidence", flush=True)
+    cal = run_calibration(out / "calibration", do_profiles=not args.quick, n_points=5,
+                          progress=lambda msg: print(msg, flush=True))
+    params = load_parameters(cal["files"]["parameters"])
+    chosen = cal["chosen"].problem.model
+    print(f"   chosen structure {chosen}; calibrated parameters -> {cal['files']['parameters']} "
+          f"({cal['runtime_s']:.0f} s)")
 
-    print("== 2/4 reference regimen with the fitted parameters", flush=True)
-    run_simulate(argparse.Namespace(params=fit.files["parameters"], events=None, weeks=24.0, step_day=0.25,
+    print(f"== {next(step)}/{n_steps} validation, study by study (calibrated parameters)", flush=True)
+    val = validate(params, population=20 if args.quick else 200, seed=args.seed, out=out / "validate",
+                   model=chosen)
+    print(f"   {val.summary}")
+
+    hyp_md = None
+    if not args.quick:
+        print(f"== {next(step)}/{n_steps} SAT0261 regimen hypotheses", flush=True)
+        from tregpd.fitting.hypotheses_cli import run as run_hypotheses
+        run_hypotheses(argparse.Namespace(out=out / "hypotheses", model=chosen, only=None, max_nfev=400,
+                                          workers=1))
+        hyp_md = (out / "hypotheses" / "hypotheses.md").read_text()
+
+    print(f"== {next(step)}/{n_steps} fit of the SAT0261 cohort medians alone", flush=True)
+    fit = run_fit(None, out / "fit", mode="typical" if args.quick else "both", seed=args.seed,
+                  accept_poor_fit=True)
+    print(f"   seed-only fit -> {fit.files['parameters']} ({fit.runtime_s:.1f} s)")
+
+    print(f"== {next(step)}/{n_steps} reference regimen with the calibrated parameters", flush=True)
+    run_simulate(argparse.Namespace(params=cal["files"]["parameters"], events=None, weeks=24.0, step_day=0.25,
                                     method="dopri5", rtol=1e-6, out=out / "reference"))
 
-    print("== 3/4 local sensitivity of the week-24 outcomes at the fitted typical patient", flush=True)
+    print(f"== {next(step)}/{n_steps} local sensitivity of the week-24 outcomes at the calibrated typical patient",
+          flush=True)
     from tregpd.scenarios.scale_cli import write_sensitivity
-    sens_files = write_sensitivity(fit.parameters, out / "sensitivity", methods=("local",), plot=True)
+    sens_files = write_sensitivity(params, out / "sensitivity", methods=("local",), plot=True)
 
-    print("== 4/4 scenario library with the fitted parameters", flush=True)
-    lib = run_library(library_paths(), out / "scenarios", parameters=fit.parameters, progress=True,
-                      population=population, figure_workers=None)
+    print(f"== {next(step)}/{n_steps} scenario library with the calibrated parameters", flush=True)
+    lib = run_library(library_paths(), out / "scenarios", parameters=params, progress=True,
+                      population=population)
     print(lib.markdown)
 
     keep = ["week", "observable", "statistic", "value", "role", "model_typical", "relative_error",
             "model_population", "relative_error_population"]
     residuals = fit.residuals[[c for c in keep if c in fit.residuals.columns]]
+    vnum = val.numbers[["study", "observable", "mapping", "day", "observed", "se", "predicted", "predicted_p5",
+                        "predicted_p95", "z", "in_tolerance"]]
+    vqual = val.qualitative[["study", "criterion", "predicted", "pass"]]
     summary = [
         "# tregpd main job", "",
         f"Total run time {time.perf_counter() - t0:.0f} s; seed {args.seed}.", "",
-        "## Fit of the SAT0261 medians", "",
-        f"Parameters: `{fit.files['parameters']}`; report: `{fit.files['report']}`.", "",
-        residuals.to_markdown(index=False) if hasattr(residuals, "to_markdown") and _has_tabulate()
-        else "```\n" + residuals.to_string(index=False) + "\n```", "",
-        "## Scenario comparison (fitted parameters)", "",
+        "## Model comparison (joint calibration on all public evidence)", "",
+        cal["markdown"].split("\n", 1)[1].strip(), "",
+        f"Calibrated parameter file: `{cal['files']['parameters']}`; report: `{cal['files']['report']}`.", "",
+        f"## Validation, study by study ({val.summary})", "",
+        "Predicted = the population statistic the study reports (median of per-patient values, or ratio of "
+        "medians); p5/p95 = between-patient 5-95 % range; z = (ln predicted - ln observed)/SE; in tolerance "
+        "when |z| <= 2. Figures: `validate/validation_<study>.png`.", "",
+        _table(vnum), "",
+        _table(vqual), "",
+    ]
+    if hyp_md:
+        summary += ["## SAT0261 regimen hypotheses", "", hyp_md, ""]
+    summary += [
+        "## Fit of the SAT0261 medians alone", "",
+        f"Parameters: `{fit.files['parameters']}`; report: `{fit.files['report']}`. The seed study's two medians "
+        "alone, fitted with the chosen structure: the calibration above, not this fit, drives the scenarios.", "",
+        _table(residuals), "",
+        "## Scenario comparison (calibrated parameters)", "",
         lib.markdown, "",
-        "## Local sensitivity (fitted typical patient)", "",
+        "## Local sensitivity (calibrated typical patient)", "",
         "Normalised derivatives d ln(output) / d ln(parameter): "
         + ", ".join(f"`{p}`" for p in sens_files if str(p).endswith(".csv")), "",
         "## Study questions", "",
         answers_markdown(lib.outcomes), "",
         "## Assumptions", "",
         "- The Shanxi SLE regimen is not published in the sources read; the reference regimen is an assumption "
-        "(see `tregpd.model.dosing.REFERENCE_ASSUMPTION`).",
-        "- Fitted to two reported medians (weeks 0 and 24) and a soft 'Th17 unchanged' constraint; see the fit "
-        "report for which parameters the data identify and which are fixed at literature priors.",
+        "(see `tregpd.model.dosing.REFERENCE_ASSUMPTION`); the regimen hypotheses above show how much it matters.",
+        "- Per-m2 doses of other trials use a body-surface area of 1.7 m2; RECALLED numbers carry loose SEs "
+        "(fitting/data/CALIBRATION.md).",
+        "- Qualitative facts enter the calibration as soft constraints (hinge residuals on a stated scale).",
     ]
     path = atomic_write_text(out / "SUMMARY.md", "\n".join(summary) + "\n")
     print(f"wrote {path} ({time.perf_counter() - t0:.0f} s in all)")
     return 0
+
+
+def _table(frame) -> str:
+    if _has_tabulate():
+        return frame.to_markdown(index=False)
+    return "```\n" + frame.to_string(index=False) + "\n```"
 
 
 def _has_tabulate() -> bool:
