@@ -13,6 +13,28 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
+README_BEGIN = "<!-- models:begin -->"
+README_END = "<!-- models:end -->"
+
+
+def readme_block(model=None) -> str:
+    """The generated equation listing of a structure, as it appears in README.md."""
+    from .structures import get_model
+    return get_model(model).equations_markdown().strip()
+
+
+def update_readme(path) -> bool:
+    """Rewrite the block between README_BEGIN and README_END with :func:`readme_block`; True if changed."""
+    from pathlib import Path
+    text = Path(path).read_text()
+    a = text.index(README_BEGIN) + len(README_BEGIN)
+    b = text.index(README_END)
+    new = text[:a] + "\n" + readme_block() + "\n" + text[b:]
+    if new != text:
+        Path(path).write_text(new)
+    return new != text
+
+
 def run(args: argparse.Namespace) -> int:
     from .structures import DEFAULT_MODEL, get_model, models
     chosen = [get_model(args.name)] if args.name else list(models().values())

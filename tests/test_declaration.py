@@ -178,3 +178,16 @@ def test_events_on_undeclared_compartments_are_refused():
             simulate(events=ev, t_end_day=5.0, model="il2_only_doses")
     finally:
         unregister("il2_only_doses")
+
+
+def test_readme_equation_block_is_the_generated_listing():
+    """README.md shows the default structure's equations between markers; they must equal the generated text
+    (refresh with ``python -c "from tregpd.model.models_cli import update_readme; update_readme('README.md')"``)."""
+    from pathlib import Path
+    from tregpd.model.models_cli import README_BEGIN, README_END, readme_block
+    readme = Path(__file__).resolve().parents[1] / "README.md"
+    if not readme.is_file():
+        pytest.skip("README.md not beside the tests (installed package)")
+    text = readme.read_text()
+    block = text[text.index(README_BEGIN) + len(README_BEGIN):text.index(README_END)].strip()
+    assert block == readme_block()
