@@ -31,7 +31,7 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tregpd.model.errors import TregpdError
+    from tregpd.errors import TregpdError
     from .workflow import DEFAULT_POPULATION_SIZE, DEFAULT_SEED, run_fit
 
     seed = DEFAULT_SEED if args.seed is None else args.seed

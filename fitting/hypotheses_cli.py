@@ -29,7 +29,7 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tregpd.model.io import atomic_write_frame, atomic_write_json, atomic_write_text, provenance
+    from tregpd.io import atomic_write_frame, atomic_write_json, atomic_write_text, provenance
     from tregpd.model.structures import get_model
 
     from .regimen_hypotheses import conclusion_ranges, fit_under_hypotheses, get_hypotheses, summary_markdown

@@ -28,7 +28,7 @@ import numpy as np
 
 from tregpd.model import (DEFAULT_IIV, ParameterSet, Regimen, SolverOptions, default_parameters,
                           reference_regimen, sample_population, simulate, simulate_population)
-from tregpd.model.errors import IntegrationError, ParameterError, TregpdError
+from tregpd.errors import IntegrationError, ParameterError, TregpdError
 
 from .cohort import Cohort, baseline_values
 from .objective import DEFAULT_LOG_SD, log_residuals, standard_errors

@@ -239,7 +239,7 @@ def validate(parameters=None, *, population: int = DEFAULT_POPULATION, seed: int
         ``numbers`` (validation.csv), ``qualitative`` (qualitative.csv), the one-line ``summary`` and ``files``.
     """
     import pandas as pd
-    from tregpd.model.errors import TregpdError
+    from tregpd.errors import TregpdError
     if isinstance(population, bool) or not isinstance(population, (int, np.integer)) or population < 2:
         raise TregpdError(f"population must be an integer >= 2, got {population!r}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
@@ -354,8 +354,8 @@ def markdown(outcome: ValidationOutcome, regimens: Mapping[str, StudyRegimen], p
 
 
 def _write(outcome, out: Path, cal, params, population, seed, potency, regimens, plots, runtime_s) -> dict:
-    from tregpd.model.io import atomic_save_figure, atomic_write_frame, atomic_write_json, atomic_write_text
-    from tregpd.model.io import provenance
+    from tregpd.io import atomic_save_figure, atomic_write_frame, atomic_write_json, atomic_write_text
+    from tregpd.io import provenance
     prov = provenance(params, None, seed, population=population, potency=potency or "1.0 for every product",
                       tolerance=f"|z| <= {TOLERANCE_Z:g} on the log scale", summary=outcome.summary,
                       calibration_rows=len(cal), runtime_s=round(runtime_s, 2))

@@ -25,7 +25,7 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tregpd.model.errors import TregpdError
+    from tregpd.errors import TregpdError
     from .validate import DEFAULT_POPULATION, DEFAULT_SEED, validate
 
     seed = DEFAULT_SEED if args.seed is None else args.seed

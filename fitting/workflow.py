@@ -28,7 +28,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from tregpd.model import ParameterSet
-from tregpd.model.errors import TregpdError
+from tregpd.errors import TregpdError
 
 from .cohort import Cohort, load_cohort
 from .optimise import (DEFAULT_METHOD, DELTA_CHI2_95, Profile, build_parameters, confidence_intervals,
@@ -294,7 +294,7 @@ def run_fit(cohort_path=None, out_dir="out/fit", mode: str = "both", seed: int =
         figures (so the failure can be read), no fitted parameter file, and raises :class:`PoorFitError`
     """
     from tregpd.model import load_parameters
-    from tregpd.model.io import (atomic_save_figure, atomic_write_frame, atomic_write_json,
+    from tregpd.io import (atomic_save_figure, atomic_write_frame, atomic_write_json,
                                  atomic_write_text, provenance)
     from .report import assess_fit, build_report
 

@@ -41,8 +41,8 @@ def run_sbml(args: argparse.Namespace) -> int:
 
 def run(args: argparse.Namespace) -> int:
     from .dosing import read_nonmem, reference_regimen, Regimen
-    from .errors import TregpdError
-    from .io import atomic_save_figure, atomic_write_json, atomic_write_text
+    from tregpd.errors import TregpdError
+    from tregpd.io import atomic_save_figure, atomic_write_json, atomic_write_text
     from .parameters import load_parameters
     from .simulate import simulate
     from .. import plotting
@@ -83,7 +83,7 @@ def trajectory_csv(res, provenance: dict | None = None) -> str:
     """The tidy trajectory CSV of :meth:`SimulationResult.to_frame` (patient, time_day, variable, value, unit;
     successful patients; provenance as ``# key: value`` lines on top), formatted as pandas writes it."""
     import json
-    from .io import _json_default
+    from tregpd.io import _json_default
     from .simulate import VARIABLES
 
     def num(x: float) -> str:

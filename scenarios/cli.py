@@ -97,7 +97,7 @@ def _load_params(path):
 
 
 def run_command(args: argparse.Namespace) -> int:
-    from tregpd.model.errors import ScenarioError
+    from tregpd.errors import ScenarioError
     from .runner import run_library
     from .schema import library_paths
     _warnings_to_stderr()
@@ -131,7 +131,7 @@ def list_command(args: argparse.Namespace) -> int:
 
 
 def validate_command(args: argparse.Namespace) -> int:
-    from tregpd.model.errors import TregpdError
+    from tregpd.errors import TregpdError
     from .schema import load_scenario
     bad = 0
     for path in args.files:
@@ -168,8 +168,8 @@ def question_command(args: argparse.Namespace) -> int:
 
 
 def dosefind_command(args: argparse.Namespace) -> int:
-    from tregpd.model.io import atomic_save_figure, atomic_write_frame, atomic_write_json, atomic_write_text
-    from tregpd.model.io import provenance
+    from tregpd.io import atomic_save_figure, atomic_write_frame, atomic_write_json, atomic_write_text
+    from tregpd.io import provenance
     from . import dosefind as D
     from . import plots
     params = _load_params(args.params)

@@ -37,7 +37,7 @@ import numpy as np
 from tregpd.model.dosing import IL2_CMTS, IL2_SC_CMTS
 
 from tregpd.model.dosing import DoseSchedule, Regimen, reference_regimen
-from tregpd.model.errors import ScenarioError
+from tregpd.errors import ScenarioError
 from tregpd.model.parameters import ParameterSet, default_parameters
 
 from . import metrics as M

@@ -78,7 +78,7 @@ def register(sub) -> None:
 def resolve_regimen(spec: str, weeks: float):
     """A Regimen from 'reference', 'untreated', a bundled scenario name or a scenario TOML path."""
     from tregpd.model.dosing import no_treatment, reference_regimen
-    from tregpd.model.errors import TregpdError
+    from tregpd.errors import TregpdError
     if spec == "reference":
         return reference_regimen(weeks=weeks)
     if spec == "untreated":
@@ -100,7 +100,7 @@ def resolve_regimen(spec: str, weeks: float):
 
 
 def _check_positive(value, flag):
-    from tregpd.model.errors import TregpdError
+    from tregpd.errors import TregpdError
     if value is not None and value < 1:
         raise TregpdError(f"{flag} must be >= 1, got {value}")
 
@@ -111,7 +111,7 @@ def _print(msg: str) -> None:
 
 # ------------------------------------------------------------------------------------------- trial
 def run_trial_command(args: argparse.Namespace) -> int:
-    from tregpd.model.io import atomic_save_figure, atomic_write_frame, atomic_write_json, provenance
+    from tregpd.io import atomic_save_figure, atomic_write_frame, atomic_write_json, provenance
     from tregpd.model.parameters import load_parameters
     from .backends import make_backend
     from .trial import (DEFAULT_BLOCK, DEFAULT_RATIO_TARGET, check_trial_memory, make_plan, run_trial,
@@ -187,7 +187,7 @@ def write_sensitivity(parameters, out, methods=("local", "sobol"), n=None, regim
     in-process); the pipeline can call it with the fitted parameters.
     """
     from tregpd.model.dosing import reference_regimen
-    from tregpd.model.io import atomic_save_figure, atomic_write_frame, atomic_write_json, provenance
+    from tregpd.io import atomic_save_figure, atomic_write_frame, atomic_write_json, provenance
     from tregpd.model.simulate import SolverOptions
     from .backends import InProcessBackend
     from .sensitivity import ParameterSpace, TregpdModel, run_sensitivity

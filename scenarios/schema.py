@@ -60,7 +60,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from tregpd.model.dosing import Regimen
-from tregpd.model.errors import RegimenError, ScenarioError
+from tregpd.errors import RegimenError, ScenarioError
 from tregpd.model.population import DEFAULT_IIV
 from tregpd.model.parameters import PARAMETER_NAMES
 from tregpd.safeio import check_memory, check_nesting, load_toml, read_text_file, shorten

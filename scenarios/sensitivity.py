@@ -41,7 +41,7 @@ from typing import Sequence
 import numpy as np
 
 from tregpd.model.dosing import EventTable, Regimen, reference_regimen
-from tregpd.model.errors import IntegrationError, TregpdError
+from tregpd.errors import IntegrationError, TregpdError
 from tregpd.model.parameters import PARAMETER_NAMES, ParameterSet, _PER_DAY, default_parameters
 from tregpd.model.simulate import SolverOptions, simulate_population
 from tregpd.model import kernels as K

@@ -43,7 +43,7 @@ import numpy as np
 
 from tregpd.model import kernels as K
 from tregpd.model.dosing import EventTable, Regimen
-from tregpd.model.errors import TregpdError
+from tregpd.errors import TregpdError
 from tregpd.model.parameters import N_THETA, PARAMETER_NAMES, ParameterSet, parse_parameters
 from tregpd.model.population import DEFAULT_IIV, theta_from_z
 from tregpd.model.simulate import SolverOptions, simulate_population
