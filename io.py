@@ -98,6 +98,14 @@ def provenance(parameters=None, regimen=None, seed=None, **extra) -> dict:
     return rec
 
 
+def model_record(model=None) -> dict:
+    """The provenance record of a model structure: its name and declaration hash (``model=None``: the default
+    structure); the same record :meth:`tregpd.model.SimulationResult.provenance` writes under ``model``."""
+    from tregpd.model.structures import get_model
+    m = get_model(model)
+    return {"name": m.name, "declaration": m.content_hash}
+
+
 def _json_default(o):
     import numpy as np
     if isinstance(o, (np.integer,)):

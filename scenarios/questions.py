@@ -44,14 +44,14 @@ def question_scenarios(question: str, paths: Sequence[str | Path] | None = None)
 def run_question(question: str, out_dir: str | Path | None, parameters=None, paths=None, progress: bool = True,
                  population: int | None = None, output_step_day: float | None = None,
                  ratio_target: float | None = None, figures: bool = True,
-                 figure_workers: int | None = 0) -> LibraryRun:
+                 figure_workers: int | None = 0, model: str | None = None) -> LibraryRun:
     """Run one study question; writes ``out_dir/<question>/`` (answer.md, comparison.*, figures)."""
     question = normalise_question(question)
     scenarios = question_scenarios(question, paths)
     folder = None if out_dir is None else Path(out_dir) / question
     run = run_library(scenarios, folder, parameters=parameters, progress=progress, population=population,
                       output_step_day=output_step_day, ratio_target=ratio_target, figures=figures,
-                      figure_workers=figure_workers)
+                      figure_workers=figure_workers, model=model)
     text = answer_text(question, run)
     if folder is not None:
         run.files.append(atomic_write_text(folder / "answer.md", text + "\n"))

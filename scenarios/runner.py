@@ -102,8 +102,9 @@ def resolve_parameters(scenario: Scenario, parameters: ParameterSet | str | Path
 
 def _population(scenario: Scenario, params: ParameterSet) -> np.ndarray:
     if scenario.population == 1:
-        return params.to_theta()[None, :]
-    return sample_population(params, scenario.population, iiv=scenario.iiv, seed=scenario.seed)
+        return params.to_theta(scenario.model)[None, :]
+    return sample_population(params, scenario.population, iiv=scenario.iiv, seed=scenario.seed,
+                             model=scenario.model)
 
 
 def _trajectory_grid(scenario: Scenario) -> np.ndarray:
@@ -130,7 +131,7 @@ def simulate_scenario(scenario: Scenario, parameters: ParameterSet, progress: bo
     chunk = max(25, math.ceil(n / 20)) if progress else None
     res = simulate_population(theta, scenario.regimen, t_out=_trajectory_grid(scenario), parallel=parallel,
                               on_failure="keep", parameters=parameters, seed=scenario.seed,
-                              chunk_size=chunk, progress=progress)
+                              chunk_size=chunk, progress=progress, model=scenario.model)
     exposure = {}
     t_peak = M.peak_grid(scenario.regimen, scenario.t_end_day)
     if t_peak.size:
@@ -140,7 +141,7 @@ def simulate_scenario(scenario: Scenario, parameters: ParameterSet, progress: bo
         status = np.zeros(n, dtype=np.int64)
         for s in range(0, n, chunk):
             part = simulate_population(theta[s:s + chunk], scenario.regimen, t_out=t_peak, parallel=parallel,
-                                       on_failure="keep")
+                                       on_failure="keep", model=scenario.model)
             c_il2[s:s + chunk] = part.get("c_il2", only_ok=False)
             c_rapa[s:s + chunk] = part.get("c_rapa", only_ok=False)
             status[s:s + chunk] = part.status
@@ -150,7 +151,7 @@ def simulate_scenario(scenario: Scenario, parameters: ParameterSet, progress: bo
         ev = scenario.regimen.events(until_day=scenario.t_end_day)
         rapa_t = ev.time_day[ev.cmt == 3]
         exposure = M.peak_exposure(t_peak, c_il2[ok], c_rapa[ok], theta[ok],
-                                   float(rapa_t[-1]) if rapa_t.size else None)
+                                   float(rapa_t[-1]) if rapa_t.size else None, model=scenario.model)
         if not np.any(np.isin(ev.cmt, IL2_CMTS)):
             exposure.pop("il2_peak", None)
             exposure.pop("selectivity_margin", None)
@@ -168,7 +169,7 @@ def summarise_result(scenario: Scenario, res: SimulationResult, exposure: dict):
 def percentile_frame(res: SimulationResult, variables: Sequence[str] = TRAJECTORY_VARIABLES):
     """Tidy percentiles per time: time_day, week, variable, statistic (median/p05/p95), value, unit."""
     import pandas as pd
-    from tregpd.model.simulate import VARIABLES
+    units = {v: u for v, (_, u) in res.variables.items()}
     frames = []
     t = res.time_day
     for v in variables:
@@ -177,12 +178,13 @@ def percentile_frame(res: SimulationResult, variables: Sequence[str] = TRAJECTOR
             continue
         for stat, q in M.PERCENTILES:
             frames.append(pd.DataFrame({"time_day": t, "week": t / 7.0, "variable": v, "statistic": stat,
-                                        "value": np.percentile(arr, q, axis=0), "unit": VARIABLES[v][1]}))
+                                        "value": np.percentile(arr, q, axis=0), "unit": units[v]}))
     return pd.concat(frames, ignore_index=True)
 
 
 def run_scenario(scenario: Scenario | str | Path, out_dir: str | Path | None, parameters=None,
-                 progress: bool = True, parallel: bool = True, figure_writer=None) -> ScenarioOutcome:
+                 progress: bool = True, parallel: bool = True, figure_writer=None,
+                 model: str | None = None) -> ScenarioOutcome:
     """Simulate one scenario and write its outputs into ``out_dir/<name>/``.
 
     Parameters
@@ -194,6 +196,7 @@ def run_scenario(scenario: Scenario | str | Path, out_dir: str | Path | None, pa
     progress : show a tqdm bar over patient chunks
     parallel : use the prange kernel
     figure_writer : :class:`tregpd.plotting.FigureWriter`, optional (default: draw here, at once)
+    model : model structure name, optional; overrides the scenario file's ``model`` key
 
     Returns
     -------
@@ -202,6 +205,8 @@ def run_scenario(scenario: Scenario | str | Path, out_dir: str | Path | None, pa
     t0 = time.perf_counter()
     if not isinstance(scenario, Scenario):
         scenario = load_scenario(scenario)
+    if model is not None and model != scenario.model:
+        scenario = scenario.with_overrides(model=model)
     params = resolve_parameters(scenario, parameters)
     res, exposure, _ = simulate_scenario(scenario, params, progress=progress, parallel=parallel)
     if res.n_failed == res.n_patients:
@@ -255,7 +260,7 @@ def write_outputs(outcome: ScenarioOutcome, folder: Path, figure_writer=None) ->
 def run_library(paths: Sequence[str | Path | Scenario], out_dir: str | Path | None, parameters=None,
                 progress: bool = True, population: int | None = None, output_step_day: float | None = None,
                 parallel: bool = True, figures: bool = True, ratio_target: float | None = None,
-                figure_workers: int | None = 0) -> LibraryRun:
+                figure_workers: int | None = 0, model: str | None = None) -> LibraryRun:
     """Run several scenarios and compare them.
 
     Parameters
@@ -273,6 +278,7 @@ def run_library(paths: Sequence[str | Path | Scenario], out_dir: str | Path | No
         are spawned: the main module must import without side effects.
     population, output_step_day, ratio_target : optional overrides for every scenario (e.g. a quick smoke run,
         or a healthy-range ratio target instead of the study's week-24 median 0.29)
+    model : model structure name, optional; overrides every file's ``model`` key (``--model``)
 
     Returns
     -------
@@ -295,6 +301,8 @@ def run_library(paths: Sequence[str | Path | Scenario], out_dir: str | Path | No
         over["ratio_target"] = ratio_target
     if not figures:
         over["figures"] = False
+    if model is not None:
+        over["model"] = model
     figures = figures and any(s.figures for s in scenarios)
     if over:
         scenarios = [s.with_overrides(**over) for s in scenarios]
@@ -330,9 +338,11 @@ def _run_library(scenarios, out_dir, parameters, progress, parallel, figures, wr
     if out_dir is not None:
         out = Path(out_dir)
         import pandas as pd
-        from tregpd.io import provenance
+        from tregpd.io import model_record, provenance
+        names = list(dict.fromkeys(o.scenario.model for o in outcomes))
         prov = provenance(outcomes[0].parameters, None, None, command="tregpd scenarios run",
-                          scenarios=[str(s.path or s.name) for s in scenarios])
+                          scenarios=[str(s.path or s.name) for s in scenarios],
+                          model=model_record(names[0]) if len(names) == 1 else [model_record(n) for n in names])
         files.append(atomic_write_frame(out / "comparison.csv", table, prov))
         files.append(atomic_write_text(out / "comparison.md", md))
         if len({o.scenario.question for o in outcomes} - {"", "reference"}) > 1:
