@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"cohort: {outcome.typical.problem.cohort.origin}; model: {structure.name}")
     dropped = outcome.typical.problem.dropped_free
     if dropped:
-        print(f"note: flagged fitted but not read by model {structure.name}, so not fitted: {', '.join(dropped)}")
+        print(f"note: not read by model {structure.name}, so not fitted: {', '.join(dropped)}")
     for r in fit_rows.itertuples():
         line = (f"  week {r.week:g} {r.observable} {r.statistic}: observed {r.value:.4g}, typical "
                 f"{r.model_typical:.4g} ({r.residual_typical_se:+.2f} SE)")

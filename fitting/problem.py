@@ -100,19 +100,14 @@ class FitProblem:
             self.parameters = priors.with_values(**base)
         except ParameterError as exc:
             raise TregpdError(f"{self.cohort.origin}: week-0 baseline outside the parameter bounds: {exc}") from None
-        #: parameters flagged fitted in the parameter file that the structure does not read (left out of the fit)
-        self.dropped_free: tuple[str, ...] = ()
-        if self.free is None:
-            flagged = tuple(priors.fitted_names)
-            free = tuple(n for n in flagged if n in reads)
-            self.dropped_free = tuple(n for n in flagged if n not in reads)
-        else:
-            free = tuple(self.free)
-        for n in free:
+        requested = tuple(priors.fitted_names if self.free is None else self.free)
+        for n in requested:
             self.parameters[n]  # raises ParameterError for unknown names
-            if n not in reads:
-                raise TregpdError(f"parameter {n!r} is not read by model {self.model!r} and cannot be fitted; "
-                                  f"it reads: {', '.join(self.structure.parameter_names)}")
+        #: requested free parameters (flagged fitted in the parameter file, or named in ``free``) that the
+        #: structure does not read: left out of the fit (they cannot move the model), noted in the report
+        self.dropped_free: tuple[str, ...] = tuple(n for n in requested if n not in reads)
+        free = tuple(n for n in requested if n in reads)
+        for n in free:
             if n in base:
                 raise TregpdError(f"parameter {n!r} is set from the cohort's week-0 data and cannot be fitted")
         if not free:

@@ -37,8 +37,10 @@ def truth_cohort():
 def test_typical_recovery(truth_cohort):
     truth, cohort = truth_cohort
     problem = FitProblem(cohort, free=FREE)
+    # the default structure does not read gc_imax_th17: it is left out of the fit (noted), not fitted as a no-op
+    assert problem.dropped_free == ("gc_imax_th17",)
     start = build_parameters(problem)                       # the file's priors: 20, 100, 0.5
-    assert {n: start[n].value for n in FREE} != truth
+    assert {n: start[n].value for n in problem.free} != truth
     _, result = minimize(problem, start)
     for name, value in truth.items():
         assert result.params[name].value == pytest.approx(value, rel=2e-3), name

@@ -198,7 +198,8 @@ def test_scenario_file_unknown_model_on_the_command_line(tmp_path, capsys):
 # ------------------------------------------------------------------------------------------- the fit
 def test_fit_drops_flagged_parameters_the_structure_does_not_read(params):
     """treg_desens_gain is read by v1_waning only: flagged fitted = true, it is left out of a sat0261_v1 fit
-    (with a note), and fitted by a v1_waning fit; named in --free for sat0261_v1 it is an error."""
+    (with a note), and fitted by a v1_waning fit; named in ``free`` it is left out too (an error if nothing is
+    left)."""
     from tregpd.fitting import FitProblem, seed_cohort
     from tregpd.fitting.report import build_report  # noqa: F401  (the note is checked on the problem)
     flagged = replace(params, parameters={**params.parameters,
@@ -210,7 +211,9 @@ def test_fit_drops_flagged_parameters_the_structure_does_not_read(params):
     assert set(prob.free) == set(params.fitted_names)
     waning = FitProblem(seed_cohort(), parameters=flagged, model="v1_waning")
     assert "treg_desens_gain" in waning.free and waning.dropped_free == ()
-    with pytest.raises(TregpdError, match="not read by model 'sat0261_v1'"):
+    named = FitProblem(seed_cohort(), parameters=params, free=("il2_emax_treg", "treg_desens_gain"), model=MODEL)
+    assert named.free == ("il2_emax_treg",) and named.dropped_free == ("treg_desens_gain",)
+    with pytest.raises(TregpdError, match="not read by model 'sat0261_v1': treg_desens_gain"):
         FitProblem(seed_cohort(), parameters=params, free=("treg_desens_gain",), model=MODEL)
     # the problem simulates its own structure
     assert prob.simulate().model == MODEL
