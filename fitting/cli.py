@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
         raise TregpdError(f"--patients must be >= 10, got {n}")
     if args.emcee < 0:
         raise TregpdError(f"--emcee must be >= 0, got {args.emcee}")
-    structure = check_model(args.model)
+    structure = check_model(getattr(args, "model", None))
     free = None
     if args.free:
         free = tuple(s.strip() for s in args.free.split(",") if s.strip())

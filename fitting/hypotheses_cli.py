@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
 
     from .regimen_hypotheses import conclusion_ranges, fit_under_hypotheses, get_hypotheses, summary_markdown
 
-    structure = get_model(args.model)  # unknown names fail before any fitting
+    structure = get_model(getattr(args, "model", None))  # unknown names fail before any fitting
     hyps = get_hypotheses(args.only)
     if args.max_nfev < 1 or args.workers < 1:
         from .joint import JointFitError

@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     n = DEFAULT_POPULATION if args.population is None else args.population
     if n < 2:
         raise TregpdError(f"--population must be >= 2, got {n}")
-    structure = check_model(args.model)
+    structure = check_model(getattr(args, "model", None))
     outcome = validate(args.params, population=n, seed=seed, out=args.out, model=structure.name)
     print(f"model: {structure.name}")
     for path in outcome.files.values():

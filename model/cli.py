@@ -38,7 +38,7 @@ def run_sbml(args: argparse.Namespace) -> int:
     from .parameters import load_parameters
     from .sbml import to_sbml
     from .models_cli import check_model
-    structure = check_model(args.model)
+    structure = check_model(getattr(args, "model", None))
     to_sbml(load_parameters(args.params), reference_regimen(args.weeks, taper=not args.no_taper), path=args.out,
             model=structure)
     print(f"wrote {args.out} (model {structure.name}, declaration {structure.content_hash[:12]})")
@@ -54,7 +54,8 @@ def run(args: argparse.Namespace) -> int:
     from .. import plotting
 
     from .models_cli import check_model
-    structure = check_model(args.model)
+    # getattr: callers that build the Namespace themselves (tregpd.pipeline) may leave --model out
+    structure = check_model(getattr(args, "model", None))
     params = load_parameters(args.params)
     if not 0 < args.weeks <= 5200:  # also rejects nan and inf
         raise TregpdError(f"--weeks must be > 0 and <= 5200, got {args.weeks}")

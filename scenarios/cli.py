@@ -120,7 +120,7 @@ def run_command(args: argparse.Namespace) -> int:
         raise ScenarioError("give scenario files (e.g. scenarios/library/*.toml) or --library")
     run = run_library(files, args.out, parameters=_load_params(args.params), progress=not args.no_progress,
                       population=args.population, output_step_day=args.step_day, ratio_target=args.ratio_target,
-                      figures=not args.no_figures, figure_workers=None, model=_model_name(args.model))
+                      figures=not args.no_figures, figure_workers=None, model=_model_name(getattr(args, "model", None)))
     print(run.markdown)
     failed = int(run.table["n_failed"].sum())
     if failed:
@@ -167,7 +167,7 @@ def question_command(args: argparse.Namespace) -> int:
     from .schema import QUESTIONS
     _warnings_to_stderr()
     names = list(QUESTIONS) if args.question == "all" else [normalise_question(args.question)]
-    model = _model_name(args.model)
+    model = _model_name(getattr(args, "model", None))
     params = _load_params(args.params)
     for q in names:
         if q == "reference" and len(names) > 1:
@@ -198,7 +198,7 @@ def dosefind_command(args: argparse.Namespace) -> int:
                       max_treg_median=args.max_treg if args.max_treg > 0 else None, weeks=args.weeks,
                       population=args.population, seed=args.seed,
                       sirolimus_mg=args.sirolimus_mg, sirolimus_interval_day=args.sirolimus_interval_day,
-                      progress=not args.no_progress, model=_model_name(args.model), **kw)
+                      progress=not args.no_progress, model=_model_name(getattr(args, "model", None)), **kw)
     from tregpd.model.parameters import default_parameters
     prov = provenance(params if params is not None else default_parameters(), None, args.seed,
                       command="tregpd dosefind", settings=res.settings,

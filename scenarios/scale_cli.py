@@ -130,7 +130,7 @@ def run_trial_command(args: argparse.Namespace) -> int:
     plan = make_plan(params, regimens, args.patients, seed=args.seed, weeks=args.weeks,
                      block=args.block if args.block is not None else DEFAULT_BLOCK,
                      ratio_target=args.ratio_target if args.ratio_target is not None else DEFAULT_RATIO_TARGET,
-                     model=check_model(args.model).name)
+                     model=check_model(getattr(args, "model", None)).name)
     check_trial_memory(plan, args.chunk)   # before a cluster is started or anything simulated
     with make_backend(workers=args.workers, scheduler=args.scheduler) as backend:
         desc = backend.describe()
@@ -173,7 +173,7 @@ def run_sensitivity_command(args: argparse.Namespace) -> int:
     _check_positive(args.chunk, "--chunk")
     _check_positive(args.top, "--top")
     from tregpd.model.models_cli import check_model
-    structure = check_model(args.model)
+    structure = check_model(getattr(args, "model", None))
     params = load_parameters(args.params)
     regimen = resolve_regimen(args.regimen, 24.0)
     with make_backend(workers=args.workers, scheduler=args.scheduler) as backend:
