@@ -1,5 +1,5 @@
 """Lazy package exports: ``from tregpd.model import simulate`` works as before, but importing a package (e.g.
-``tregpd.model.errors`` on the way to building the command-line parser) no longer imports numba, scipy or
+``tregpd.errors`` on the way to building the command-line parser) no longer imports numba, scipy or
 pandas. Each package's ``__init__`` lists which submodule defines each public name; the submodule is imported on
 first access of the name (PEP 562 module ``__getattr__``) and the value cached in the package namespace.
 """

@@ -15,7 +15,7 @@ import argparse
 import importlib
 import sys
 
-from tregpd.model.errors import TregpdError
+from tregpd.errors import TregpdError
 
 COMMAND_MODULES = (
     "tregpd.model.cli",

@@ -157,7 +157,7 @@ def _noop() -> None:
 
 
 def _render(make, args, kwargs, path, save):
-    from tregpd.model.io import atomic_save_figure
+    from tregpd.io import atomic_save_figure
     fig = make(*args, **kwargs)
     if fig is None:
         return None

@@ -28,7 +28,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-from tregpd.model.errors import TregpdError
+from tregpd.errors import TregpdError
 
 #: largest input file read (bytes); the bundled files are a few kB, a 10 MB cohort or event file is a mistake
 MAX_INPUT_BYTES = 10 * 1024 * 1024

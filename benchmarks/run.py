@@ -41,7 +41,7 @@ from tregpd.model import (default_parameters, reference_regimen, sample_populati
                           simulate_population)
 from tregpd.model import kernels as K  # noqa: E402
 from tregpd.model.structures import DEFAULT_MODEL, get_model, models  # noqa: E402
-from tregpd.model.io import atomic_save_figure, atomic_write_frame, atomic_write_json  # noqa: E402
+from tregpd.io import atomic_save_figure, atomic_write_frame, atomic_write_json  # noqa: E402
 
 T_OUT = np.array([0.0, 42.0, 84.0, 168.0])      # baseline + weeks 6, 12, 24
 RTOL, ATOL = 1e-6, 1e-8                          # one setting for every tool (tregpd's default)

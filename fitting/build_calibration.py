@@ -609,7 +609,7 @@ def _check_coverage(frame, n_evidence: int) -> None:
 def write(frame, path: str | Path) -> Path:
     """Write the table atomically with a short header (``#`` lines)."""
     import io
-    from tregpd.model.io import atomic_write_text
+    from tregpd.io import atomic_write_text
     buf = io.StringIO()
     buf.write("# tregpd calibration dataset, built by fitting/build_calibration.py from "
               "shared/evidence/evidence.csv; rules in fitting/data/CALIBRATION.md\n")

@@ -121,7 +121,7 @@ def calibrated_parameter_set(fit, roles: dict[str, str]):
 
 
 def _plot_profiles(prof, path):
-    from tregpd.model.io import atomic_save_figure
+    from tregpd.io import atomic_save_figure
     import matplotlib
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
@@ -144,7 +144,7 @@ def _plot_profiles(prof, path):
 def run_calibration(out: Path, models=None, do_profiles: bool = True, n_points: int = 5, workers: int = 2,
                     progress=print) -> dict:
     import pandas as pd
-    from tregpd.model.io import atomic_write_frame, atomic_write_json, atomic_write_text, provenance
+    from tregpd.io import atomic_write_frame, atomic_write_json, atomic_write_text, provenance
     from .joint import JointProblem, compare_structures, fit_structure, fit_summary, residual_table
     t0 = time.perf_counter()
     models = list(models or DEFAULT_COMPARISON)
@@ -213,7 +213,7 @@ def _md(frame) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tregpd.model.errors import TregpdError
+    from tregpd.errors import TregpdError
     if args.profile_points < 3:
         raise TregpdError(f"--profile-points must be >= 3, got {args.profile_points}")
     if not 1 <= args.workers <= 8:
@@ -260,6 +260,6 @@ def bundle(calibrated: Path, bundled: Path, free_in_cohort_fit: tuple[str, ...] 
         if new != body:
             text = text[:block.start(1)] + new + text[block.end(1):]
             changed.append(name)
-    from tregpd.model.io import atomic_write_text
+    from tregpd.io import atomic_write_text
     atomic_write_text(bundled, text)
     return changed

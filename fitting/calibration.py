@@ -10,7 +10,7 @@
   the labelled IU dose; 1.0 for every product by default; potency per product is meant to become a fitted
   parameter).
 
-Errors are :class:`CalibrationError` (a :class:`~tregpd.model.errors.TregpdError`) naming the file, the row id
+Errors are :class:`CalibrationError` (a :class:`~tregpd.errors.TregpdError`) naming the file, the row id
 or regimen id, the field and the bad value.
 """
 from __future__ import annotations
@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Mapping
 
 from tregpd.model.dosing import Regimen
-from tregpd.model.errors import RegimenError, TregpdError
+from tregpd.errors import RegimenError, TregpdError
 
 try:  # Python >= 3.11
     import tomllib

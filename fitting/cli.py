@@ -27,11 +27,14 @@ def register(sub) -> None:
                         "statistic more than 3 SE from the model, no convergence, or a parameter pinned at a "
                         "bound); without it such a fit exits with status 2 and writes only the report, residuals "
                         "and figures")
+    from tregpd.model.models_cli import add_model_option
+    add_model_option(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from tregpd.model.errors import TregpdError
+    from tregpd.errors import TregpdError
+    from tregpd.model.models_cli import check_model
     from .workflow import DEFAULT_POPULATION_SIZE, DEFAULT_SEED, run_fit
 
     seed = DEFAULT_SEED if args.seed is None else args.seed
@@ -42,14 +45,19 @@ def run(args: argparse.Namespace) -> int:
         raise TregpdError(f"--patients must be >= 10, got {n}")
     if args.emcee < 0:
         raise TregpdError(f"--emcee must be >= 0, got {args.emcee}")
+    structure = check_model(getattr(args, "model", None))
     free = None
     if args.free:
         free = tuple(s.strip() for s in args.free.split(",") if s.strip())
     outcome = run_fit(args.cohort, out_dir=args.out, mode=args.mode, seed=seed, parameters=args.params,
-                      free=free, n_patients=n, emcee_steps=args.emcee, accept_poor_fit=args.accept_poor_fit)
+                      free=free, n_patients=n, emcee_steps=args.emcee, accept_poor_fit=args.accept_poor_fit,
+                      model=structure.name)
     res = outcome.residuals
     fit_rows = res[res["role"] == "fitted"]
-    print(f"cohort: {outcome.typical.problem.cohort.origin}")
+    print(f"cohort: {outcome.typical.problem.cohort.origin}; model: {structure.name}")
+    dropped = outcome.typical.problem.dropped_free
+    if dropped:
+        print(f"note: not read by model {structure.name}, so not fitted: {', '.join(dropped)}")
     for r in fit_rows.itertuples():
         line = (f"  week {r.week:g} {r.observable} {r.statistic}: observed {r.value:.4g}, typical "
                 f"{r.model_typical:.4g} ({r.residual_typical_se:+.2f} SE)")

@@ -25,7 +25,7 @@ File format (one summary statistic per row; ``#`` lines and blank lines are igno
 ``unit`` (optional)
     If given, must be the observable's unit (``cells/uL`` or ``1``; ``cells/µL`` is accepted).
 
-Any error raises :class:`~tregpd.model.errors.CohortError` naming the file, the line, the field and the bad value.
+Any error raises :class:`~tregpd.errors.CohortError` naming the file, the line, the field and the bad value.
 """
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from tregpd.model.errors import CohortError
+from tregpd.errors import CohortError
 from tregpd.safeio import MAX_INPUT_BYTES, shorten
 
 #: observable -> unit

@@ -21,7 +21,8 @@ def register(sub) -> None:
                                    "hypothesis about the SAT0261 regimen (course spacing, sampling phase) and "
                                    "report how much the conclusions move.")
     p.add_argument("--out", type=Path, default=Path("out/hypotheses"), help="output folder")
-    p.add_argument("--model", default="v2_lean", help="model structure (default v2_lean)")
+    from tregpd.model.models_cli import add_model_option
+    add_model_option(p)
     p.add_argument("--only", nargs="+", default=None, metavar="NAME", help="fit only these hypotheses")
     p.add_argument("--max-nfev", type=int, default=400, help="evaluation budget per fit (default 400)")
     p.add_argument("--workers", type=int, default=1, help="processes (default 1)")
@@ -29,12 +30,12 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tregpd.model.io import atomic_write_frame, atomic_write_json, atomic_write_text, provenance
+    from tregpd.io import atomic_write_frame, atomic_write_json, atomic_write_text, model_record, provenance
     from tregpd.model.structures import get_model
 
     from .regimen_hypotheses import conclusion_ranges, fit_under_hypotheses, get_hypotheses, summary_markdown
 
-    structure = get_model(args.model)  # unknown names fail before any fitting
+    structure = get_model(getattr(args, "model", None))  # unknown names fail before any fitting
     hyps = get_hypotheses(args.only)
     if args.max_nfev < 1 or args.workers < 1:
         from .joint import JointFitError
@@ -50,8 +51,7 @@ def run(args: argparse.Namespace) -> int:
                                  progress=progress)
     seconds = time.perf_counter() - t0
     md = summary_markdown(table, structure.name, seconds=seconds)
-    prov = provenance(None, None, None, command="tregpd hypotheses", model=structure.name,
-                      model_declaration=structure.content_hash, hypotheses=[h.name for h in hyps],
+    prov = provenance(None, None, None, command="tregpd hypotheses", model=model_record(structure), hypotheses=[h.name for h in hyps],
                       max_nfev=args.max_nfev, seconds=round(seconds, 1),
                       best=str(table.loc[table["chi2"].idxmin(), "hypothesis"]),
                       ranges=conclusion_ranges(table).to_dict(orient="records"))

@@ -45,7 +45,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from tregpd.model import default_parameters, output_times, simulate, simulate_population
-from tregpd.model.errors import TregpdError
+from tregpd.errors import TregpdError
 from tregpd.model.parameters import ParameterSet
 from tregpd.model.population import DEFAULT_IIV, sample_population
 from tregpd.model.structures import get_model

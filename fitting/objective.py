@@ -28,7 +28,7 @@ import math
 
 import numpy as np
 
-from tregpd.model.errors import TregpdError
+from tregpd.errors import TregpdError
 
 #: Default between-patient SD of log cell counts (ASSUMPTION, see the module docstring).
 DEFAULT_LOG_SD = 0.5

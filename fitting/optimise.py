@@ -16,7 +16,7 @@ from typing import Sequence
 import numpy as np
 from scipy import stats
 
-from tregpd.model.errors import TregpdError
+from tregpd.errors import TregpdError
 
 from .problem import FitProblem
 

@@ -28,7 +28,7 @@ import numpy as np
 
 from tregpd.model import (DEFAULT_IIV, ParameterSet, Regimen, SolverOptions, default_parameters,
                           reference_regimen, sample_population, simulate, simulate_population)
-from tregpd.model.errors import IntegrationError, ParameterError, TregpdError
+from tregpd.errors import IntegrationError, ParameterError, TregpdError
 
 from .cohort import Cohort, baseline_values
 from .objective import DEFAULT_LOG_SD, log_residuals, standard_errors
@@ -64,6 +64,11 @@ class FitProblem:
     n_patients, iiv, seed : population mode only (IIV as SD of the log; default ``DEFAULT_IIV``).
     rtol, atol : solver tolerances (tight enough for finite-difference Jacobians).
     default_log_sd : between-patient log-SD used for weights when no IQR is given.
+    model : str or ModelStructure, optional
+        The model structure simulated (default: the default structure); after construction, its name. Free
+        parameters must be parameters it reads: a parameter flagged ``fitted = true`` in the parameter file that
+        the structure does not read is left out (listed in ``dropped_free`` and noted in the fit report); one
+        named in ``free`` is an error.
     """
 
     cohort: Cohort
@@ -77,11 +82,16 @@ class FitProblem:
     rtol: float = 1e-8
     atol: float = 1e-10
     default_log_sd: float = DEFAULT_LOG_SD
+    model: str | None = None
     n_evaluations: int = field(default=0, init=False)
 
     def __post_init__(self):
         if self.mode not in MODES:
             raise TregpdError(f"fit mode must be one of {MODES}, got {self.mode!r}")
+        from tregpd.model.structures import get_model
+        self.structure = get_model(self.model)
+        self.model = self.structure.name
+        reads = set(self.structure.parameter_names)
         priors = self.parameters if self.parameters is not None else default_parameters()
         self.priors = priors
         base, base_src, self.baseline_lines = baseline_values(self.cohort)
@@ -90,13 +100,21 @@ class FitProblem:
             self.parameters = priors.with_values(**base)
         except ParameterError as exc:
             raise TregpdError(f"{self.cohort.origin}: week-0 baseline outside the parameter bounds: {exc}") from None
-        free = tuple(priors.fitted_names if self.free is None else self.free)
-        for n in free:
+        requested = tuple(priors.fitted_names if self.free is None else self.free)
+        for n in requested:
             self.parameters[n]  # raises ParameterError for unknown names
+        #: requested free parameters (flagged fitted in the parameter file, or named in ``free``) that the
+        #: structure does not read: left out of the fit (they cannot move the model), noted in the report
+        self.dropped_free: tuple[str, ...] = tuple(n for n in requested if n not in reads)
+        free = tuple(n for n in requested if n in reads)
+        for n in free:
             if n in base:
                 raise TregpdError(f"parameter {n!r} is set from the cohort's week-0 data and cannot be fitted")
         if not free:
-            raise TregpdError("no free parameters: flag some as fitted in the parameter file or pass free=...")
+            why = (f" (flagged fitted but not read by model {self.model!r}: {', '.join(self.dropped_free)})"
+                   if self.dropped_free else "")
+            raise TregpdError("no free parameters: flag some as fitted in the parameter file or pass "
+                              f"free=...{why}")
         self.free = free
         self.regimen = self.regimen if self.regimen is not None else cohort_regimen(self.cohort)
         self.iiv = dict(DEFAULT_IIV if self.iiv is None else self.iiv)
@@ -149,10 +167,11 @@ class FitProblem:
         t_out = self.t_out if t_out is None else t_out
         mode = self.mode if mode is None else mode
         if mode == "typical":
-            return simulate(pset, self.regimen, t_out=t_out, options=self.options)
-        theta = sample_population(pset, int(n_patients or self.n_patients), iiv=self.iiv, seed=self.seed)
+            return simulate(pset, self.regimen, t_out=t_out, options=self.options, model=self.structure)
+        theta = sample_population(pset, int(n_patients or self.n_patients), iiv=self.iiv, seed=self.seed,
+                                  model=self.structure)
         res = simulate_population(theta, self.regimen, t_out=t_out, options=self.options, parallel=True,
-                                  on_failure="keep", parameters=pset, seed=self.seed)
+                                  on_failure="keep", parameters=pset, seed=self.seed, model=self.structure)
         if res.n_failed > MAX_FAILED_FRACTION * res.n_patients:
             res.raise_on_failure()
         return res

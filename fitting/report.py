@@ -143,6 +143,11 @@ def build_report(cohort, typ, pop, residuals, *, mode, seed, posterior=None, run
     add("")
     add("Regimen and assumptions")
     add("-----------------------")
+    add(f"Model structure: {prob.model} (declaration {prob.structure.content_hash[:12]})")
+    if prob.dropped_free:
+        add(f"Note: requested free (flagged fitted in the parameter file or named in --free) but not read by "
+            f"model {prob.model}, so left out of the fit (kept at their file values): "
+            f"{', '.join(prob.dropped_free)}")
     add(f"Regimen: {prob.regimen.name}: {prob.regimen.description}")
     if prob.regimen.assumption:
         add(prob.regimen.assumption)

@@ -223,9 +223,8 @@ def validate(parameters=None, *, population: int = DEFAULT_POPULATION, seed: int
         Seed of :func:`tregpd.model.sample_population` (the same seed for every study).
     out : path or None
         Output folder; None writes nothing.
-    model : optional
-        Passed to :func:`~tregpd.model.simulate` / :func:`~tregpd.model.simulate_population` if they accept
-        a ``model`` keyword (model structures); otherwise ignored.
+    model : str or ModelStructure, optional
+        The model structure simulated (default: the default structure); named in the provenance.
     potency : mapping product -> multiplier of the IU dose (default 1.0 each).
     calibration : DataFrame, optional (default :func:`load_calibration`)
     regimens : mapping, optional (default :func:`load_regimens`)
@@ -239,7 +238,7 @@ def validate(parameters=None, *, population: int = DEFAULT_POPULATION, seed: int
         ``numbers`` (validation.csv), ``qualitative`` (qualitative.csv), the one-line ``summary`` and ``files``.
     """
     import pandas as pd
-    from tregpd.model.errors import TregpdError
+    from tregpd.errors import TregpdError
     if isinstance(population, bool) or not isinstance(population, (int, np.integer)) or population < 2:
         raise TregpdError(f"population must be an integer >= 2, got {population!r}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
@@ -290,7 +289,7 @@ def validate(parameters=None, *, population: int = DEFAULT_POPULATION, seed: int
     outcome = ValidationOutcome(numbers, qual, summary, simulations=sims)
     if out is not None:
         outcome.files = _write(outcome, Path(out), cal, params, population, seed, potency, regimens,
-                               plots, time.perf_counter() - t0)
+                               plots, time.perf_counter() - t0, model=model)
     return outcome
 
 
@@ -353,10 +352,12 @@ def markdown(outcome: ValidationOutcome, regimens: Mapping[str, StudyRegimen], p
     return "\n".join(parts) + "\n"
 
 
-def _write(outcome, out: Path, cal, params, population, seed, potency, regimens, plots, runtime_s) -> dict:
-    from tregpd.model.io import atomic_save_figure, atomic_write_frame, atomic_write_json, atomic_write_text
-    from tregpd.model.io import provenance
-    prov = provenance(params, None, seed, population=population, potency=potency or "1.0 for every product",
+def _write(outcome, out: Path, cal, params, population, seed, potency, regimens, plots, runtime_s,
+           model=None) -> dict:
+    from tregpd.io import atomic_save_figure, atomic_write_frame, atomic_write_json, atomic_write_text
+    from tregpd.io import model_record, provenance
+    prov = provenance(params, None, seed, model=model_record(model), population=population,
+                      potency=potency or "1.0 for every product",
                       tolerance=f"|z| <= {TOLERANCE_Z:g} on the log scale", summary=outcome.summary,
                       calibration_rows=len(cal), runtime_s=round(runtime_s, 2))
     files = {"validation.csv": atomic_write_frame(out / "validation.csv", outcome.numbers, prov),

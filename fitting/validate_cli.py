@@ -21,11 +21,14 @@ def register(sub) -> None:
     p.add_argument("--params", type=Path, default=None,
                    help="parameter file of the typical patient (default: bundled priors)")
     p.add_argument("--strict", action="store_true", help="exit 1 when any number or check fails")
+    from tregpd.model.models_cli import add_model_option
+    add_model_option(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from tregpd.model.errors import TregpdError
+    from tregpd.errors import TregpdError
+    from tregpd.model.models_cli import check_model
     from .validate import DEFAULT_POPULATION, DEFAULT_SEED, validate
 
     seed = DEFAULT_SEED if args.seed is None else args.seed
@@ -34,7 +37,9 @@ def run(args: argparse.Namespace) -> int:
     n = DEFAULT_POPULATION if args.population is None else args.population
     if n < 2:
         raise TregpdError(f"--population must be >= 2, got {n}")
-    outcome = validate(args.params, population=n, seed=seed, out=args.out)
+    structure = check_model(getattr(args, "model", None))
+    outcome = validate(args.params, population=n, seed=seed, out=args.out, model=structure.name)
+    print(f"model: {structure.name}")
     for path in outcome.files.values():
         print(f"wrote {path}")
     print(outcome.summary)

@@ -28,7 +28,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from tregpd.model import ParameterSet
-from tregpd.model.errors import TregpdError
+from tregpd.errors import TregpdError
 
 from .cohort import Cohort, load_cohort
 from .optimise import (DEFAULT_METHOD, DELTA_CHI2_95, Profile, build_parameters, confidence_intervals,
@@ -129,7 +129,7 @@ def fitted_parameter_set(problem: FitProblem, values: Mapping[str, float], mode:
 def fit_typical(cohort=None, parameters: ParameterSet | None = None, free: Sequence[str] | None = None,
                 regimen=None, *, profile: bool = True, profile_extra: Sequence[str] = DEFAULT_PROFILE_EXTRA,
                 fix_unidentifiable: bool = True, n_profile_points: int = 9, method: str = DEFAULT_METHOD,
-                confidence: bool = True) -> TypicalFit:
+                confidence: bool = True, model=None) -> TypicalFit:
     """Typical-patient fit: lmfit fit, profile likelihood of every free parameter, identifiability decisions,
     refit with the non-identifiable parameters fixed at their priors, and lmfit confidence intervals.
 
@@ -140,9 +140,13 @@ def fit_typical(cohort=None, parameters: ParameterSet | None = None, free: Seque
     profile : compute profiles (needed for the identifiability decisions)
     profile_extra : parameters that are not free but are profiled to show (non-)identifiability
     fix_unidentifiable : apply the rule in the module docstring
+    model : model structure (default: the default structure); parameters it does not read are neither fitted
+        nor profiled
     """
     cohort = _ensure_cohort(cohort)
-    problem = FitProblem(cohort, parameters=parameters, free=free, regimen=regimen, mode="typical")
+    problem = FitProblem(cohort, parameters=parameters, free=free, regimen=regimen, mode="typical", model=model)
+    reads = set(problem.structure.parameter_names)
+    profile_extra = tuple(n for n in profile_extra if n in reads)
     _, initial = minimize(problem, method=method)
     profiles: dict[str, Profile] = {}
     decisions: dict[str, str] = {}
@@ -168,7 +172,8 @@ def fit_typical(cohort=None, parameters: ParameterSet | None = None, free: Seque
     final_free = tuple(n for n in problem.free if n not in fixed)
     if fixed and final_free:
         final_problem = FitProblem(cohort, parameters=problem.priors, free=final_free, regimen=problem.regimen,
-                                   mode="typical")
+                                   mode="typical", model=problem.model)
+        final_problem.dropped_free = problem.dropped_free
         start = {n: initial.params[n].value for n in final_free}
         minimizer, result = minimize(final_problem, build_parameters(final_problem, start=start), method=method)
     elif fixed:  # everything fixed at priors: evaluate, nothing to fit
@@ -214,13 +219,13 @@ def fit_population(cohort=None, parameters: ParameterSet | None = None, free: Se
                    regimen=None, *, start: Mapping[str, float] | None = None,
                    n_patients: int = DEFAULT_POPULATION_SIZE, iiv: Mapping[str, float] | None = None,
                    seed: int = DEFAULT_SEED, method: str = DEFAULT_METHOD, rtol: float = 1e-6,
-                   intervals: Mapping[str, tuple] | None = None) -> PopulationFit:
+                   intervals: Mapping[str, tuple] | None = None, model=None) -> PopulationFit:
     """Virtual-population fit: typical values such that the simulated cohort's statistics (median over patients,
     ratio per patient) match the observed ones. IIV (log-normal, seeded, common random numbers) is held fixed
     at ``iiv`` (default ``DEFAULT_IIV``): medians alone do not inform the spread."""
     cohort = _ensure_cohort(cohort)
     problem = FitProblem(cohort, parameters=parameters, free=free, regimen=regimen, mode="population",
-                         n_patients=n_patients, iiv=iiv, seed=seed, rtol=rtol, atol=rtol * 1e-2)
+                         n_patients=n_patients, iiv=iiv, seed=seed, rtol=rtol, atol=rtol * 1e-2, model=model)
     params = build_parameters(problem, start=dict(start or {}))
     minimizer, result = minimize(problem, params, method=method)
     values = {n: p.value for n, p in result.params.items()}
@@ -273,7 +278,7 @@ def run_fit(cohort_path=None, out_dir="out/fit", mode: str = "both", seed: int =
             parameters: ParameterSet | str | Path | None = None, free: Sequence[str] | None = None,
             n_patients: int = DEFAULT_POPULATION_SIZE, emcee_steps: int = 0, write: bool = True,
             plots: bool = True, profile_extra: Sequence[str] = DEFAULT_PROFILE_EXTRA,
-            accept_poor_fit: bool = False) -> FitOutcome:
+            accept_poor_fit: bool = False, model=None) -> FitOutcome:
     """Fit a cohort and write ``fitted_parameters.toml``, ``fit_report.txt``, ``fit.png``, ``profiles.png``,
     ``residuals.csv`` and ``provenance.json`` into ``out_dir`` (atomically, with provenance).
 
@@ -292,10 +297,13 @@ def run_fit(cohort_path=None, out_dir="out/fit", mode: str = "both", seed: int =
     accept_poor_fit : write the fitted parameter files even when the goodness-of-fit check fails (see
         :func:`~tregpd.fitting.report.assess_fit`); otherwise a poor fit writes the report, residuals and
         figures (so the failure can be read), no fitted parameter file, and raises :class:`PoorFitError`
+    model : model structure (name; default: the default structure), named in the report and the provenance.
+        A parameter flagged ``fitted = true`` that the structure does not read is left out, with a note in the
+        report
     """
     from tregpd.model import load_parameters
-    from tregpd.model.io import (atomic_save_figure, atomic_write_frame, atomic_write_json,
-                                 atomic_write_text, provenance)
+    from tregpd.io import (atomic_save_figure, atomic_write_frame, atomic_write_json,
+                                 atomic_write_text, model_record, provenance)
     from .report import assess_fit, build_report
 
     if mode not in MODES:
@@ -305,13 +313,14 @@ def run_fit(cohort_path=None, out_dir="out/fit", mode: str = "both", seed: int =
     t0 = time.perf_counter()
     cohort = load_cohort(cohort_path)
     priors = parameters if isinstance(parameters, ParameterSet) else load_parameters(parameters)
-    typ = fit_typical(cohort, priors, free=free, profile_extra=profile_extra)
+    typ = fit_typical(cohort, priors, free=free, profile_extra=profile_extra, model=model)
     pop = None
     if mode in ("population", "both"):
         free_pop = tuple(n for n, p in typ.result.params.items() if p.vary)
         pop = fit_population(cohort, priors, free=free_pop, regimen=typ.problem.regimen,
                              start=typ.values, n_patients=n_patients, seed=seed,
-                             intervals={n: typ.profiles[n].ci95 for n in free_pop if n in typ.profiles})
+                             intervals={n: typ.profiles[n].ci95 for n in free_pop if n in typ.profiles},
+                             model=typ.problem.model)
     posterior = None
     if emcee_steps and emcee_steps > 0:
         posterior = sample_posterior(typ.problem, typ.result, steps=int(emcee_steps), seed=seed)
@@ -331,6 +340,8 @@ def run_fit(cohort_path=None, out_dir="out/fit", mode: str = "both", seed: int =
         return outcome
     out = Path(out_dir)
     prov = provenance(chosen, typ.problem.regimen, seed, command="tregpd fit", cohort=cohort.origin, mode=mode,
+                      model=model_record(typ.problem.structure),
+                      not_fitted_not_read=list(typ.problem.dropped_free),
                       n_patients=n_patients if pop is not None else None,
                       iiv=pop.problem.iiv if pop is not None else None,
                       verdict={"ok": verdict.ok, "reasons": list(verdict.reasons), "notes": list(verdict.notes),

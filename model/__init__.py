@@ -1,7 +1,7 @@
 """tregpd.model: parameters, dosing, PK/PD kernels and simulation. Imports nothing from fitting/ or scenarios/.
 
 The public names are imported lazily (on first use; see :mod:`tregpd._lazy`), so that importing a submodule such
-as :mod:`tregpd.model.errors` does not compile or load the numba kernels.
+as :mod:`tregpd.model.dosing` does not compile or load the numba kernels.
 """
 from tregpd._lazy import attach
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 
 def register(sub) -> None:
+    from .models_cli import add_model_option
     p = sub.add_parser("simulate", help="simulate the reference (or a NONMEM event-file) regimen",
                        description="Simulate a typical patient and write trajectories (CSV), a figure (PNG) "
                                    "and provenance (JSON).")
@@ -18,6 +19,7 @@ def register(sub) -> None:
     p.add_argument("--method", default="dopri5", choices=["dopri5", "rosenbrock23"])
     p.add_argument("--rtol", type=float, default=1e-6)
     p.add_argument("--out", type=Path, default=Path("out/simulate"), help="output folder")
+    add_model_option(p)
     p.set_defaults(func=run)
 
     x = sub.add_parser("sbml", help="export the model and a regimen as SBML L3V2 (for COPASI, tellurium, ...)",
@@ -27,6 +29,7 @@ def register(sub) -> None:
     x.add_argument("--weeks", type=float, default=24.0, help="reference-regimen duration in weeks (default 24)")
     x.add_argument("--no-taper", action="store_true", help="leave out the background prednisone taper")
     x.add_argument("--out", type=Path, default=Path("out/tregpd.xml"), help="output SBML file")
+    add_model_option(x)
     x.set_defaults(func=run_sbml)
 
 
@@ -34,19 +37,25 @@ def run_sbml(args: argparse.Namespace) -> int:
     from .dosing import reference_regimen
     from .parameters import load_parameters
     from .sbml import to_sbml
-    to_sbml(load_parameters(args.params), reference_regimen(args.weeks, taper=not args.no_taper), path=args.out)
-    print(f"wrote {args.out}")
+    from .models_cli import check_model
+    structure = check_model(getattr(args, "model", None))
+    to_sbml(load_parameters(args.params), reference_regimen(args.weeks, taper=not args.no_taper), path=args.out,
+            model=structure)
+    print(f"wrote {args.out} (model {structure.name}, declaration {structure.content_hash[:12]})")
     return 0
 
 
 def run(args: argparse.Namespace) -> int:
     from .dosing import read_nonmem, reference_regimen, Regimen
-    from .errors import TregpdError
-    from .io import atomic_save_figure, atomic_write_json, atomic_write_text
+    from tregpd.errors import TregpdError
+    from tregpd.io import atomic_save_figure, atomic_write_json, atomic_write_text
     from .parameters import load_parameters
     from .simulate import simulate
     from .. import plotting
 
+    from .models_cli import check_model
+    # getattr: callers that build the Namespace themselves (tregpd.pipeline) may leave --model out
+    structure = check_model(getattr(args, "model", None))
     params = load_parameters(args.params)
     if not 0 < args.weeks <= 5200:  # also rejects nan and inf
         raise TregpdError(f"--weeks must be > 0 and <= 5200, got {args.weeks}")
@@ -57,11 +66,11 @@ def run(args: argparse.Namespace) -> int:
             raise TregpdError(f"{args.events}: 'simulate' takes one ID, found {sorted(tables)}")
         (events,) = tables.values()
         res = simulate(params, events=events, t_end_day=t_end, output_step_day=args.step_day,
-                       method=args.method, rtol=args.rtol)
+                       method=args.method, rtol=args.rtol, model=structure)
         res.regimen = Regimen(name=Path(args.events).stem, description=f"events from {args.events}")
     else:
         res = simulate(params, reference_regimen(args.weeks), t_end_day=t_end, output_step_day=args.step_day,
-                       method=args.method, rtol=args.rtol)
+                       method=args.method, rtol=args.rtol, model=structure)
     prov = res.provenance(command="tregpd simulate")
     out = Path(args.out)
     # written without pandas (importing it is a quarter of a small run); same bytes as
@@ -71,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
     fig = plotting.plot_trajectory(res)
     # constrained layout already fits the figure: no second ("tight") drawing pass
     atomic_save_figure(out / "trajectory.png", fig, bbox_inches=None)
+    print(f"Model: {res.model}")
     print(f"Regimen: {res.regimen.name if res.regimen else '?'}")
     if res.regimen is not None and res.regimen.assumption:
         print(res.regimen.assumption)
@@ -83,8 +93,7 @@ def trajectory_csv(res, provenance: dict | None = None) -> str:
     """The tidy trajectory CSV of :meth:`SimulationResult.to_frame` (patient, time_day, variable, value, unit;
     successful patients; provenance as ``# key: value`` lines on top), formatted as pandas writes it."""
     import json
-    from .io import _json_default
-    from .simulate import VARIABLES
+    from tregpd.io import _json_default
 
     def num(x: float) -> str:
         return "" if x != x else repr(x)            # pandas writes NaN as an empty field
@@ -93,7 +102,7 @@ def trajectory_csv(res, provenance: dict | None = None) -> str:
     lines.append("patient,time_day,variable,value,unit\n")
     times = [num(float(t)) for t in res.time_day.tolist()]
     ids = [str(int(i)) for i in res.patient_ids[res.ok].tolist()]
-    for var, (_, unit) in VARIABLES.items():
+    for var, (_, unit) in res.variables.items():
         values = res.get(var)
         for pid, row in zip(ids, values.tolist()):
             lines.extend(f"{pid},{t},{var},{num(x)},{unit}\n" for t, x in zip(times, row))

@@ -40,7 +40,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from .errors import RegimenError
+from tregpd.errors import RegimenError
 from tregpd.safeio import shorten
 
 CMT_IL2_DEPOT, CMT_IL2_CENTRAL, CMT_RAPA_GUT, CMT_RAPA_CENTRAL, CMT_RAPA_PERIPH = 1, 2, 3, 4, 5
@@ -553,7 +553,7 @@ def write_nonmem(events: dict[int, EventTable] | EventTable, path: str | Path | 
         buf.write(f"{int(r[0])},{float(r[1])!r},{float(r[2])!r},{r[3]},{r[4]},{float(r[5])!r},{int(r[6])}\n")
     text = buf.getvalue()
     if path is not None:
-        from .io import atomic_write_text
+        from tregpd.io import atomic_write_text
         atomic_write_text(path, text)
     return text
 

@@ -46,3 +46,21 @@ def run(args: argparse.Namespace) -> int:
         else:
             print(m.equations_markdown())
     return 0
+
+
+def add_model_option(parser, overrides: str = "") -> None:
+    """Add ``--model NAME`` (a model structure, ``tregpd models --brief``) to a command's parser.
+
+    The default is None (the default structure, or what a scenario file says); the name is checked when the
+    command runs (an unknown name is one line listing the known ones), so building the parser imports nothing
+    heavy."""
+    parser.add_argument("--model", default=None, metavar="NAME",
+                        help="model structure to simulate (see 'tregpd models --brief'; default: the default "
+                             f"structure{overrides})")
+
+
+def check_model(name):
+    """The model structure ``name`` (None: the default); an unknown name raises a TregpdError listing the known
+    structures."""
+    from .structures import get_model
+    return get_model(name)

@@ -25,7 +25,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-from .errors import ParameterError
+from tregpd.errors import ParameterError
 from .structures import get_model as _get_model, known_parameter_units
 
 

@@ -12,7 +12,7 @@ from typing import Mapping
 
 import numpy as np
 
-from .errors import ParameterError
+from tregpd.errors import ParameterError
 from .parameters import EXPECTED_UNITS, N_THETA, PARAMETER_NAMES, ParameterSet, _PER_DAY
 from .structures import get_model
 

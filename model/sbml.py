@@ -34,7 +34,7 @@ from pathlib import Path
 
 from .declaration import ModelStructure
 from .dosing import Regimen
-from .errors import TregpdError
+from tregpd.errors import TregpdError
 from .parameters import ParameterSet, _PER_DAY
 from .structures import get_model
 
@@ -318,6 +318,6 @@ def to_sbml(parameters: ParameterSet, regimen: Regimen, path: str | Path | None 
                           + "; ".join(e.getMessage().strip() for e in errors[:3]))
     xml = libsbml.writeSBMLToString(doc)
     if path is not None:
-        from .io import atomic_write_text
+        from tregpd.io import atomic_write_text
         atomic_write_text(path, xml)
     return xml

@@ -21,7 +21,7 @@ import numpy as np
 
 from . import kernels as K
 from .dosing import EventTable, Regimen, no_treatment
-from .errors import IntegrationError, ParameterError, TregpdError
+from tregpd.errors import IntegrationError, ParameterError, TregpdError
 from .parameters import N_THETA, PARAMETER_NAMES, ParameterSet, default_parameters
 from .structures import DEFAULT_MODEL, ModelStructure, get_model
 
@@ -277,7 +277,7 @@ class SimulationResult:
         return pd.concat(frames, ignore_index=True)
 
     def provenance(self, **extra) -> dict:
-        from .io import provenance
+        from tregpd.io import provenance
         return provenance(self.parameters, self.regimen, self.seed,
                           solver={"method": self.options.method, "pk": self.options.pk,
                                   "rtol": self.options.rtol, "atol": self.options.atol},

@@ -24,7 +24,7 @@ import os
 from collections import deque
 from typing import Any, Callable, Iterable, Iterator
 
-from tregpd.model.errors import TregpdError
+from tregpd.errors import TregpdError
 
 
 class BackendError(TregpdError):

@@ -6,6 +6,8 @@ import sys
 import warnings
 from pathlib import Path
 
+from tregpd.model.models_cli import add_model_option
+
 
 def _common(p, out_default: str) -> None:
     p.add_argument("--params", type=Path, default=None,
@@ -22,6 +24,7 @@ def _common(p, out_default: str) -> None:
     p.add_argument("--no-figures", action="store_true",
                    help="write no PNG (tables and trajectories only; the quickest, for scripted use); the same "
                         "as 'figures = false' in every scenario file")
+    add_model_option(p, overrides=" or each file's 'model' key, which this option overrides")
 
 
 def register(sub) -> None:
@@ -80,6 +83,7 @@ def register(sub) -> None:
     d.add_argument("--params", type=Path, default=None, help="parameter file (TOML); default: literature priors")
     d.add_argument("--out", type=Path, default=Path("out/dosefind"), help="output folder")
     d.add_argument("--no-progress", action="store_true")
+    add_model_option(d)
     d.set_defaults(func=dosefind_command)
 
 
@@ -96,8 +100,16 @@ def _load_params(path):
     return load_parameters(path)
 
 
+def _model_name(name):
+    """``--model``: None, or the name of a known structure (else one line listing the known ones)."""
+    if name is None:
+        return None
+    from tregpd.model.models_cli import check_model
+    return check_model(name).name
+
+
 def run_command(args: argparse.Namespace) -> int:
-    from tregpd.model.errors import ScenarioError
+    from tregpd.errors import ScenarioError
     from .runner import run_library
     from .schema import library_paths
     _warnings_to_stderr()
@@ -108,7 +120,7 @@ def run_command(args: argparse.Namespace) -> int:
         raise ScenarioError("give scenario files (e.g. scenarios/library/*.toml) or --library")
     run = run_library(files, args.out, parameters=_load_params(args.params), progress=not args.no_progress,
                       population=args.population, output_step_day=args.step_day, ratio_target=args.ratio_target,
-                      figures=not args.no_figures, figure_workers=None)
+                      figures=not args.no_figures, figure_workers=None, model=_model_name(getattr(args, "model", None)))
     print(run.markdown)
     failed = int(run.table["n_failed"].sum())
     if failed:
@@ -131,7 +143,7 @@ def list_command(args: argparse.Namespace) -> int:
 
 
 def validate_command(args: argparse.Namespace) -> int:
-    from tregpd.model.errors import TregpdError
+    from tregpd.errors import TregpdError
     from .schema import load_scenario
     bad = 0
     for path in args.files:
@@ -155,21 +167,23 @@ def question_command(args: argparse.Namespace) -> int:
     from .schema import QUESTIONS
     _warnings_to_stderr()
     names = list(QUESTIONS) if args.question == "all" else [normalise_question(args.question)]
+    model = _model_name(getattr(args, "model", None))
     params = _load_params(args.params)
     for q in names:
         if q == "reference" and len(names) > 1:
             continue
         run = run_question(q, args.out, parameters=params, progress=not args.no_progress,
                            population=args.population, output_step_day=args.step_day,
-                           ratio_target=args.ratio_target, figures=not args.no_figures, figure_workers=None)
+                           ratio_target=args.ratio_target, figures=not args.no_figures, figure_workers=None,
+                           model=model)
         print(run.answer)
         print(f"wrote {args.out / q}/")
     return 0
 
 
 def dosefind_command(args: argparse.Namespace) -> int:
-    from tregpd.model.io import atomic_save_figure, atomic_write_frame, atomic_write_json, atomic_write_text
-    from tregpd.model.io import provenance
+    from tregpd.io import atomic_save_figure, atomic_write_frame, atomic_write_json, atomic_write_text
+    from tregpd.io import model_record, provenance
     from . import dosefind as D
     from . import plots
     params = _load_params(args.params)
@@ -184,10 +198,11 @@ def dosefind_command(args: argparse.Namespace) -> int:
                       max_treg_median=args.max_treg if args.max_treg > 0 else None, weeks=args.weeks,
                       population=args.population, seed=args.seed,
                       sirolimus_mg=args.sirolimus_mg, sirolimus_interval_day=args.sirolimus_interval_day,
-                      progress=not args.no_progress, **kw)
+                      progress=not args.no_progress, model=_model_name(getattr(args, "model", None)), **kw)
     from tregpd.model.parameters import default_parameters
     prov = provenance(params if params is not None else default_parameters(), None, args.seed,
-                      command="tregpd dosefind", settings=res.settings)
+                      command="tregpd dosefind", settings=res.settings,
+                      model=model_record(res.settings["model"]))
     out = Path(args.out)
     report = res.report()
     atomic_write_frame(out / "dosefind_grid.csv", res.grid, prov)

@@ -37,8 +37,9 @@ import numpy as np
 from tregpd.model.dosing import IL2_CMTS, IL2_SC_CMTS
 
 from tregpd.model.dosing import DoseSchedule, Regimen, reference_regimen
-from tregpd.model.errors import ScenarioError
+from tregpd.errors import ScenarioError
 from tregpd.model.parameters import ParameterSet, default_parameters
+from tregpd.model.structures import get_model
 
 from . import metrics as M
 from .runner import simulate_scenario, summarise_result, cumulative_doses
@@ -143,9 +144,10 @@ def _plain(row: dict) -> dict:
 
 
 def _evaluate(regimen: Regimen, params: ParameterSet, weeks: float, population: int, seed: int, parallel: bool,
-              iiv=None) -> dict:
+              iiv=None, model: str | None = None) -> dict:
     sc = Scenario(name=regimen.name, description=regimen.description or regimen.name, weeks=weeks,
-                  regimen=regimen, population=population, seed=seed, iiv=iiv, output_step_day=7.0)
+                  regimen=regimen, population=population, seed=seed, iiv=iiv, output_step_day=7.0,
+                  model=get_model(model).name)
     res, exposure, _ = simulate_scenario(sc, params, progress=False, parallel=parallel)
     summ = summarise_result(sc, res, exposure)
     w = 24.0 if weeks >= 24 else float(weeks)
@@ -164,9 +166,10 @@ def dose_find(parameters: ParameterSet | None = None, max_selectivity: float = 0
               doses: Sequence[float] = DEFAULT_DOSES_MIU, intervals: Sequence[float] = DEFAULT_INTERVALS_DAY,
               course_days: Sequence[float] = DEFAULT_COURSE_DAYS, weeks: float = 24.0, population: int = 200,
               seed: int = 20170614, sirolimus_mg: float = 0.5, sirolimus_interval_day: float = 2.0,
-              progress: bool = True, parallel: bool = True, iiv=None) -> DoseFindResult:
+              progress: bool = True, parallel: bool = True, iiv=None, model: str | None = None) -> DoseFindResult:
     """Grid search of IL-2 regimens (see the module docstring). Returns a :class:`DoseFindResult` whose ``grid``
-    is sorted by feasibility and objective; ``best`` is None when no regimen meets the limits."""
+    is sorted by feasibility and objective; ``best`` is None when no regimen meets the limits. ``model``: the
+    model structure (default: the default structure); named in ``settings["model"]``."""
     import pandas as pd
     if not (isinstance(max_selectivity, (int, float)) and max_selectivity > 0):
         raise ScenarioError(f"dose finding: max_selectivity must be > 0, got {max_selectivity!r}")
@@ -178,9 +181,9 @@ def dose_find(parameters: ParameterSet | None = None, max_selectivity: float = 0
         raise ScenarioError(f"dose finding: weeks must be > 0, got {weeks!r}")
     if weeks > 520:
         raise ScenarioError(f"dose finding: weeks must be <= 520 (10 years), got {weeks!r}")
-    from tregpd.model.kernels import N_OUT
-    from tregpd.model.parameters import N_THETA
     from tregpd.safeio import check_memory
+    structure = get_model(model)
+    N_OUT, N_THETA = len(structure.output_names), len(structure.parameter_names)
     n_times = int(weeks) + 7   # weekly grid plus the report weeks
     check_memory(f"dose finding: population {population} over {weeks:g} weeks", population,
                  n_times * N_OUT + 3 * N_THETA,
@@ -193,7 +196,7 @@ def dose_find(parameters: ParameterSet | None = None, max_selectivity: float = 0
     if progress:
         from tqdm.auto import tqdm
         it = tqdm(cands, desc="regimens", unit="regimen")
-    rows = [{**info, **_evaluate(reg, params, weeks, population, seed, parallel, iiv)} for info, reg in it]
+    rows = [{**info, **_evaluate(reg, params, weeks, population, seed, parallel, iiv, structure.name)} for info, reg in it]
     grid = pd.DataFrame(rows)
     feasible = grid["selectivity_margin_p95"] <= max_selectivity
     if max_cumulative_miu is not None:
@@ -207,10 +210,11 @@ def dose_find(parameters: ParameterSet | None = None, max_selectivity: float = 0
     ref_reg = reference_regimen(weeks)
     reference = _plain({"regimen": "shanxi_reference (assumed)", "dose_miu": 0.5, "interval_day": 1.0, "course_day": 5.0,
                  "n_doses": int(np.isin(ref_reg.events().cmt, IL2_SC_CMTS).sum()),
-                 **_evaluate(ref_reg, params, weeks, population, seed, parallel, iiv)})
+                 **_evaluate(ref_reg, params, weeks, population, seed, parallel, iiv, structure.name)})
     settings = {"max_selectivity": max_selectivity, "max_cumulative_miu": max_cumulative_miu,
                 "max_treg_median": max_treg_median, "weeks": weeks, "population": population, "seed": seed,
                 "sirolimus": (f"{sirolimus_mg:g} mg every {sirolimus_interval_day:g} d" if sirolimus_mg > 0
                               else "none"),
-                "doses_miu": list(doses), "intervals_day": list(intervals), "course_days": list(course_days)}
+                "doses_miu": list(doses), "intervals_day": list(intervals), "course_days": list(course_days),
+                "model": structure.name}
     return DoseFindResult(grid, best, reference, settings)

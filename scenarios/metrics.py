@@ -30,7 +30,6 @@ from typing import Mapping, Sequence
 import numpy as np
 from tregpd.model.dosing import IL2_CMTS, IL2_SC_CMTS
 
-from tregpd.model.parameters import PARAMETER_NAMES
 
 #: Healthy 95 % reference ranges, healthy Shanxi Han adults (Niu et al.; literature.md a1 and d). cells/uL; 1.
 HEALTHY_RANGE: Mapping[str, tuple[float, float]] = {
@@ -40,7 +39,17 @@ HEALTHY_RANGE: Mapping[str, tuple[float, float]] = {
 }
 UNITS = {"treg": "cells/uL", "th17": "cells/uL", "ratio": "1", "naive": "cells/uL"}
 PERCENTILES = (("median", 50.0), ("p05", 5.0), ("p95", 95.0))
-_I_EC50_EFF = PARAMETER_NAMES.index("il2_ec50_effector")
+
+
+def parameter_index(name: str, model=None) -> int:
+    """Column of parameter ``name`` in the theta of model structure ``model`` (default: the default structure)."""
+    from tregpd.errors import ScenarioError
+    from tregpd.model.structures import get_model
+    m = get_model(model)
+    try:
+        return m.parameter_names.index(name)
+    except ValueError:
+        raise ScenarioError(f"model {m.name!r} has no parameter {name!r}") from None
 
 
 def time_below(time_day: np.ndarray, values: np.ndarray, target: float) -> np.ndarray:
@@ -110,15 +119,17 @@ def peak_grid(regimen, t_end_day: float, window_day: float = 1.0, step_day: floa
 
 
 def peak_exposure(t_peak: np.ndarray, c_il2: np.ndarray, c_rapa: np.ndarray, theta: np.ndarray,
-                  last_rapa_dose_day: float | None) -> dict[str, np.ndarray]:
+                  last_rapa_dose_day: float | None, model=None) -> dict[str, np.ndarray]:
     """Per-patient peak IL-2, selectivity margin, sirolimus trough and peak.
 
     Parameters
     ----------
     t_peak : (n_t,) the grid of :func:`peak_grid`
     c_il2, c_rapa : (n_patients, n_t) concentrations on that grid (pM; ng/mL)
-    theta : (n_patients, N_THETA) kernel parameters of the same patients (for ``il2_ec50_effector``)
+    theta : (n_patients, n_parameters) kernel parameters of the same patients (for ``il2_ec50_effector``), in
+        the parameter order of model structure ``model``
     last_rapa_dose_day : time of the last sirolimus dose, or None
+    model : model structure name (default: the default structure)
 
     Returns
     -------
@@ -129,7 +140,7 @@ def peak_exposure(t_peak: np.ndarray, c_il2: np.ndarray, c_rapa: np.ndarray, the
     if c_il2.shape[1]:
         peak = c_il2.max(axis=1)
         out["il2_peak"] = peak
-        out["selectivity_margin"] = peak / theta[:, _I_EC50_EFF]
+        out["selectivity_margin"] = peak / theta[:, parameter_index("il2_ec50_effector", model)]
     if last_rapa_dose_day is not None:
         k = int(np.argmin(np.abs(t_peak - last_rapa_dose_day)))
         window = (t_peak >= last_rapa_dose_day) & (t_peak <= last_rapa_dose_day + 1.0 + 1e-9)

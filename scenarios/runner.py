@@ -26,18 +26,20 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 from tregpd.model.dosing import IL2_CMTS, IL2_SC_CMTS
 
-from tregpd.model.errors import ScenarioError, TregpdError
-from tregpd.model.io import atomic_save_figure, atomic_write_frame, atomic_write_json, atomic_write_text
+from tregpd.errors import ScenarioError, TregpdError
+from tregpd.io import atomic_save_figure, atomic_write_frame, atomic_write_json, atomic_write_text
 from tregpd.model.parameters import ParameterSet, default_parameters, load_parameters
 from tregpd.model.population import sample_population
 from tregpd.model.simulate import SimulationResult, output_times, simulate_population
 
 from . import metrics as M
+from .comparison import (LibraryRun, _fmt, answers_markdown, comparison_markdown, comparison_row,  # noqa: F401
+                         comparison_table, mean_daily_dose)
 from .schema import QUESTIONS, Scenario, load_scenario
 
 TRAJECTORY_VARIABLES = ("naive", "treg", "th17", "ratio", "c_il2", "c_rapa", "auc_il2", "auc_rapa")
@@ -100,8 +102,9 @@ def resolve_parameters(scenario: Scenario, parameters: ParameterSet | str | Path
 
 def _population(scenario: Scenario, params: ParameterSet) -> np.ndarray:
     if scenario.population == 1:
-        return params.to_theta()[None, :]
-    return sample_population(params, scenario.population, iiv=scenario.iiv, seed=scenario.seed)
+        return params.to_theta(scenario.model)[None, :]
+    return sample_population(params, scenario.population, iiv=scenario.iiv, seed=scenario.seed,
+                             model=scenario.model)
 
 
 def _trajectory_grid(scenario: Scenario) -> np.ndarray:
@@ -128,7 +131,7 @@ def simulate_scenario(scenario: Scenario, parameters: ParameterSet, progress: bo
     chunk = max(25, math.ceil(n / 20)) if progress else None
     res = simulate_population(theta, scenario.regimen, t_out=_trajectory_grid(scenario), parallel=parallel,
                               on_failure="keep", parameters=parameters, seed=scenario.seed,
-                              chunk_size=chunk, progress=progress)
+                              chunk_size=chunk, progress=progress, model=scenario.model)
     exposure = {}
     t_peak = M.peak_grid(scenario.regimen, scenario.t_end_day)
     if t_peak.size:
@@ -138,7 +141,7 @@ def simulate_scenario(scenario: Scenario, parameters: ParameterSet, progress: bo
         status = np.zeros(n, dtype=np.int64)
         for s in range(0, n, chunk):
             part = simulate_population(theta[s:s + chunk], scenario.regimen, t_out=t_peak, parallel=parallel,
-                                       on_failure="keep")
+                                       on_failure="keep", model=scenario.model)
             c_il2[s:s + chunk] = part.get("c_il2", only_ok=False)
             c_rapa[s:s + chunk] = part.get("c_rapa", only_ok=False)
             status[s:s + chunk] = part.status
@@ -148,7 +151,7 @@ def simulate_scenario(scenario: Scenario, parameters: ParameterSet, progress: bo
         ev = scenario.regimen.events(until_day=scenario.t_end_day)
         rapa_t = ev.time_day[ev.cmt == 3]
         exposure = M.peak_exposure(t_peak, c_il2[ok], c_rapa[ok], theta[ok],
-                                   float(rapa_t[-1]) if rapa_t.size else None)
+                                   float(rapa_t[-1]) if rapa_t.size else None, model=scenario.model)
         if not np.any(np.isin(ev.cmt, IL2_CMTS)):
             exposure.pop("il2_peak", None)
             exposure.pop("selectivity_margin", None)
@@ -166,7 +169,7 @@ def summarise_result(scenario: Scenario, res: SimulationResult, exposure: dict):
 def percentile_frame(res: SimulationResult, variables: Sequence[str] = TRAJECTORY_VARIABLES):
     """Tidy percentiles per time: time_day, week, variable, statistic (median/p05/p95), value, unit."""
     import pandas as pd
-    from tregpd.model.simulate import VARIABLES
+    units = {v: u for v, (_, u) in res.variables.items()}
     frames = []
     t = res.time_day
     for v in variables:
@@ -175,12 +178,13 @@ def percentile_frame(res: SimulationResult, variables: Sequence[str] = TRAJECTOR
             continue
         for stat, q in M.PERCENTILES:
             frames.append(pd.DataFrame({"time_day": t, "week": t / 7.0, "variable": v, "statistic": stat,
-                                        "value": np.percentile(arr, q, axis=0), "unit": VARIABLES[v][1]}))
+                                        "value": np.percentile(arr, q, axis=0), "unit": units[v]}))
     return pd.concat(frames, ignore_index=True)
 
 
 def run_scenario(scenario: Scenario | str | Path, out_dir: str | Path | None, parameters=None,
-                 progress: bool = True, parallel: bool = True, figure_writer=None) -> ScenarioOutcome:
+                 progress: bool = True, parallel: bool = True, figure_writer=None,
+                 model: str | None = None) -> ScenarioOutcome:
     """Simulate one scenario and write its outputs into ``out_dir/<name>/``.
 
     Parameters
@@ -192,6 +196,7 @@ def run_scenario(scenario: Scenario | str | Path, out_dir: str | Path | None, pa
     progress : show a tqdm bar over patient chunks
     parallel : use the prange kernel
     figure_writer : :class:`tregpd.plotting.FigureWriter`, optional (default: draw here, at once)
+    model : model structure name, optional; overrides the scenario file's ``model`` key
 
     Returns
     -------
@@ -200,6 +205,8 @@ def run_scenario(scenario: Scenario | str | Path, out_dir: str | Path | None, pa
     t0 = time.perf_counter()
     if not isinstance(scenario, Scenario):
         scenario = load_scenario(scenario)
+    if model is not None and model != scenario.model:
+        scenario = scenario.with_overrides(model=model)
     params = resolve_parameters(scenario, parameters)
     res, exposure, _ = simulate_scenario(scenario, params, progress=progress, parallel=parallel)
     if res.n_failed == res.n_patients:
@@ -250,105 +257,10 @@ def write_outputs(outcome: ScenarioOutcome, folder: Path, figure_writer=None) ->
     return files
 
 
-# ------------------------------------------------------------------------------------------ comparison
-def mean_daily_dose(scenario: Scenario, drug: str) -> float:
-    """Average daily amount of ``drug`` over its dosing period (first dose to last dose + one interval), in
-    MIU/day (IL-2) or mg/day (sirolimus); 0 if the drug is not given."""
-    total, first, last = 0.0, math.inf, -math.inf
-    for s in scenario.regimen.schedules:
-        if s.drug != drug:
-            continue
-        t = s.dose_times()
-        t = t[t < scenario.t_end_day]
-        if t.size:
-            total += t.size * s.amount_model_units / (1e6 if drug == "il2" else 1.0)
-            first = min(first, float(t[0]))
-            last = max(last, float(t[-1]) + s.interval_day)
-    return total / (last - first) if total > 0 else 0.0
-
-
-def comparison_row(outcome: ScenarioOutcome) -> dict:
-    """One row of the cross-scenario comparison (numbers, unformatted)."""
-    sc = outcome.scenario
-    w = 24.0 if sc.weeks >= 24 - 1e-9 else float(sc.weeks)
-    end = float(sc.weeks)
-    s = outcome._index()
-    L = M.lookup_index
-    return {
-        "scenario": sc.name, "question": sc.question, "weeks": sc.weeks, "report_week": w,
-        "n_patients": int(L(s, "n_patients", statistic="count")), "n_failed": int(L(s, "n_failed", statistic="count")),
-        "il2_miu_total": L(s, "il2_cumulative_dose", statistic="value"),
-        "sirolimus_mg_total": L(s, "sirolimus_cumulative_dose", statistic="value"),
-        "il2_dose_miu": max([x.amount_model_units / 1e6 for x in sc.regimen.schedules if x.drug == "il2"],
-                            default=0.0),
-        "sirolimus_mg_per_day": mean_daily_dose(sc, "sirolimus"),
-        **{f"{v}_{stat}_w24": L(s, v, w, stat) for v in ("treg", "th17", "ratio") for stat in ("median", "p05", "p95")},
-        "treg_change_pct_w24": L(s, "treg_change_pct", w),
-        "ratio_change_pct_w24": L(s, "ratio_change_pct", w),
-        "fraction_healthy_w24": L(s, "fraction_healthy", w, "fraction"),
-        "time_below_target_weeks": L(s, "time_ratio_below_target", w),
-        "ratio_target": L(s, "ratio_target", statistic="value"),
-        "selectivity_margin": L(s, "selectivity_margin", statistic="median"),
-        "selectivity_margin_p95": L(s, "selectivity_margin", statistic="p95"),
-        "auc_il2": L(s, "auc_il2", end), "auc_rapa": L(s, "auc_rapa", end),
-        "rapa_trough": L(s, "rapa_trough"),
-        "treg_median_end": L(s, "treg", end), "ratio_median_end": L(s, "ratio", end),
-    }
-
-
-def comparison_table(outcomes: Iterable[ScenarioOutcome], sort: bool = True):
-    """DataFrame with one row per scenario (see :func:`comparison_row`), ordered by study question (in the
-    order of :data:`tregpd.scenarios.schema.QUESTIONS`, untagged last) and then name when ``sort``."""
-    import pandas as pd
-    table = pd.DataFrame([comparison_row(o) for o in outcomes])
-    if sort and len(table):
-        order = {q: i for i, q in enumerate(QUESTIONS)}
-        key = table["question"].map(lambda q: order.get(q, len(order)))
-        table = table.assign(_k=key).sort_values(["_k", "scenario"], kind="stable").drop(columns="_k")
-        table = table.reset_index(drop=True)
-    return table
-
-
-def _fmt(x, nd=2):
-    if x is None or (isinstance(x, float) and not math.isfinite(x)):
-        return "–"
-    text = f"{x:.{nd}f}"
-    return text[1:] if text.startswith("-") and float(text) == 0 else text     # no "-0"
-
-
-def comparison_markdown(table) -> str:
-    """A Markdown table for a slide or the README (medians with 90 % prediction intervals)."""
-    head = ["scenario", "wk", "IL-2 total (MIU)", "SRL total (mg)", "Treg wk24 [90% PI]",
-            "Th17/Treg wk24 [90% PI]", "Δratio wk24 (%)", "healthy wk24 (%)", "wk ratio<target by wk24",
-            "peak IL-2/EC50_E", "Treg end", "ratio end"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in table.to_dict("records"):
-        wk = "" if r["report_week"] == 24 else f" (wk{r['report_week']:g})"
-        lines.append("| " + " | ".join([
-            r["scenario"] + wk, f"{r['weeks']:g}", _fmt(r["il2_miu_total"], 1), _fmt(r["sirolimus_mg_total"], 1),
-            f"{_fmt(r['treg_median_w24'], 1)} [{_fmt(r['treg_p05_w24'], 1)}–{_fmt(r['treg_p95_w24'], 1)}]",
-            f"{_fmt(r['ratio_median_w24'])} [{_fmt(r['ratio_p05_w24'])}–{_fmt(r['ratio_p95_w24'])}]",
-            _fmt(r["ratio_change_pct_w24"], 0), _fmt(100 * r["fraction_healthy_w24"], 0),
-            _fmt(r["time_below_target_weeks"], 1), _fmt(r["selectivity_margin"], 4),
-            _fmt(r["treg_median_end"], 1), _fmt(r["ratio_median_end"])]) + " |")
-    return "\n".join(lines) + "\n"
-
-
-@dataclass
-class LibraryRun:
-    """Result of :func:`run_library`: per-scenario outcomes, the comparison table and written files."""
-
-    outcomes: list
-    table: object
-    markdown: str
-    files: list
-    seconds: float
-
-
 def run_library(paths: Sequence[str | Path | Scenario], out_dir: str | Path | None, parameters=None,
                 progress: bool = True, population: int | None = None, output_step_day: float | None = None,
                 parallel: bool = True, figures: bool = True, ratio_target: float | None = None,
-                figure_workers: int | None = 0) -> LibraryRun:
+                figure_workers: int | None = 0, model: str | None = None) -> LibraryRun:
     """Run several scenarios and compare them.
 
     Parameters
@@ -366,6 +278,7 @@ def run_library(paths: Sequence[str | Path | Scenario], out_dir: str | Path | No
         are spawned: the main module must import without side effects.
     population, output_step_day, ratio_target : optional overrides for every scenario (e.g. a quick smoke run,
         or a healthy-range ratio target instead of the study's week-24 median 0.29)
+    model : model structure name, optional; overrides every file's ``model`` key (``--model``)
 
     Returns
     -------
@@ -388,6 +301,8 @@ def run_library(paths: Sequence[str | Path | Scenario], out_dir: str | Path | No
         over["ratio_target"] = ratio_target
     if not figures:
         over["figures"] = False
+    if model is not None:
+        over["model"] = model
     figures = figures and any(s.figures for s in scenarios)
     if over:
         scenarios = [s.with_overrides(**over) for s in scenarios]
@@ -423,13 +338,14 @@ def _run_library(scenarios, out_dir, parameters, progress, parallel, figures, wr
     if out_dir is not None:
         out = Path(out_dir)
         import pandas as pd
-        from tregpd.model.io import provenance
+        from tregpd.io import model_record, provenance
+        names = list(dict.fromkeys(o.scenario.model for o in outcomes))
         prov = provenance(outcomes[0].parameters, None, None, command="tregpd scenarios run",
-                          scenarios=[str(s.path or s.name) for s in scenarios])
+                          scenarios=[str(s.path or s.name) for s in scenarios],
+                          model=model_record(names[0]) if len(names) == 1 else [model_record(n) for n in names])
         files.append(atomic_write_frame(out / "comparison.csv", table, prov))
         files.append(atomic_write_text(out / "comparison.md", md))
         if len({o.scenario.question for o in outcomes} - {"", "reference"}) > 1:
-            from .questions import answers_markdown
             files.append(atomic_write_text(out / "answers.md", answers_markdown(outcomes) + "\n"))
         files.append(atomic_write_frame(out / "summary_all.csv",
                                         pd.concat([o.summary for o in outcomes], ignore_index=True), prov))

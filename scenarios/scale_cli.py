@@ -22,6 +22,7 @@ def _backend_args(p: argparse.ArgumentParser) -> None:
 
 
 def register(sub) -> None:
+    from tregpd.model.models_cli import add_model_option
     t = sub.add_parser(
         "trial", help="virtual trial of up to millions of patients, summarised in chunks",
         description="Simulate a virtual population on one or more regimens in chunks and write streaming "
@@ -45,6 +46,7 @@ def register(sub) -> None:
                         "median)")
     t.add_argument("--out", type=Path, default=Path("out/trial"), help="output folder")
     t.add_argument("--no-plot", action="store_true", help="skip the PNG")
+    add_model_option(t)
     _backend_args(t)
     t.set_defaults(func=run_trial_command)
 
@@ -70,6 +72,7 @@ def register(sub) -> None:
     s.add_argument("--top", type=int, default=12, help="parameters shown per output in the plot and table")
     s.add_argument("--out", type=Path, default=Path("out/sensitivity"), help="output folder")
     s.add_argument("--no-plot", action="store_true", help="skip the PNG")
+    add_model_option(s)
     _backend_args(s)
     s.set_defaults(func=run_sensitivity_command)
 
@@ -78,7 +81,7 @@ def register(sub) -> None:
 def resolve_regimen(spec: str, weeks: float):
     """A Regimen from 'reference', 'untreated', a bundled scenario name or a scenario TOML path."""
     from tregpd.model.dosing import no_treatment, reference_regimen
-    from tregpd.model.errors import TregpdError
+    from tregpd.errors import TregpdError
     if spec == "reference":
         return reference_regimen(weeks=weeks)
     if spec == "untreated":
@@ -100,7 +103,7 @@ def resolve_regimen(spec: str, weeks: float):
 
 
 def _check_positive(value, flag):
-    from tregpd.model.errors import TregpdError
+    from tregpd.errors import TregpdError
     if value is not None and value < 1:
         raise TregpdError(f"{flag} must be >= 1, got {value}")
 
@@ -111,9 +114,10 @@ def _print(msg: str) -> None:
 
 # ------------------------------------------------------------------------------------------- trial
 def run_trial_command(args: argparse.Namespace) -> int:
-    from tregpd.model.io import atomic_save_figure, atomic_write_frame, atomic_write_json, provenance
+    from tregpd.io import atomic_save_figure, atomic_write_frame, atomic_write_json, provenance
     from tregpd.model.parameters import load_parameters
     from .backends import make_backend
+    from tregpd.model.models_cli import check_model
     from .trial import (DEFAULT_BLOCK, DEFAULT_RATIO_TARGET, check_trial_memory, make_plan, run_trial,
                         summary_table)
 
@@ -125,7 +129,8 @@ def run_trial_command(args: argparse.Namespace) -> int:
     regimens = [resolve_regimen(r, weeks) for r in args.regimen]
     plan = make_plan(params, regimens, args.patients, seed=args.seed, weeks=args.weeks,
                      block=args.block if args.block is not None else DEFAULT_BLOCK,
-                     ratio_target=args.ratio_target if args.ratio_target is not None else DEFAULT_RATIO_TARGET)
+                     ratio_target=args.ratio_target if args.ratio_target is not None else DEFAULT_RATIO_TARGET,
+                     model=check_model(getattr(args, "model", None)).name)
     check_trial_memory(plan, args.chunk)   # before a cluster is started or anything simulated
     with make_backend(workers=args.workers, scheduler=args.scheduler) as backend:
         desc = backend.describe()
@@ -167,48 +172,55 @@ def run_sensitivity_command(args: argparse.Namespace) -> int:
     _check_positive(args.workers, "--workers")
     _check_positive(args.chunk, "--chunk")
     _check_positive(args.top, "--top")
+    from tregpd.model.models_cli import check_model
+    structure = check_model(getattr(args, "model", None))
     params = load_parameters(args.params)
     regimen = resolve_regimen(args.regimen, 24.0)
     with make_backend(workers=args.workers, scheduler=args.scheduler) as backend:
         written = write_sensitivity(params, args.out, methods=args.method, n=args.n, regimen=regimen,
                                     seed=args.seed, backend=backend, chunk=args.chunk, top=args.top,
-                                    plot=not args.no_plot, progress=not args.no_progress and sys.stderr.isatty())
+                                    plot=not args.no_plot, progress=not args.no_progress and sys.stderr.isatty(),
+                                    model=structure.name)
     _print("wrote " + ", ".join(str(p) for p in written))
     return 0
 
 
 def write_sensitivity(parameters, out, methods=("local", "sobol"), n=None, regimen=None, seed: int = 1,
                       backend=None, chunk: int = 2000, top: int = 12, plot: bool = True, progress: bool = False,
-                      echo=_print) -> list[Path]:
+                      echo=_print, model: str | None = None) -> list[Path]:
     """Run the sensitivity ``methods`` for ``parameters`` and write ``sensitivity_<method>.csv/.json/.png``
     under ``out``; prints the top parameters per output through ``echo``. Returns the written paths.
 
     This is what ``tregpd sensitivity`` does (``regimen`` default: the reference regimen; ``backend`` default:
-    in-process); the pipeline can call it with the fitted parameters.
+    in-process; ``model``: the model structure, default the default structure); the pipeline can call it with
+    the fitted parameters.
     """
     from tregpd.model.dosing import reference_regimen
-    from tregpd.model.io import atomic_save_figure, atomic_write_frame, atomic_write_json, provenance
+    from tregpd.io import atomic_save_figure, atomic_write_frame, atomic_write_json, model_record, provenance
     from tregpd.model.simulate import SolverOptions
     from .backends import InProcessBackend
     from .sensitivity import ParameterSpace, TregpdModel, run_sensitivity
 
     regimen = regimen if regimen is not None else reference_regimen(24.0)
     backend = backend if backend is not None else InProcessBackend()
-    space = ParameterSpace.from_parameters(parameters)
-    model = TregpdModel(parameters, space, regimen)
+    structure = model
+    space = ParameterSpace.from_parameters(parameters, model=structure)
+    model = TregpdModel(parameters, space, regimen, model=structure)
     out = Path(out)
     written: list[Path] = []
     desc = backend.describe()
     for method in dict.fromkeys(methods):
-        echo(f"sensitivity ({method}): {space.dimension} parameters, regimen {regimen.name}, "
+        echo(f"sensitivity ({method}): model {model.model}, {space.dimension} parameters, regimen {regimen.name}, "
              f"backend {desc['backend']}")
         # local differences need a tight solver tolerance (solver error / step << truncation error)
         m = model if method != "local" else TregpdModel(parameters, space, regimen,
-                                                         options=SolverOptions(rtol=1e-9, atol=1e-11))
+                                                         options=SolverOptions(rtol=1e-9, atol=1e-11),
+                                                         model=model.model)
         res = run_sensitivity(method, m, space, n, seed=seed, backend=backend, chunk=chunk, progress=progress)
         prov = provenance(parameters, regimen, seed, command="tregpd sensitivity", method=method,
                           settings=res.settings, n_evaluations=res.n_evaluations,
-                          elapsed_s=round(res.elapsed_s, 2), backend=desc, model=m.describe(),
+                          elapsed_s=round(res.elapsed_s, 2), backend=desc, model=model_record(model.model),
+                          sensitivity_model=m.describe(),
                           input_space=space.to_frame().to_dict(orient="records"))
         atomic_write_frame(out / f"sensitivity_{method}.csv", res.table, prov)
         atomic_write_json(out / f"sensitivity_{method}.json",

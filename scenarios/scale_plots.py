@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tregpd.model.errors import TregpdError
+from tregpd.errors import TregpdError
 
 
 def _plt():

@@ -23,6 +23,8 @@ drug schedule). Every key is checked; an unknown key anywhere is an error naming
     output_step_day = 1.0            # trajectory grid spacing in days, > 0 and <= 7
     ratio_target = 0.29              # optional; Th17/Treg target for "time below target" (default 0.29)
     figures = true                   # optional; false = no PNG for this scenario (scripted runs; the quickest)
+    model = "v2_lean"                # optional; the model structure (`tregpd models --brief`); default: the
+                                     # default structure. `--model` on the command line overrides it
 
     [regimen]
     assumption = ""                  # optional, as in Regimen.from_dict
@@ -60,11 +62,10 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from tregpd.model.dosing import Regimen
-from tregpd.model.errors import RegimenError, ScenarioError
+from tregpd.errors import RegimenError, ScenarioError
 from tregpd.model.population import DEFAULT_IIV
-from tregpd.model.parameters import PARAMETER_NAMES
 from tregpd.safeio import check_memory, check_nesting, load_toml, read_text_file, shorten
-from tregpd.model.kernels import N_OUT  # values each patient stores per output time
+from tregpd.model.structures import DEFAULT_MODEL, get_model
 
 from .catalog import QUESTIONS  # defined without heavy imports, for the CLI parser
 OUTPUT_KINDS = ("csv", "parquet", "png", "patients")
@@ -72,7 +73,7 @@ OUTPUT_KINDS = ("csv", "parquet", "png", "patients")
 DEFAULT_RATIO_TARGET = 0.29
 
 _SCENARIO_KEYS = {"name", "description", "source", "assumption", "question", "weeks", "parameters",
-                  "population", "seed", "iiv", "outputs", "output_step_day", "ratio_target", "figures"}
+                  "population", "seed", "iiv", "outputs", "output_step_day", "ratio_target", "figures", "model"}
 _REQUIRED = ("name", "description", "weeks")
 #: the whole name (fullmatch): "$" would also accept a trailing newline
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_\-]{0,99}")
@@ -103,6 +104,8 @@ class Scenario:
         False: no figure for this scenario, whatever ``outputs`` says (``tregpd scenarios run --no-figures``
         sets it on every scenario).
     regimen : Regimen
+    model : str
+        Name of the model structure simulated (``tregpd models --brief``).
     path : Path or None
         The file it was read from.
     """
@@ -122,6 +125,7 @@ class Scenario:
     output_step_day: float = 1.0
     ratio_target: float = DEFAULT_RATIO_TARGET
     figures: bool = True
+    model: str = DEFAULT_MODEL
     path: Path | None = None
 
     @property
@@ -160,7 +164,7 @@ class Scenario:
               "assumption": self.assumption, "question": self.question, "weeks": self.weeks,
               "parameters": self.parameters, "population": self.population, "seed": self.seed,
               "outputs": list(self.outputs), "output_step_day": self.output_step_day,
-              "ratio_target": self.ratio_target, "figures": self.figures}
+              "ratio_target": self.ratio_target, "figures": self.figures, "model": self.model}
         if self.iiv is not None:
             sc["iiv"] = dict(self.iiv)
         reg = self.regimen.to_dict()
@@ -264,12 +268,14 @@ def parse_scenario(data: Mapping[str, Any], origin: str = "<scenario>", base_dir
     if step > 7.0:
         raise _err(origin, "output_step_day", f"must be <= 7 days (the summary needs weekly values), got {step!r}")
     target = _number(sc, "ratio_target", origin, DEFAULT_RATIO_TARGET)
+    model = parse_model(sc.get("model", DEFAULT_MODEL), origin)
+    n_out = len(model.output_names)
     # work bound before anything is allocated: the runner holds population x grid x N_OUT float64 values
     n_times = math.floor(weeks * 7.0 / step + 1e-9) + 1 + 5     # the grid plus up to 5 report weeks
     check_memory(f"{origin}: [scenario] population {population} with output_step_day {step:g} over "
-                 f"{weeks:g} weeks", population, n_times * N_OUT,
+                 f"{weeks:g} weeks", population, n_times * n_out,
                  "lower population or raise output_step_day, or use `tregpd trial`, which streams patients in "
-                 "chunks", error=ScenarioError, detail=f"{n_times} output times x {N_OUT} outputs")
+                 "chunks", error=ScenarioError, detail=f"{n_times} output times x {n_out} outputs")
 
     params = _string(sc, "parameters", origin, "default")
     if _resolved_parameters is not None:
@@ -288,9 +294,12 @@ def parse_scenario(data: Mapping[str, Any], origin: str = "<scenario>", base_dir
     if iiv is not None:
         if not isinstance(iiv, Mapping):
             raise _err(origin, "iiv", f"must be a table name = omega, got {shorten(iiv)}")
+        known = model.parameter_names
         for k, v in iiv.items():
-            if k not in PARAMETER_NAMES:
-                raise _err(origin, "iiv", f"unknown parameter {shorten(k)}; known: {', '.join(PARAMETER_NAMES)}")
+            # DEFAULT_IIV entries the structure does not read are allowed (sample_population skips them)
+            if k not in known and k not in DEFAULT_IIV:
+                raise _err(origin, "iiv", f"unknown parameter {shorten(k)} for model {model.name!r}; known: "
+                                          f"{', '.join(known)}")
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not _finite(v) or v < 0:
                 raise _err(origin, "iiv", f"omega of {shorten(k)} must be a number >= 0, got {shorten(v)}")
         merged = dict(DEFAULT_IIV)
@@ -345,8 +354,17 @@ def parse_scenario(data: Mapping[str, Any], origin: str = "<scenario>", base_dir
     return Scenario(name=name, description=description, weeks=weeks, regimen=regimen,
                     source=_string(sc, "source", origin), assumption=assumption, question=question,
                     parameters=params, population=population, seed=seed, iiv=iiv, outputs=tuple(outputs),
-                    output_step_day=step, ratio_target=target, figures=figures,
+                    output_step_day=step, ratio_target=target, figures=figures, model=model.name,
                     path=Path(origin) if origin and not origin.startswith("<") else None)
+
+
+def parse_model(value, origin: str = "<scenario>"):
+    """The model structure named by a scenario's ``model`` key (a ScenarioError listing the known names if
+    there is none of that name)."""
+    from tregpd.model.structures import models
+    if not isinstance(value, str) or value not in models():
+        raise _err(origin, "model", f"unknown model structure {shorten(value)}; known: {', '.join(models())}")
+    return get_model(value)
 
 
 def load_scenario(path: str | Path) -> Scenario:

@@ -41,10 +41,10 @@ from typing import Sequence
 import numpy as np
 
 from tregpd.model.dosing import EventTable, Regimen, reference_regimen
-from tregpd.model.errors import IntegrationError, TregpdError
-from tregpd.model.parameters import PARAMETER_NAMES, ParameterSet, _PER_DAY, default_parameters
-from tregpd.model.simulate import SolverOptions, simulate_population
-from tregpd.model import kernels as K
+from tregpd.errors import IntegrationError, TregpdError
+from tregpd.model.parameters import ParameterSet, _PER_DAY, default_parameters
+from tregpd.model.simulate import SolverOptions, simulate_population, variables_for
+from tregpd.model.structures import get_model
 
 from .backends import Backend, InProcessBackend
 
@@ -111,9 +111,10 @@ class ParameterSpace:
 
     @classmethod
     def from_parameters(cls, parameters: ParameterSet, names: Sequence[str] | None = None,
-                        log_ratio: float = LOG_SCALE_RATIO) -> "ParameterSpace":
-        """All (or the named) parameters within their file bounds; log scale if upper/lower >= log_ratio."""
-        names = tuple(PARAMETER_NAMES if names is None else names)
+                        log_ratio: float = LOG_SCALE_RATIO, model=None) -> "ParameterSpace":
+        """All parameters of model structure ``model`` (default: the default structure), or the named ones,
+        within their file bounds; log scale if upper/lower >= log_ratio."""
+        names = tuple(get_model(model).parameter_names if names is None else names)
         for nm in names:
             parameters[nm]  # raises ParameterError for unknown names
         lo = np.array([parameters[nm].lower for nm in names])
@@ -205,34 +206,37 @@ class IshigamiModel(SensitivityModel):
 def tregpd_chunk(task) -> np.ndarray:
     """Simulate rows of ``theta`` and return the :data:`OUTPUTS` (chunk function; picklable).
 
-    ``task = (theta, events, t_out, i_w24, margin_cols, options, parallel, first_row)``. Patients whose
+    ``task = (theta, events, t_out, i_w24, margin_cols, options, parallel, first_row, model)`` (``theta`` in
+    the parameter order of model structure ``model``, a name). Patients whose
     integration fails with the default method are retried with rosenbrock23; if that fails too an
     :class:`IntegrationError` names the sample row.
     """
-    theta, events, t_out, i_w24, margin_cols, options, parallel, first_row = task
+    theta, events, t_out, i_w24, margin_cols, options, parallel, first_row, model = task
+    names = get_model(model).parameter_names
+    col = {v: c for v, (c, _) in variables_for(model).items()}
     res = simulate_population(theta, events=events, t_out=t_out, options=options, parallel=parallel,
-                              on_failure="keep")
+                              on_failure="keep", model=model)
     values = res.values
     if res.n_failed:
         bad = np.flatnonzero(~res.ok)
         stiff = SolverOptions(method="rosenbrock23", pk=options.pk, rtol=options.rtol, atol=options.atol,
                               max_steps=options.max_steps)
         retry = simulate_population(theta[bad], events=events, t_out=t_out, options=stiff, parallel=parallel,
-                                    on_failure="keep")
+                                    on_failure="keep", model=model)
         if retry.n_failed:
             i = bad[np.flatnonzero(~retry.ok)[0]]
             msg = retry.failures()[0][1]
-            vals = ", ".join(f"{nm}={theta[i, j]:.4g}" for j, nm in enumerate(PARAMETER_NAMES))
+            vals = ", ".join(f"{nm}={theta[i, j]:.4g}" for j, nm in enumerate(names))
             raise IntegrationError(f"sample row {first_row + i}: integration failed with dopri5 and "
                                    f"rosenbrock23 ({msg}); kernel-unit parameters: {vals}")
         values = values.copy()
         values[bad] = retry.values
-    treg = values[:, i_w24, K.OUT_TREG]
-    th17 = values[:, i_w24, K.OUT_TH17]
-    peak = values[:, margin_cols, K.OUT_C_IL2].max(axis=1)
-    margin = peak / theta[:, PARAMETER_NAMES.index("il2_ec50_effector")]
-    treg0 = values[:, 0, K.OUT_TREG]     # t_out[0] = 0: the baseline
-    th170 = values[:, 0, K.OUT_TH17]
+    treg = values[:, i_w24, col["treg"]]
+    th17 = values[:, i_w24, col["th17"]]
+    peak = values[:, margin_cols, col["c_il2"]].max(axis=1)
+    margin = peak / theta[:, names.index("il2_ec50_effector")]
+    treg0 = values[:, 0, col["treg"]]     # t_out[0] = 0: the baseline
+    th170 = values[:, 0, col["th17"]]
     return np.column_stack([treg, th17, th17 / treg, margin, treg / treg0, th17 / th170,
                             (th17 / treg) / (th170 / treg0)])
 
@@ -253,6 +257,8 @@ class TregpdModel(SensitivityModel):
     margin_window_day : (float, float)
         Window of the C_IL2 peak for the selectivity margin (default days 0-5: the first course).
     options : SolverOptions
+    model : str, optional
+        Model structure (default: the default structure); ``space`` must name parameters it reads.
     """
 
     output_names = tuple(OUTPUTS)
@@ -262,12 +268,17 @@ class TregpdModel(SensitivityModel):
 
     def __init__(self, parameters: ParameterSet | None = None, space: ParameterSpace | None = None,
                  regimen: Regimen | None = None, weeks: float = 24.0,
-                 margin_window_day: tuple[float, float] = MARGIN_WINDOW_DAY, options: SolverOptions | None = None):
+                 margin_window_day: tuple[float, float] = MARGIN_WINDOW_DAY, options: SolverOptions | None = None,
+                 model=None):
+        self.structure = get_model(model)
+        self.model = self.structure.name
+        names = self.structure.parameter_names
         self.parameters = parameters if parameters is not None else default_parameters()
-        self.space = space if space is not None else ParameterSpace.from_parameters(self.parameters)
-        unknown = [nm for nm in self.space.names if nm not in PARAMETER_NAMES]
+        self.space = space if space is not None else ParameterSpace.from_parameters(self.parameters,
+                                                                                     model=self.model)
+        unknown = [nm for nm in self.space.names if nm not in names]
         if unknown:
-            raise SensitivityError(f"not model parameters: {unknown}")
+            raise SensitivityError(f"not parameters of model {self.model!r}: {unknown}")
         if not (isinstance(weeks, (int, float)) and math.isfinite(weeks) and weeks > 0):
             raise SensitivityError(f"weeks must be a positive number, got {weeks!r}")
         self.weeks = float(weeks)
@@ -284,8 +295,8 @@ class TregpdModel(SensitivityModel):
         self.i_w24 = int(np.flatnonzero(np.isclose(self.t_out, t_end))[0])
         self.margin_cols = np.flatnonzero((self.t_out >= w0 - 1e-12) & (self.t_out <= w1 + 1e-12))
         self.options = options if options is not None else SolverOptions()
-        self.typical_theta = self.parameters.to_theta()
-        self._cols = np.array([PARAMETER_NAMES.index(nm) for nm in self.space.names])
+        self.typical_theta = self.parameters.to_theta(self.model)
+        self._cols = np.array([names.index(nm) for nm in self.space.names])
         self._factors = np.array([_PER_DAY.get(self.parameters[nm].unit, 1.0) for nm in self.space.names])
 
     def theta(self, values: np.ndarray) -> np.ndarray:
@@ -297,13 +308,14 @@ class TregpdModel(SensitivityModel):
 
     def make_task(self, values, parallel_kernel, first_row):
         return (self.theta(values), self.events, self.t_out, self.i_w24, self.margin_cols, self.options,
-                parallel_kernel, first_row)
+                parallel_kernel, first_row, self.model)
 
     def typical_values(self) -> np.ndarray:
         return np.array([self.parameters[nm].value for nm in self.space.names])
 
     def describe(self):
-        return {"model": "tregpd", "regimen": self.regimen.to_dict(), "weeks": self.weeks,
+        return {"model": "tregpd", "structure": self.model, "declaration": self.structure.content_hash,
+                "regimen": self.regimen.to_dict(), "weeks": self.weeks,
                 "margin_step_day": MARGIN_STEP_DAY, "n_output_times": int(self.t_out.size),
                 "solver": {"method": self.options.method, "rtol": self.options.rtol, "atol": self.options.atol}}
 

@@ -9,7 +9,7 @@ Reproducibility whatever the chunking or backend
 ------------------------------------------------
 * Patients come in fixed **blocks** of ``block`` patients (default 1024). The standard-normal scores of block
   ``b`` are ``numpy.random.default_rng([seed, b]).standard_normal((block, k))`` (k = number of IIV
-  parameters, in :data:`~tregpd.model.parameters.PARAMETER_NAMES` order), so patient ``i`` is the same patient
+  parameters, in the model structure's parameter order), so patient ``i`` is the same patient
   whatever chunk computes it. The population is a function of ``(seed, block, iiv, parameters)`` only.
   (It is *not* the population of ``sample_population(seed)``, which draws all patients from one stream.)
 * Chunks are whole blocks (the chunk size is rounded up to a multiple of ``block``).
@@ -43,8 +43,9 @@ import numpy as np
 
 from tregpd.model import kernels as K
 from tregpd.model.dosing import EventTable, Regimen
-from tregpd.model.errors import TregpdError
-from tregpd.model.parameters import N_THETA, PARAMETER_NAMES, ParameterSet, parse_parameters
+from tregpd.errors import TregpdError
+from tregpd.model.parameters import ParameterSet, parse_parameters
+from tregpd.model.structures import DEFAULT_MODEL, get_model
 from tregpd.model.population import DEFAULT_IIV, theta_from_z
 from tregpd.model.simulate import SolverOptions, simulate_population
 
@@ -83,13 +84,15 @@ class TrialPlan:
     parameters_toml : str
         The typical-value parameter set, serialised (:meth:`ParameterSet.to_toml`).
     iiv : tuple of (name, omega)
-        Log-normal IIV, in ``PARAMETER_NAMES`` order.
+        Log-normal IIV, in the model structure's parameter order.
     seed, block, n_patients : int
     regimen_names : tuple of str
     events : tuple of EventTable, one per regimen
     t_out : (n_times,) output times in days
     options : SolverOptions
     ratio_target : float
+    model : str
+        Name of the model structure simulated.
     """
 
     parameters_toml: str
@@ -102,6 +105,7 @@ class TrialPlan:
     t_out: np.ndarray
     options: SolverOptions
     ratio_target: float = DEFAULT_RATIO_TARGET
+    model: str = DEFAULT_MODEL
 
 
 @functools.lru_cache(maxsize=4)
@@ -124,7 +128,7 @@ def trial_theta(plan: TrialPlan, start: int, stop: int) -> tuple[np.ndarray, np.
     b0, b1 = start // plan.block, (stop - 1) // plan.block + 1
     z = block_scores(plan.seed, plan.block, b0, b1 - b0, len(plan.iiv))
     z = z[start - b0 * plan.block: stop - b0 * plan.block]
-    return theta_from_z(params, z, dict(plan.iiv))
+    return theta_from_z(params, z, dict(plan.iiv), plan.model)
 
 
 # ====================================================================================== chunk results
@@ -181,7 +185,7 @@ def run_trial_chunk(task) -> ChunkSummary:
     block_of = (np.arange(start, stop) // plan.block) - first_block
     for r, events in enumerate(plan.events):
         res = simulate_population(theta, events=events, t_out=plan.t_out, options=plan.options,
-                                  parallel=parallel, on_failure="keep")
+                                  parallel=parallel, on_failure="keep", model=plan.model)
         ok = res.ok
         s.n_failed[r] = n - int(ok.sum())
         s.failure_status[r] = np.bincount(res.status, minlength=N_STATUS)[:N_STATUS]
@@ -365,6 +369,7 @@ class TrialResult:
                 "elapsed_s": round(self.elapsed_s, 3), "patients_per_second": round(self.patients_per_second, 1),
                 "cpu_s": round(self.cpu_s, 3),
                 "healthy_range": HEALTHY_RANGE, "quantile_relative_error": QUANTILE_RELATIVE_ERROR,
+                "model": {"name": self.plan.model, "declaration": get_model(self.plan.model).content_hash},
                 "solver": {"method": self.plan.options.method, "pk": self.plan.options.pk,
                            "rtol": self.plan.options.rtol, "atol": self.plan.options.atol}}
 
@@ -378,8 +383,11 @@ def _positive_int(value, name: str) -> int:
 def make_plan(parameters: ParameterSet, regimens: Sequence[Regimen], n_patients: int, *, seed: int = 0,
               iiv: Mapping[str, float] | None = None, weeks: Sequence[float] = DEFAULT_WEEKS,
               block: int = DEFAULT_BLOCK, options: SolverOptions | None = None,
-              ratio_target: float = DEFAULT_RATIO_TARGET) -> TrialPlan:
-    """Validate the trial settings and build a :class:`TrialPlan`."""
+              ratio_target: float = DEFAULT_RATIO_TARGET, model: str | None = None) -> TrialPlan:
+    """Validate the trial settings and build a :class:`TrialPlan` (``model``: the model structure, default the
+    default structure)."""
+    structure = get_model(model)
+    names_m = structure.parameter_names
     n_patients = _positive_int(n_patients, "number of patients")
     block = _positive_int(block, "block size")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
@@ -397,11 +405,13 @@ def make_plan(parameters: ParameterSet, regimens: Sequence[Regimen], n_patients:
         raise TrialError(f"regimen names must be unique, got {names}")
     iiv = dict(DEFAULT_IIV if iiv is None else iiv)
     for name, om in iiv.items():
-        if name not in PARAMETER_NAMES:
-            raise TrialError(f"IIV: unknown parameter {name!r}; known: {', '.join(PARAMETER_NAMES)}")
+        # a DEFAULT_IIV entry the structure does not read is dropped (as sample_population does)
+        if name not in names_m and name not in DEFAULT_IIV:
+            raise TrialError(f"IIV: unknown parameter {name!r} for model {structure.name!r}; known: "
+                             f"{', '.join(names_m)}")
         if isinstance(om, bool) or not isinstance(om, (int, float)) or not math.isfinite(om) or om < 0:
             raise TrialError(f"IIV: omega of {name!r} must be a finite number >= 0, got {om!r}")
-    iiv_items = tuple((nm, float(iiv[nm])) for nm in PARAMETER_NAMES if nm in iiv)
+    iiv_items = tuple((nm, float(iiv[nm])) for nm in names_m if nm in iiv)
     w = np.asarray(list(weeks), dtype=np.float64)
     if w.size == 0 or not np.all(np.isfinite(w)) or np.any(w < 0):
         raise TrialError(f"weeks must be finite and >= 0, got {list(weeks)}")
@@ -416,7 +426,7 @@ def make_plan(parameters: ParameterSet, regimens: Sequence[Regimen], n_patients:
     return TrialPlan(parameters_toml=parameters.to_toml(), iiv=iiv_items, seed=int(seed), block=block,
                      n_patients=n_patients, regimen_names=tuple(names), events=events, t_out=t_out,
                      options=options if options is not None else SolverOptions(),
-                     ratio_target=float(ratio_target))
+                     ratio_target=float(ratio_target), model=structure.name)
 
 
 def chunk_bounds(n_patients: int, chunk_patients: int, block: int) -> list[tuple[int, int]]:
@@ -434,12 +444,14 @@ def check_trial_memory(plan: TrialPlan, chunk_patients: int) -> float:
     chunk = min(-(-chunk // plan.block) * plan.block, -(-plan.n_patients // plan.block) * plan.block)
     n_t, n_reg, n_obs = plan.t_out.size, len(plan.events), len(OBSERVABLES)
     n_blocks = chunk // plan.block
+    structure = get_model(plan.model)
+    n_out, n_theta = len(structure.output_names), len(structure.parameter_names)
     # per chunk and in the accumulator: histograms, block means and M2, counters
     summaries = 2.0 * n_reg * n_obs * n_t * (HIST_BINS + 2 + 6 + 2 * n_blocks) * 8.0
     return check_memory(f"trial: chunk of {chunk} patients x {n_t} output weeks x {n_reg} regimen(s)", chunk,
-                        n_t * K.N_OUT + 3 * N_THETA, "lower --chunk (the results do not depend on it) or give "
+                        n_t * n_out + 3 * n_theta, "lower --chunk (the results do not depend on it) or give "
                         "fewer --weeks", error=TrialError, extra_bytes=summaries,
-                        detail=f"{n_t} output times x {K.N_OUT} outputs and the parameters, plus "
+                        detail=f"{n_t} output times x {n_out} outputs and the parameters, plus "
                                f"{n_reg * n_obs * n_t} histograms of {HIST_BINS} bins")
 
 

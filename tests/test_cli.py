@@ -152,7 +152,7 @@ def test_help_and_no_command(capsys):
 def test_interrupt_exits_130_and_leaves_no_partial_file(tmp_path, capsys, monkeypatch):
     """Ctrl-C while the figure is being written: exit 130, one line, and no temporary or half-written file
     (the files already written are complete)."""
-    import tregpd.model.io as tio
+    import tregpd.io as tio
 
     def interrupted_figure(path, fig, **kw):
         def boom(src, dst):
@@ -218,7 +218,7 @@ def test_trajectory_csv_matches_the_frame_writer(tmp_path):
     """``tregpd simulate`` writes its CSV without pandas; the bytes equal the pandas writer's on to_frame()."""
     from tregpd.model import default_parameters, sample_population, simulate, simulate_population
     from tregpd.model.cli import trajectory_csv
-    from tregpd.model.io import atomic_write_frame
+    from tregpd.io import atomic_write_frame
     prov = {"command": "x", "seed": 3, "list": [1.5, "a"]}
     one = simulate(default_parameters(), reference_regimen(6), t_end_day=42.0, output_step_day=0.5)
     theta = sample_population(default_parameters(), 5, seed=3)

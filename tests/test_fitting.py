@@ -42,6 +42,8 @@ def test_typical_recovery(truth_cohort):
     problem = FitProblem(cohort, free=RECOVER)
     start = build_parameters(problem)                       # the file's values
     assert {n: start[n].value for n in RECOVER} != truth
+    # a free parameter the structure does not read is left out of the fit (noted), not fitted as a no-op
+    assert FitProblem(cohort, free=RECOVER + ("gc_imax_th17",)).dropped_free == ("gc_imax_th17",)
     _, result = minimize(problem, start)
     for name, value in truth.items():
         assert result.params[name].value == pytest.approx(value, rel=2e-3), name

@@ -388,7 +388,7 @@ def test_simulate_argv_fuzz(tmp_path_factory, opts):
 # Every file parser through its file entry point: whatever bytes or kind of path it is given, only a
 # TregpdError comes out, on one line and short. Messages may list the 33 parameter names (~490 characters),
 # so the bound is TregpdError's own cap (MAX_MESSAGE, 800) rather than 500.
-from tregpd.model.errors import MAX_MESSAGE  # noqa: E402
+from tregpd.errors import MAX_MESSAGE  # noqa: E402
 
 
 def _file_parsers():

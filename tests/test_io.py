@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from tregpd.model import reference_regimen, sample_population, simulate, simulate_population
-from tregpd.model.io import (atomic_save_figure, atomic_write_bytes, atomic_write_frame, atomic_write_json,
+from tregpd.io import (atomic_save_figure, atomic_write_bytes, atomic_write_frame, atomic_write_json,
                              atomic_write_text, provenance)
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from tregpd.cli import main
 from tregpd.model import SolverOptions, default_parameters, no_treatment, reference_regimen, simulate_population
-from tregpd.model.errors import TregpdError
+from tregpd.errors import TregpdError
 from tregpd.scenarios.backends import InProcessBackend, make_backend
 from tregpd.scenarios.trial import (
     HEALTHY_RANGE, OBSERVABLES, QUANTILE_RELATIVE_ERROR, QUANTILES, TrialError, chunk_bounds, make_plan,
