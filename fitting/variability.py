@@ -330,20 +330,24 @@ def responder_mask(result, day: float, threshold: float = DEFAULT_THRESHOLD, res
     """Per-patient bool: measured fold change of ``observable`` (value at ``day`` / value at day 0) >= threshold.
 
     ``result`` is a population :class:`~tregpd.model.SimulationResult` (or anything with ``time_day`` and
-    ``get(observable)`` -> (patients, times)). With ``residual`` both visits get independent residual error
-    (seeded). ``summary`` "max"/"mean" over ``[day, day_end]`` takes the per-patient max/mean of the measured
-    fold change over the window (each visit measured with its own error).
+    ``get(observable)`` -> (patients, times)). ``summary`` "max"/"mean" over ``[day, day_end]`` takes the
+    per-patient max/mean of the model fold over the window (the visit that the study summarised). With
+    ``residual`` the two visits (day 0 and the visit) each get an independent residual error (seeded):
+    measured fold = model fold x exp(sigma (eps_1 - eps_0)).
     """
     x = np.asarray(result.get(observable), dtype=np.float64)
     t = np.asarray(result.time_day)
-    if residual:
-        x = add_residual_error(x, observable, seed=seed, rng=rng, sigma=sigma)
     fold = x / x[:, [_day_index(t, 0.0)]]
     if summary == "point":
         q = fold[:, _day_index(t, day)]
     else:
         m = (t >= day - 1e-9) & (t <= (day if day_end is None else day_end) + 1e-9)
         q = fold[:, m].max(axis=1) if summary == "max" else fold[:, m].mean(axis=1)
+    if residual:
+        s = residual_sigma(observable) if sigma is None else float(sigma)
+        g = rng if rng is not None else np.random.default_rng(seed)
+        e = g.standard_normal((q.shape[0], 2))
+        q = q * np.exp(s * (e[:, 1] - e[:, 0]))
     return q >= threshold
 
 
