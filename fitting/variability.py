@@ -252,10 +252,11 @@ class IIVFit:
         for name, om in self.problem.iiv(self.estimates).items():
             fitted = name in self.problem.fitted
             se = self.stderr.get(name, math.nan) if fitted else math.nan
+            om = 0.0 if om < 1e-9 else om
             rows.append({"kind": "omega", "name": name, "predicted": om, "stderr": se,
                          "status": ("ESTIMATED" if fitted and math.isfinite(se) and
                                     OMEGA_BOUNDS[0] + 1e-3 < om < OMEGA_BOUNDS[1] - 1e-3
-                                    else "AT BOUND (not identified)" if fitted else "PRIOR (not estimable)"),
+                                    else "AT BOUND (profile gives a limit only)" if fitted else "PRIOR (not estimable)"),
                          "rule": "lmfit least squares on ln SD" if fitted else "DEFAULT_IIV prior"})
         return pd.DataFrame(rows)
 
