@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "tregpd.fitting.cli",
     "tregpd.fitting.validate_cli",
     "tregpd.fitting.hypotheses_cli",
+    "tregpd.fitting.variability_cli",
     "tregpd.scenarios.cli",
     "tregpd.scenarios.scale_cli",
     "tregpd.pipeline",

@@ -206,11 +206,16 @@ def evaluate_check(chk: dict, row, sims: Mapping[str, StudySimulation]) -> dict:
             "predicted_typical": res["typical"][0], "pass_typical": res["typical"][1]}
 
 
+def _flow_percent_sigma() -> float:
+    from .variability import RESIDUAL_SIGMA
+    return RESIDUAL_SIGMA["flow_percent"]
+
+
 # ----------------------------------------------------------------------------------- main entry
 def validate(parameters=None, *, population: int = DEFAULT_POPULATION, seed: int = DEFAULT_SEED,
              out: str | Path | None = "out/validate", model=None, potency: Mapping[str, float] | None = None,
              calibration=None, regimens=None, iiv: Mapping[str, float] | None = None,
-             plots: bool = True) -> ValidationOutcome:
+             plots: bool = True, responder_threshold: float = 1.5) -> ValidationOutcome:
     """Simulate every study in the calibration dataset and write the validation report.
 
     Parameters
@@ -231,6 +236,11 @@ def validate(parameters=None, *, population: int = DEFAULT_POPULATION, seed: int
     iiv : mapping, optional; IIV of the virtual population (default ``DEFAULT_IIV``)
     plots : bool
         Write one figure per study.
+    responder_threshold : float
+        Column ``responder_fraction`` of Treg fold-change rows (``fold_change`` and ``percent_of_cd4``): the
+        fraction of virtual patients whose *measured* per-patient Treg fold (residual error of
+        :mod:`tregpd.fitting.variability` on every visit, seeded) at the row's time point (or max/mean over
+        its window) is >= this; empty for other rows.
 
     Returns
     -------
@@ -271,6 +281,15 @@ def validate(parameters=None, *, population: int = DEFAULT_POPULATION, seed: int
                               "n_patients": int(sim.population.ok.sum())})
             continue
         pred = row_quantity(sim, r.observable, r.mapping, r.day, r.day_end, r.time_summary, r.statistic)
+        if r.observable == "treg" and r.mapping in ("fold_change", "percent_of_cd4") and (
+                r.day > 0 or r.time_summary != "point"):
+            from .variability import responder_fraction
+            pred["responder_fraction"] = responder_fraction(
+                sim.population, r.day, responder_threshold, residual=True, seed=seed,
+                day_end=None if r.time_summary == "point" else r.day_end, summary=r.time_summary,
+                sigma=None if r.mapping == "fold_change" else _flow_percent_sigma())
+        else:
+            pred["responder_fraction"] = math.nan
         p = pred["predicted"]
         z = (math.log(p) - math.log(r.value)) / r.se if p > 0 and math.isfinite(p) else math.nan
         zt = pred["predicted_typical"]
@@ -333,9 +352,13 @@ def markdown(outcome: ValidationOutcome, regimens: Mapping[str, StudyRegimen], p
         num["tol"] = [f"{_fmt(a)}-{_fmt(b)}" for a, b in zip(num["tolerance_low"], num["tolerance_high"])]
         parts.append(_md_table(num, ["study", "regimen_id", "observable", "mapping", "when", "weight_class",
                                      "observed", "se", "tol", "predicted", "predicted_typical", "band", "z",
-                                     "in_tolerance"],
+                                     "in_tolerance", "responder_fraction"],
                                ["study", "regimen", "observable", "mapping", "day", "class", "observed",
-                                "SE (log)", "tolerance", "predicted", "typical", "5-95 %", "z", "in/out"]))
+                                "SE (log)", "tolerance", "predicted", "typical", "5-95 %", "z", "in/out",
+                                "responders"]))
+        parts += ["", "*responders*: fraction of virtual patients whose measured Treg fold change (residual error "
+                  "of tregpd.fitting.variability on every visit) is >= the responder threshold (default 1.5) at "
+                  "the row's time point; Treg fold rows only."]
     parts += ["", "## Qualitative checks", ""]
     if len(qual):
         qual["result"] = ["pass" if p else "FAIL" for p in qual["pass"]]

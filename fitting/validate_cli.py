@@ -20,6 +20,8 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=None, help="seed of the virtual population (default 20170614)")
     p.add_argument("--params", type=Path, default=None,
                    help="parameter file of the typical patient (default: bundled priors)")
+    p.add_argument("--responder-threshold", type=float, default=1.5,
+                   help="responder: measured Treg fold change >= this (column responder_fraction; default 1.5)")
     p.add_argument("--strict", action="store_true", help="exit 1 when any number or check fails")
     from tregpd.model.models_cli import add_model_option
     add_model_option(p)
@@ -37,8 +39,11 @@ def run(args: argparse.Namespace) -> int:
     n = DEFAULT_POPULATION if args.population is None else args.population
     if n < 2:
         raise TregpdError(f"--population must be >= 2, got {n}")
+    if not args.responder_threshold > 0:
+        raise TregpdError(f"--responder-threshold must be > 0, got {args.responder_threshold}")
     structure = check_model(getattr(args, "model", None))
-    outcome = validate(args.params, population=n, seed=seed, out=args.out, model=structure.name)
+    outcome = validate(args.params, population=n, seed=seed, out=args.out, model=structure.name,
+                       responder_threshold=args.responder_threshold)
     print(f"model: {structure.name}")
     for path in outcome.files.values():
         print(f"wrote {path}")
