@@ -62,6 +62,22 @@ MAX_FACTOR = 10.0
 #: forcing quantity per unit concentration at zero concentration) is below this: every forcing quantity then
 #: changes by less than half an ulp, so the right-hand side equals the one with zero concentration.
 SKIP_NEGLIGIBLE = 1e-17
+# ---- Negligible states (a State's ``negligible`` expression; generated flush_negligible, HAS_NEGLIGIBLE).
+# Rule: at the end of every accepted step (all solvers, both layouts) a state declared with an amount A_neg is
+# set to exactly 0 if |y| <= A_neg and y dy/dt <= 0 (|y| not growing), and every other negligible-declared
+# state that feeds it (appears in its ODE, directly or through intermediates) satisfies the same two
+# conditions; dy/dt is then re-evaluated at the flushed state (first-same-as-last). A state at exactly 0 with
+# all its feeders at 0 has dy/dt = 0 exactly, so it stays 0 until the next dose, contributes no error
+# estimate and no stability limit, and the step size follows the cells again.
+# Error bound: a flush removes at most A_neg of each flushed amount once per dose segment (it stays 0 until
+# the next dose); the removed amount would only have decayed (it was not growing and its feeders were
+# negligible too), so at any later time the concentration differs by at most the sum over the flushed
+# compartments of A_neg times their concentration-per-amount (inflow from a flushed depot ends in the central
+# compartment). The bundled IL-2 structures use A_neg = the amount whose concentration is 1e-12 x the smaller
+# IL-2 EC50, for both IL-2 compartments: every IL-2 signal c/(c + EC50) then moves by at most 2e-12 (absolute),
+# so every rate that the cells see changes by at most ~2e-12 x (Emax) relative -- four orders below rtol 1e-8
+# and two below 1e-10 (tests/test_solvers.py checks agreement with the un-flushed integration at 1e-8).
+
 #: The first step of a dose segment on the fast path is the Hairer-Norsett-Wanner estimate times this factor
 #: (a dose starts an absorption pulse whose time scale the two-point estimate overrates; measured in
 #: benchmarks/README.md: about the same number of steps at rtol 1e-6, 10-30x smaller global error).
@@ -80,12 +96,32 @@ def projectors(k, lam):
     expm(K t) = sum_j exp(l_j t) M_j. Requires distinct eigenvalues."""
     n = lam.size
     m = np.zeros((n, n, n))
+    acc = np.empty((n, n))
+    fac = np.empty((n, n))
+    nxt = np.empty((n, n))
     for j in range(n):
-        acc = np.eye(n)
+        for r in range(n):
+            for c in range(n):
+                acc[r, c] = 1.0 if r == c else 0.0
         for i in range(n):
             if i != j:
-                acc = acc @ ((k - lam[i] * np.eye(n)) / (lam[j] - lam[i]))
-        m[j] = acc
+                d = lam[j] - lam[i]
+                for r in range(n):
+                    for c in range(n):
+                        fac[r, c] = (k[r, c] - (lam[i] if r == c else 0.0)) / d
+                # explicit loops, not `@`: numba's matmul pulls in BLAS bindings that cost seconds to compile
+                for r in range(n):
+                    for c in range(n):
+                        s = 0.0
+                        for q in range(n):
+                            s += acc[r, q] * fac[q, c]
+                        nxt[r, c] = s
+                for r in range(n):
+                    for c in range(n):
+                        acc[r, c] = nxt[r, c]
+        for r in range(n):
+            for c in range(n):
+                m[j, r, c] = acc[r, c]
     return m
 
 
@@ -337,6 +373,8 @@ def dopri5_segment(t0, t1, y, p, seg, pkc, mode, rtol, atol, h, t_out, k_out, ou
                     return STATUS_NONFINITE, t, k_out, h, steps
             y[:] = ynew
             f[:] = k[6]
+            if HAS_NEGLIGIBLE and flush_negligible(y, f, p, 0 if mode == MODE_CLOSED_FORM else N_PK_AMOUNTS):
+                rhs(t_new, y, p, seg, pkc, mode, frc, cc, f)
             t = t_new
             fac = MAX_FACTOR if en == 0.0 else min(MAX_FACTOR, SAFETY * en ** -0.2)
             if not last:
@@ -477,6 +515,8 @@ def rosenbrock23_segment(t0, t1, y, p, seg, pkc, mode, rtol, atol, h, t_out, k_o
                     return STATUS_NONFINITE, t, k_out, h, steps
             y[:] = ynew
             f0[:] = f2
+            if HAS_NEGLIGIBLE and flush_negligible(y, f0, p, 0 if mode == MODE_CLOSED_FORM else N_PK_AMOUNTS):
+                rhs(t_new, y, p, seg, pkc, mode, frc, cc, f0)
             t = t_new
             need_jac = True
             if not last:
@@ -776,6 +816,8 @@ def dopri5_cf_segment(t0, t1, y, p, seg, pkc, rtol, atol, t_out, k_out, out, auc
             for i in range(n):
                 y[i] = ynew[i]
                 f[i] = k[6, i]
+            if HAS_NEGLIGIBLE and flush_negligible(y, f, p, 0):
+                derivs_cf(y, frc, 4, seg, p, f)  # frc[4] is the forcing at t + h = t_new
             t = t_new
             if not last:
                 n_carry += 1
@@ -860,7 +902,6 @@ def simulate_patient_cf_dp5(theta, dose_t, dose_cmt, dose_amt, t_out, rtol, atol
 
 
 # ============================================================================================= drivers
-@njit(cache=True)
 def simulate_patient(theta, dose_t, dose_cmt, dose_amt, t_out, rtol, atol, method, mode, max_steps, out):
     """Simulate one patient from t=0 (baseline steady state, no drug) to ``t_out[-1]``.
 
@@ -880,6 +921,10 @@ def simulate_patient(theta, dose_t, dose_cmt, dose_amt, t_out, rtol, atol, metho
     status : int (STATUS_*)
     t_reached : float, days
     steps : int, accepted + rejected steps
+
+    A plain-Python dispatcher (not jitted), so that a first call compiles only the path it uses: the fast
+    path :func:`simulate_patient_cf_dp5` or the reference path :func:`simulate_patient_generic` (both njit).
+    Not callable from numba code; jitted callers use those two directly.
     """
     if mode == MODE_CLOSED_FORM and method == METHOD_DOPRI5:
         return simulate_patient_cf_dp5(theta, dose_t, dose_cmt, dose_amt, t_out, rtol, atol, max_steps, out)
