@@ -285,18 +285,24 @@ def initial_step(t, y, f0, p, seg, pkc, mode, rtol, atol, order, h_max, frc, cc)
 
 
 @njit(cache=True)
+def record_fast(row, t, y, p, seg, pkc, auc, scr):
+    """One output row at time t in the closed-form layout (concentrations and AUCs from ``pkc``); ``scr`` is a
+    (2, max(N_BLOCKS, 1)) scratch array. (The fast path calls this directly, so it does not compile record_ode.)"""
+    cc = scr[0]
+    tmp = scr[1]
+    pk_conc(t, pkc, cc)
+    for b in range(N_BLOCKS):
+        cc[b] = max(cc[b], 0.0)
+        tmp[b] = auc[b]
+    pk_auc(t, pkc, tmp)
+    record_cf(row, y, cc, tmp, p, seg)
+
+
+@njit(cache=True)
 def record_any(row, t, y, p, seg, pkc, mode, auc, scr):
-    """One output row at time t in either layout (closed-form concentrations and AUCs from ``pkc``);
-    ``scr`` is a (2, max(N_BLOCKS, 1)) scratch array."""
+    """One output row at time t in either layout (see :func:`record_fast`)."""
     if mode == MODE_CLOSED_FORM:
-        cc = scr[0]
-        tmp = scr[1]
-        pk_conc(t, pkc, cc)
-        for b in range(N_BLOCKS):
-            cc[b] = max(cc[b], 0.0)
-            tmp[b] = auc[b]
-        pk_auc(t, pkc, tmp)
-        record_cf(row, y, cc, tmp, p, seg)
+        record_fast(row, t, y, p, seg, pkc, auc, scr)
     else:
         record_ode(row, y, p, seg)
 
@@ -713,8 +719,9 @@ def cf_initial_step(y, f0, p, seg, lam, coef, active, tau0, rtol, atol, h_max, y
         b = MODE_BLOCK[j]
         if active[b]:
             cc[b] += coef[j] * math.exp(lam[j] * (tau0 + h0))
-    forcing(cc, seg, p, frc, 5)
-    derivs_cf(y1, frc, 5, seg, p, f1)
+    r0 = frc.shape[0] - 1  # row 5, as a run-time int: a literal 5 would make numba compile a second version
+    forcing(cc, seg, p, frc, r0)
+    derivs_cf(y1, frc, r0, seg, p, f1)
     d2 = 0.0
     for i in range(n):
         sc = atol + rtol * abs(y[i])
@@ -746,8 +753,10 @@ def dopri5_cf_segment(t0, t1, y, p, seg, pkc, rtol, atol, t_out, k_out, out, auc
     f = work[10]
     cf_segment_setup(pkc, seg, p, lam, coef, active, sens)
     cf_conc_now(t0 - pkc[PKC_T0], lam, coef, active, enow, cc)
-    forcing(cc, seg, p, frc, 5)
-    derivs_cf(y, frc, 5, seg, p, f)
+    r0 = frc.shape[0] - 1  # row 5 (step start); run-time ints keep forcing/derivs_cf to one compiled version
+    r4 = r0 - 1            # row 4 (t + h)
+    forcing(cc, seg, p, frc, r0)
+    derivs_cf(y, frc, r0, seg, p, f)
     span = t1 - t0
     h = cf_initial_step(y, f, p, seg, lam, coef, active, t0 - pkc[PKC_T0], rtol, atol, span, ytmp, err, frc,
                         cc)
@@ -783,7 +792,7 @@ def dopri5_cf_segment(t0, t1, y, p, seg, pkc, rtol, atol, t_out, k_out, out, auc
             for r in range(6):
                 acc += DP_B[r] * k[r, i]
             ynew[i] = y[i] + h * acc
-        derivs_cf(ynew, frc, 4, seg, p, k[6])
+        derivs_cf(ynew, frc, r4, seg, p, k[6])
         steps += 1
         for i in range(n):
             acc = 0.0
@@ -808,7 +817,7 @@ def dopri5_cf_segment(t0, t1, y, p, seg, pkc, rtol, atol, t_out, k_out, out, auc
                         qv += acc * xp
                         xp *= x
                     ytmp[i] = y[i] + h * qv
-                record_any(out[k_out], t_out[k_out], ytmp, p, seg, pkc, MODE_CLOSED_FORM, auc, scr)
+                record_fast(out[k_out], t_out[k_out], ytmp, p, seg, pkc, auc, scr)
                 k_out += 1
             for i in range(n):
                 if not math.isfinite(ynew[i]):
@@ -817,7 +826,7 @@ def dopri5_cf_segment(t0, t1, y, p, seg, pkc, rtol, atol, t_out, k_out, out, auc
                 y[i] = ynew[i]
                 f[i] = k[6, i]
             if HAS_NEGLIGIBLE and flush_negligible(y, f, p, 0):
-                derivs_cf(y, frc, 4, seg, p, f)  # frc[4] is the forcing at t + h = t_new
+                derivs_cf(y, frc, r4, seg, p, f)  # frc[4] is the forcing at t + h = t_new
             t = t_new
             if not last:
                 n_carry += 1
@@ -880,7 +889,7 @@ def simulate_patient_cf_dp5(theta, dose_t, dose_cmt, dose_amt, t_out, rtol, atol
             segment_values(p, cov, seg)
         pk_set_segment(t, a, lam_all, proj, scales, pkc)
         while k_out < n_out and t_out[k_out] <= t:
-            record_any(out[k_out], t, y, p, seg, pkc, MODE_CLOSED_FORM, auc, scr)
+            record_fast(out[k_out], t, y, p, seg, pkc, auc, scr)
             k_out += 1
         if k_out >= n_out:
             break
