@@ -276,6 +276,7 @@ class StructurePeer:
         self.make_rhs = ns["make_rhs"]
         self.dose_index = {d.cmt: self.names.index(d.target) for d in m.doses}
         self.dose_f = {d.cmt: d.bioavailability for d in m.doses}
+        self.dose_potency = {d.cmt: d.potency for d in m.doses}
         self.cov_cmt = {c.cmt: c.name for c in m.covariates}
         self.obs = {o.name: compile(o.expr, f"<observable {o.name}>", "eval") for o in m.observables}
 
@@ -328,7 +329,9 @@ class StructurePeer:
                 cmt = int(events.cmt[i])
                 if cmt in self.dose_index:
                     f = self.dose_f[cmt]
-                    y[self.dose_index[cmt]] += events.amount[i] * (1.0 if f is None else env[f])
+                    q = self.dose_potency[cmt]
+                    amt = events.amount[i] * (1.0 if f is None else env[f])
+                    y[self.dose_index[cmt]] += amt * (1.0 if q is None else env[q])
                 elif cmt in self.cov_cmt:
                     env[self.cov_cmt[cmt]] = float(events.amount[i])
                     changed = True

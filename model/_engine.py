@@ -62,6 +62,22 @@ MAX_FACTOR = 10.0
 #: forcing quantity per unit concentration at zero concentration) is below this: every forcing quantity then
 #: changes by less than half an ulp, so the right-hand side equals the one with zero concentration.
 SKIP_NEGLIGIBLE = 1e-17
+# ---- Negligible states (a State's ``negligible`` expression; generated flush_negligible, HAS_NEGLIGIBLE).
+# Rule: at the end of every accepted step (all solvers, both layouts) a state declared with an amount A_neg is
+# set to exactly 0 if |y| <= A_neg and y dy/dt <= 0 (|y| not growing), and every other negligible-declared
+# state that feeds it (appears in its ODE, directly or through intermediates) satisfies the same two
+# conditions; dy/dt is then re-evaluated at the flushed state (first-same-as-last). A state at exactly 0 with
+# all its feeders at 0 has dy/dt = 0 exactly, so it stays 0 until the next dose, contributes no error
+# estimate and no stability limit, and the step size follows the cells again.
+# Error bound: a flush removes at most A_neg of each flushed amount once per dose segment (it stays 0 until
+# the next dose); the removed amount would only have decayed (it was not growing and its feeders were
+# negligible too), so at any later time the concentration differs by at most the sum over the flushed
+# compartments of A_neg times their concentration-per-amount (inflow from a flushed depot ends in the central
+# compartment). The bundled IL-2 structures use A_neg = the amount whose concentration is 1e-12 x the smaller
+# IL-2 EC50, for both IL-2 compartments: every IL-2 signal c/(c + EC50) then moves by at most 2e-12 (absolute),
+# so every rate that the cells see changes by at most ~2e-12 x (Emax) relative -- four orders below rtol 1e-8
+# and two below 1e-10 (tests/test_solvers.py checks agreement with the un-flushed integration at 1e-8).
+
 #: The first step of a dose segment on the fast path is the Hairer-Norsett-Wanner estimate times this factor
 #: (a dose starts an absorption pulse whose time scale the two-point estimate overrates; measured in
 #: benchmarks/README.md: about the same number of steps at rtol 1e-6, 10-30x smaller global error).
@@ -80,12 +96,32 @@ def projectors(k, lam):
     expm(K t) = sum_j exp(l_j t) M_j. Requires distinct eigenvalues."""
     n = lam.size
     m = np.zeros((n, n, n))
+    acc = np.empty((n, n))
+    fac = np.empty((n, n))
+    nxt = np.empty((n, n))
     for j in range(n):
-        acc = np.eye(n)
+        for r in range(n):
+            for c in range(n):
+                acc[r, c] = 1.0 if r == c else 0.0
         for i in range(n):
             if i != j:
-                acc = acc @ ((k - lam[i] * np.eye(n)) / (lam[j] - lam[i]))
-        m[j] = acc
+                d = lam[j] - lam[i]
+                for r in range(n):
+                    for c in range(n):
+                        fac[r, c] = (k[r, c] - (lam[i] if r == c else 0.0)) / d
+                # explicit loops, not `@`: numba's matmul pulls in BLAS bindings that cost seconds to compile
+                for r in range(n):
+                    for c in range(n):
+                        s = 0.0
+                        for q in range(n):
+                            s += acc[r, q] * fac[q, c]
+                        nxt[r, c] = s
+                for r in range(n):
+                    for c in range(n):
+                        acc[r, c] = nxt[r, c]
+        for r in range(n):
+            for c in range(n):
+                m[j, r, c] = acc[r, c]
     return m
 
 
@@ -249,18 +285,24 @@ def initial_step(t, y, f0, p, seg, pkc, mode, rtol, atol, order, h_max, frc, cc)
 
 
 @njit(cache=True)
+def record_fast(row, t, y, p, seg, pkc, auc, scr):
+    """One output row at time t in the closed-form layout (concentrations and AUCs from ``pkc``); ``scr`` is a
+    (2, max(N_BLOCKS, 1)) scratch array. (The fast path calls this directly, so it does not compile record_ode.)"""
+    cc = scr[0]
+    tmp = scr[1]
+    pk_conc(t, pkc, cc)
+    for b in range(N_BLOCKS):
+        cc[b] = max(cc[b], 0.0)
+        tmp[b] = auc[b]
+    pk_auc(t, pkc, tmp)
+    record_cf(row, y, cc, tmp, p, seg)
+
+
+@njit(cache=True)
 def record_any(row, t, y, p, seg, pkc, mode, auc, scr):
-    """One output row at time t in either layout (closed-form concentrations and AUCs from ``pkc``);
-    ``scr`` is a (2, max(N_BLOCKS, 1)) scratch array."""
+    """One output row at time t in either layout (see :func:`record_fast`)."""
     if mode == MODE_CLOSED_FORM:
-        cc = scr[0]
-        tmp = scr[1]
-        pk_conc(t, pkc, cc)
-        for b in range(N_BLOCKS):
-            cc[b] = max(cc[b], 0.0)
-            tmp[b] = auc[b]
-        pk_auc(t, pkc, tmp)
-        record_cf(row, y, cc, tmp, p, seg)
+        record_fast(row, t, y, p, seg, pkc, auc, scr)
     else:
         record_ode(row, y, p, seg)
 
@@ -337,6 +379,8 @@ def dopri5_segment(t0, t1, y, p, seg, pkc, mode, rtol, atol, h, t_out, k_out, ou
                     return STATUS_NONFINITE, t, k_out, h, steps
             y[:] = ynew
             f[:] = k[6]
+            if HAS_NEGLIGIBLE and flush_negligible(y, f, p, 0 if mode == MODE_CLOSED_FORM else N_PK_AMOUNTS):
+                rhs(t_new, y, p, seg, pkc, mode, frc, cc, f)
             t = t_new
             fac = MAX_FACTOR if en == 0.0 else min(MAX_FACTOR, SAFETY * en ** -0.2)
             if not last:
@@ -477,6 +521,8 @@ def rosenbrock23_segment(t0, t1, y, p, seg, pkc, mode, rtol, atol, h, t_out, k_o
                     return STATUS_NONFINITE, t, k_out, h, steps
             y[:] = ynew
             f0[:] = f2
+            if HAS_NEGLIGIBLE and flush_negligible(y, f0, p, 0 if mode == MODE_CLOSED_FORM else N_PK_AMOUNTS):
+                rhs(t_new, y, p, seg, pkc, mode, frc, cc, f0)
             t = t_new
             need_jac = True
             if not last:
@@ -673,8 +719,9 @@ def cf_initial_step(y, f0, p, seg, lam, coef, active, tau0, rtol, atol, h_max, y
         b = MODE_BLOCK[j]
         if active[b]:
             cc[b] += coef[j] * math.exp(lam[j] * (tau0 + h0))
-    forcing(cc, seg, p, frc, 5)
-    derivs_cf(y1, frc, 5, seg, p, f1)
+    r0 = frc.shape[0] - 1  # row 5, as a run-time int: a literal 5 would make numba compile a second version
+    forcing(cc, seg, p, frc, r0)
+    derivs_cf(y1, frc, r0, seg, p, f1)
     d2 = 0.0
     for i in range(n):
         sc = atol + rtol * abs(y[i])
@@ -706,8 +753,10 @@ def dopri5_cf_segment(t0, t1, y, p, seg, pkc, rtol, atol, t_out, k_out, out, auc
     f = work[10]
     cf_segment_setup(pkc, seg, p, lam, coef, active, sens)
     cf_conc_now(t0 - pkc[PKC_T0], lam, coef, active, enow, cc)
-    forcing(cc, seg, p, frc, 5)
-    derivs_cf(y, frc, 5, seg, p, f)
+    r0 = frc.shape[0] - 1  # row 5 (step start); run-time ints keep forcing/derivs_cf to one compiled version
+    r4 = r0 - 1            # row 4 (t + h)
+    forcing(cc, seg, p, frc, r0)
+    derivs_cf(y, frc, r0, seg, p, f)
     span = t1 - t0
     h = cf_initial_step(y, f, p, seg, lam, coef, active, t0 - pkc[PKC_T0], rtol, atol, span, ytmp, err, frc,
                         cc)
@@ -743,7 +792,7 @@ def dopri5_cf_segment(t0, t1, y, p, seg, pkc, rtol, atol, t_out, k_out, out, auc
             for r in range(6):
                 acc += DP_B[r] * k[r, i]
             ynew[i] = y[i] + h * acc
-        derivs_cf(ynew, frc, 4, seg, p, k[6])
+        derivs_cf(ynew, frc, r4, seg, p, k[6])
         steps += 1
         for i in range(n):
             acc = 0.0
@@ -768,7 +817,7 @@ def dopri5_cf_segment(t0, t1, y, p, seg, pkc, rtol, atol, t_out, k_out, out, auc
                         qv += acc * xp
                         xp *= x
                     ytmp[i] = y[i] + h * qv
-                record_any(out[k_out], t_out[k_out], ytmp, p, seg, pkc, MODE_CLOSED_FORM, auc, scr)
+                record_fast(out[k_out], t_out[k_out], ytmp, p, seg, pkc, auc, scr)
                 k_out += 1
             for i in range(n):
                 if not math.isfinite(ynew[i]):
@@ -776,6 +825,8 @@ def dopri5_cf_segment(t0, t1, y, p, seg, pkc, rtol, atol, t_out, k_out, out, auc
             for i in range(n):
                 y[i] = ynew[i]
                 f[i] = k[6, i]
+            if HAS_NEGLIGIBLE and flush_negligible(y, f, p, 0):
+                derivs_cf(y, frc, r4, seg, p, f)  # frc[4] is the forcing at t + h = t_new
             t = t_new
             if not last:
                 n_carry += 1
@@ -838,7 +889,7 @@ def simulate_patient_cf_dp5(theta, dose_t, dose_cmt, dose_amt, t_out, rtol, atol
             segment_values(p, cov, seg)
         pk_set_segment(t, a, lam_all, proj, scales, pkc)
         while k_out < n_out and t_out[k_out] <= t:
-            record_any(out[k_out], t, y, p, seg, pkc, MODE_CLOSED_FORM, auc, scr)
+            record_fast(out[k_out], t, y, p, seg, pkc, auc, scr)
             k_out += 1
         if k_out >= n_out:
             break
@@ -860,7 +911,6 @@ def simulate_patient_cf_dp5(theta, dose_t, dose_cmt, dose_amt, t_out, rtol, atol
 
 
 # ============================================================================================= drivers
-@njit(cache=True)
 def simulate_patient(theta, dose_t, dose_cmt, dose_amt, t_out, rtol, atol, method, mode, max_steps, out):
     """Simulate one patient from t=0 (baseline steady state, no drug) to ``t_out[-1]``.
 
@@ -880,6 +930,10 @@ def simulate_patient(theta, dose_t, dose_cmt, dose_amt, t_out, rtol, atol, metho
     status : int (STATUS_*)
     t_reached : float, days
     steps : int, accepted + rejected steps
+
+    A plain-Python dispatcher (not jitted), so that a first call compiles only the path it uses: the fast
+    path :func:`simulate_patient_cf_dp5` or the reference path :func:`simulate_patient_generic` (both njit).
+    Not callable from numba code; jitted callers use those two directly.
     """
     if mode == MODE_CLOSED_FORM and method == METHOD_DOPRI5:
         return simulate_patient_cf_dp5(theta, dose_t, dose_cmt, dose_amt, t_out, rtol, atol, max_steps, out)

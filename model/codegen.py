@@ -33,7 +33,7 @@ import numpy as np
 
 from .declaration import FUNCTIONS, DeclarationError, ModelStructure, expression_names
 
-GENERATOR_VERSION = "1"
+GENERATOR_VERSION = "2"
 _LOCK = threading.Lock()
 _LOADED: dict[str, ModuleType] = {}
 
@@ -43,7 +43,8 @@ ENGINE_INTERFACE = (
     "N_SEG", "N_FORCING", "BLOCK_SIZE", "BLOCK_START", "BLOCK_OFFSET", "BLOCK_OBSERVED", "MODE_BLOCK",
     "NONNEGATIVE", "derive", "initial_covariates", "segment_values", "forcing", "derivs_cf", "derivs_ode",
     "jac_cf", "jac_ode", "pk_matrix", "pk_eigs", "pk_scales", "initial_state_cf", "initial_state_ode",
-    "apply_dose_cf", "apply_dose_ode", "record_cf", "record_ode", "block_sensitivity")
+    "apply_dose_cf", "apply_dose_ode", "record_cf", "record_ode", "block_sensitivity", "flush_negligible",
+    "HAS_NEGLIGIBLE")
 
 
 def cache_dir() -> Path:
@@ -96,6 +97,90 @@ def emit(expr: str, mapping: dict[str, str]) -> str:
     """Python source of ``expr`` with every name replaced by its binding (operation order kept)."""
     tree = ast.parse(expr, mode="eval")
     return ast.unparse(_Rename(mapping).visit(tree).body)
+
+
+class _Hoister:
+    """Moves per-patient constant work out of the per-stage code (derived automatically, no hand twins).
+
+    :meth:`rewrite` returns an expression (declaration names) in which
+
+    * every maximal subexpression of parameters/derived constants only (that is more than a name, a number or
+      a negated name) is replaced by a new per-patient constant ``hoisted_k``, and
+    * every division by such a constant, ``x / k``, becomes ``x * hoisted_j`` with ``hoisted_j = 1.0 / (k)``
+      (a division by a number ``x / 4.0`` becomes ``x * 0.25``).
+
+    The hoisted constants are computed once per patient by ``derive`` and appended to ``p`` after the derived
+    constants (``N_THETA`` and the theta layout are unchanged). Operation order is otherwise kept, so values
+    change at the ulp level only (a division replaced by a multiplication with the rounded reciprocal).
+    Identical subexpressions share one constant.
+    """
+
+    def __init__(self, constants, first_index: int):
+        self.const = set(constants)
+        self.first = first_index
+        self.exprs: list[str] = []
+        self._key: dict[str, str] = {}
+
+    @staticmethod
+    def _names(node) -> set[str]:
+        called = {id(n.func) for n in ast.walk(node) if isinstance(n, ast.Call)}
+        return {n.id for n in ast.walk(node) if isinstance(n, ast.Name) and id(n) not in called}
+
+    def _is_const(self, node) -> bool:
+        return self._names(node) <= self.const
+
+    @staticmethod
+    def _trivial(node) -> bool:
+        if isinstance(node, (ast.Name, ast.Constant)):
+            return True
+        return isinstance(node, ast.UnaryOp) and isinstance(node.operand, (ast.Name, ast.Constant))
+
+    def _hoist(self, node) -> ast.Name:
+        src = ast.unparse(node)
+        key = ast.dump(ast.parse(src, mode="eval"))
+        name = self._key.get(key)
+        if name is None:
+            name = f"hoisted_{len(self.exprs)}"
+            self._key[key] = name
+            self.exprs.append(src)
+            self.const.add(name)
+        return ast.Name(name, ast.Load())
+
+    def _tr(self, node):
+        if self._is_const(node) and not self._trivial(node) and self._names(node):
+            return self._hoist(node)
+        if isinstance(node, ast.BinOp):
+            if isinstance(node.op, ast.Div) and self._is_const(node.right):
+                left = self._tr(node.left)
+                r = node.right
+                if isinstance(r, ast.Constant) and float(r.value) != 0.0:
+                    return ast.BinOp(left, ast.Mult(), ast.Constant(1.0 / float(r.value)))
+                inv = self._hoist(ast.BinOp(ast.Constant(1.0), ast.Div(), r))
+                return ast.BinOp(left, ast.Mult(), inv)
+            node.left = self._tr(node.left)
+            node.right = self._tr(node.right)
+            return node
+        if isinstance(node, ast.UnaryOp):
+            node.operand = self._tr(node.operand)
+            return node
+        if isinstance(node, ast.Call):
+            node.args = [self._tr(a) for a in node.args]
+            return node
+        return node
+
+    def rewrite(self, expr: str) -> str:
+        tree = ast.parse(expr, mode="eval")
+        return ast.unparse(self._tr(tree.body))
+
+    def constant(self, expr: str) -> str:
+        """A per-patient constant for ``expr`` (parameters and derived constants only)."""
+        node = ast.parse(expr, mode="eval").body
+        if isinstance(node, ast.Name):
+            return node.id
+        return self._hoist(node).id
+
+    def bindings(self) -> dict[str, str]:
+        return {n: f"p[{self.first + k}]" for k, n in enumerate(f"hoisted_{i}" for i in range(len(self.exprs)))}
 
 
 class _Layout:
@@ -203,12 +288,18 @@ def generate_source(m: ModelStructure) -> str:
     n_pk = len(L.amounts)
     n_y_ode = n_pk + n_states + nb + n_cfs
     n_out = len(m.output_names)
+    H = _Hoister(set(L.params) | set(L.derived), n_theta + n_der)
+
+    def hx(expr: str, scope: dict[str, str]) -> str:
+        """emit() of the hoisted rewrite of ``expr`` (per-stage code: forcing and right-hand sides)."""
+        return emit(H.rewrite(expr), {**scope, **H.bindings()})
+
     out: list[str] = []
     w = out.append
     w(f'"""Generated by tregpd.model.codegen for model {m.name!r} (declaration {m.content_hash}). Do not edit."""')
     w("import math\nimport numpy as np\nfrom numba import njit, prange\n")
     w(f"MODEL_NAME = {m.name!r}")
-    w(f"N_THETA = {n_theta}\nN_P = {n_theta + n_der}\nN_STATES = {n_states}\nN_Y_CF = {n_y_cf}\n"
+    w(f"N_THETA = {n_theta}\nN_P = __N_P__\nN_STATES = {n_states}\nN_Y_CF = {n_y_cf}\n"
       f"N_Y_ODE = {n_y_ode}\nN_OUT = {n_out}\nN_BLOCKS = {nb}\nN_MODES = {n_modes}\nN_PK_AMOUNTS = {n_pk}\n"
       f"N_COV = {len(L.covs)}\nN_SEG = {len(L.seg) + len(L.covs)}\nN_FORCING = {len(L.frc)}")
     w(f"BLOCK_SIZE = np.array({sizes or [0]}, dtype=np.int64)")
@@ -221,13 +312,9 @@ def generate_source(m: ModelStructure) -> str:
     w(f"I_SRC = {n_theta}  # first derived constant in p\n")
 
     const = L.constants()
-    # ---- derive
-    body = ["p = np.empty(N_P)", "for i in range(N_THETA):", "    p[i] = theta[i]"]
-    for k, d in enumerate(m.derived):
-        body.append(f"p[{n_theta + k}] = {emit(d.expr, const)}")
-    body.append("return p")
-    w("@njit(cache=True)\ndef derive(theta):\n    \"\"\"theta (N_THETA,) -> p (N_P,): parameters then derived "
-      "constants.\"\"\"\n" + _lines(body) + "\n")
+    # ---- derive (emitted last: the hoisted constants are collected while the per-stage code is emitted)
+    i_derive = len(out)
+    w("__DERIVE__")
     # ---- covariates and segment values
     body = [f"cov[{k}] = {emit(c.initial, const)}" for k, c in enumerate(m.covariates)]
     w("@njit(cache=True)\ndef initial_covariates(p, cov):\n" + _lines(body) + "\n")
@@ -242,7 +329,7 @@ def generate_source(m: ModelStructure) -> str:
         body.append(f"v_{blk.name} = c[{b}] if c[{b}] > 0.0 else 0.0")
         fscope[blk.name] = f"v_{blk.name}"
     for k, n in enumerate(L.frc):
-        body.append(f"v_{n} = {emit(L.inter[n].expr, fscope)}")
+        body.append(f"v_{n} = {hx(L.inter[n].expr, fscope)}")
         body.append(f"frc[s, {k}] = v_{n}")
         fscope[n] = f"v_{n}"
     w("@njit(cache=True, error_model='numpy')\ndef forcing(c, seg, p, frc, s):\n"
@@ -254,13 +341,13 @@ def generate_source(m: ModelStructure) -> str:
     cscope.update({n: f"y[{i}]" for i, n in enumerate(L.states)})
     body = []
     for n, (expr, _) in m.concentrations_from_states.items():
-        body.append(f"v_{n} = {emit(expr, cscope)}")
+        body.append(f"v_{n} = {hx(expr, cscope)}")
         cscope[n] = f"v_{n}"
     for n in L.sti:
-        body.append(f"v_{n} = {emit(L.inter[n].expr, cscope)}")
+        body.append(f"v_{n} = {hx(L.inter[n].expr, cscope)}")
         cscope[n] = f"v_{n}"
     for i, s in enumerate(m.states):
-        body.append(f"dy[{i}] = {emit(s.ode, cscope)}")
+        body.append(f"dy[{i}] = {hx(s.ode, cscope)}")
     for k, n in enumerate(L.cfs):
         body.append(f"dy[{n_states + k}] = v_{n} if v_{n} > 0.0 else 0.0")
     w("@njit(cache=True, error_model='numpy')\ndef derivs_cf(y, frc, s, seg, p, dy):\n"
@@ -275,27 +362,27 @@ def generate_source(m: ModelStructure) -> str:
     for b, blk in enumerate(L.blocks):
         sc = dict(oscope)
         sc["amount"] = f"y[{amount_idx[blk.observed]}]"
-        body.append(f"v_{blk.name} = max({emit(blk.concentration, sc)}, 0.0)")
+        body.append(f"v_{blk.name} = max({hx(blk.concentration, sc)}, 0.0)")
         oscope[blk.name] = f"v_{blk.name}"
     for n, (expr, _) in m.concentrations_from_states.items():
-        body.append(f"v_{n} = {emit(expr, oscope)}")
+        body.append(f"v_{n} = {hx(expr, oscope)}")
         oscope[n] = f"v_{n}"
     for i in m.intermediates:
         if i.name in L.seg:
             continue
-        body.append(f"v_{i.name} = {emit(i.expr, oscope)}")
+        body.append(f"v_{i.name} = {hx(i.expr, oscope)}")
         oscope[i.name] = f"v_{i.name}"
     for b, blk in enumerate(L.blocks):
         for c in blk.compartments:
             terms = []
             for (src, dst), k in blk.rates.items():
                 if src == c:
-                    terms.append(f"- ({emit(k, oscope)}) * y[{amount_idx[c]}]")
+                    terms.append(f"- ({hx(k, oscope)}) * y[{amount_idx[c]}]")
                 if dst == c:
-                    terms.append(f"+ ({emit(k, oscope)}) * y[{amount_idx[src]}]")
+                    terms.append(f"+ ({hx(k, oscope)}) * y[{amount_idx[src]}]")
             body.append(f"dy[{amount_idx[c]}] = 0.0 " + " ".join(terms))
     for i, s in enumerate(m.states):
-        body.append(f"dy[{n_pk + i}] = {emit(s.ode, oscope)}")
+        body.append(f"dy[{n_pk + i}] = {hx(s.ode, oscope)}")
     for k, n in enumerate(list(b.name for b in L.blocks) + L.cfs):
         body.append(f"dy[{n_pk + n_states + k}] = v_{n} if v_{n} > 0.0 else 0.0")
     w("@njit(cache=True, error_model='numpy')\ndef derivs_ode(y, seg, p, dy):\n"
@@ -503,9 +590,59 @@ def generate_source(m: ModelStructure) -> str:
     w("@njit(cache=True, error_model='numpy')\ndef block_sensitivity(p, seg, sens):\n"
       "    \"\"\"Largest relative change, per unit concentration at zero concentration, of any forcing quantity "
       "the states see, per PK block.\"\"\"\n" + _lines(body) + "\n")
+    # ---- negligible states (flushed to exactly 0 after accepted steps; see _engine.py "Negligible states")
+    deps_memo: dict[str, set[str]] = {}
+    sources = {i.name: i.expr for i in m.intermediates}
+    sources.update({n: e for n, (e, _) in m.concentrations_from_states.items()})
+
+    def deps(name_or_expr: str, expr: str) -> set[str]:
+        if name_or_expr in deps_memo:
+            return deps_memo[name_or_expr]
+        outn: set[str] = set()
+        for d in expression_names(expr, name_or_expr):
+            outn.add(d)
+            if d in sources:
+                outn |= deps(d, sources[d])
+        deps_memo[name_or_expr] = outn
+        return outn
+
+    neg = [(i, s_) for i, s_ in enumerate(m.states) if s_.negligible is not None]
+    body = []
+    if neg:
+        nb_ = H.bindings()
+        for i, s_ in neg:
+            k = H.constant(s_.negligible)
+            nb_ = H.bindings()
+            body.append(f"ok{i} = abs(y[off + {i}]) <= {nb_.get(k, const.get(k))} and y[off + {i}] * f[off + {i}] <= 0.0")
+        body.append("flushed = False")
+        for i, s_ in neg:
+            feed = [j for j, s2 in neg if j != i and s2.name in deps("ode:" + s_.name, s_.ode)]
+            cond = " and ".join([f"ok{i}"] + [f"ok{j}" for j in feed])
+            body += [f"if {cond} and y[off + {i}] != 0.0:  # {s_.name}"
+                     + (f" (fed by {', '.join(m.states[j].name for j in feed)})" if feed else ""),
+                     f"    y[off + {i}] = 0.0", "    flushed = True"]
+        body.append("return flushed")
+    else:
+        body.append("return False")
+    w(f"HAS_NEGLIGIBLE = {bool(neg)}")
+    w("@njit(cache=True)\ndef flush_negligible(y, f, p, off):\n"
+      "    \"\"\"Set negligible, non-growing states (declared ``negligible``) to exactly 0 after an accepted step;\n"
+      "    ``f`` = dy/dt at ``y``, states at ``y[off:]``. Returns True if a state was changed.\"\"\"\n"
+      + _lines(body) + "\n")
+    # ---- derive (parameters, derived constants, hoisted per-patient constants)
+    body = ["p = np.empty(N_P)", "for i in range(N_THETA):", "    p[i] = theta[i]"]
+    for k, d in enumerate(m.derived):
+        body.append(f"p[{n_theta + k}] = {emit(d.expr, const)}")
+    hb = H.bindings()
+    for k, e in enumerate(H.exprs):
+        body.append(f"p[{n_theta + n_der + k}] = {emit(e, {**const, **hb})}  # hoisted_{k}")
+    body.append("return p")
+    out[i_derive] = ("@njit(cache=True)\ndef derive(theta):\n    \"\"\"theta (N_THETA,) -> p (N_P,): parameters, derived "
+                     "constants, then per-patient constants hoisted out of the per-stage code.\"\"\"\n"
+                     + _lines(body) + "\n")
     w("\n# " + "=" * 100 + "\n# engine (tregpd/model/_engine.py)\n")
     w(_engine_source())
-    return "\n".join(out) + "\n"
+    return "\n".join(out).replace("N_P = __N_P__", f"N_P = {n_theta + n_der + len(H.exprs)}", 1) + "\n"
 
 
 # ========================================================================================== loading

@@ -33,6 +33,7 @@ IL-2 concentration is then a state-tier intermediate and the sirolimus block sta
 from __future__ import annotations
 
 import ast
+import dataclasses
 import hashlib
 import json
 import re
@@ -101,6 +102,15 @@ class State:
         cells and 0 for drug amounts.
     nonnegative : bool
         The solver reports a failure if the state falls below -(atol + rtol |initial|).
+    negligible : str, optional
+        Expression (parameters and derived constants) of an amount below which the state is *negligible*:
+        at the end of an accepted solver step the engine sets it to exactly 0 when |y| <= negligible and |y|
+        is not growing (y dy/dt <= 0), provided every other negligible-declared state that feeds it (appears in
+        its ODE, directly or through intermediates) satisfies the same two conditions. Meant for drug amounts
+        that decay towards zero between doses (e.g. IL-2 declared as states): once exactly zero they stay
+        zero until the next dose, and the step size is no longer limited by their elimination rate. Choose
+        it so that the effect of removing that amount on every other state is far below any rtol used (see
+        ``tregpd/model/_engine.py``, "Negligible states", for the error bound).
     """
 
     name: str
@@ -109,6 +119,7 @@ class State:
     initial: str
     description: str = ""
     nonnegative: bool = True
+    negligible: str | None = None
 
 
 @dataclass(frozen=True)
@@ -330,6 +341,8 @@ class ModelStructure:
         states = set(self.state_names)
         for s in self.states:
             self._check_expr(s.initial, constants, f"{where}: state {s.name!r} initial value")
+            if s.negligible is not None:
+                self._check_expr(s.negligible, constants, f"{where}: state {s.name!r} negligible amount")
         for c, (expr, _) in self.concentrations_from_states.items():
             self._check_expr(expr, constants | states, f"{where}: concentration {c!r}")
         known = constants | {b.name for b in self.pk} | set(self.concentrations_from_states) \
@@ -397,7 +410,8 @@ class ModelStructure:
                    for b in self.pk],
             "covariates": [[c.name, c.unit, c.cmt, c.initial] for c in self.covariates],
             "intermediates": [[i.name, i.expr, i.unit] for i in self.intermediates],
-            "states": [[s.name, s.unit, s.ode, s.initial, s.nonnegative] for s in self.states],
+            "states": [[s.name, s.unit, s.ode, s.initial, s.nonnegative]
+                       + ([s.negligible] if s.negligible is not None else []) for s in self.states],
             "observables": [[o.name, o.expr, o.unit] for o in self.observables],
             "doses": [[d.cmt, d.target, d.bioavailability, d.drug, d.potency] for d in self.doses],
             "concentrations_from_states": {k: list(v) for k, v in self.concentrations_from_states.items()},
@@ -437,7 +451,7 @@ class ModelStructure:
                 raise DeclarationError(f"model {name!r}: no intermediates {sorted(after)} to insert after")
             inter = merged
         odes = dict(replace_odes or {})
-        states = [State(s.name, s.unit, odes.pop(s.name), s.initial, s.description, s.nonnegative)
+        states = [dataclasses.replace(s, ode=odes.pop(s.name))
                   if s.name in odes else s for s in self.states] + list(add_states)
         if odes:
             raise DeclarationError(f"model {name!r}: no states {sorted(odes)} whose ODE to replace")
@@ -461,7 +475,8 @@ class ModelStructure:
             lines += ["Hypotheses:", ""] + [f"- {h}" for h in self.hypotheses] + [""]
         lines += ["States (d/dt, per day):", "", "```"]
         for s in self.states:
-            lines.append(f"d{s.name}/dt = {s.ode}        [{s.unit}; {s.name}(0) = {s.initial}]")
+            neg = "" if s.negligible is None else f"; set to 0 below {s.negligible} when decaying"
+            lines.append(f"d{s.name}/dt = {s.ode}        [{s.unit}; {s.name}(0) = {s.initial}{neg}]")
         lines += ["```", "", "Intermediates (tier: where the generated code evaluates it):", "", "```"]
         for i in self.intermediates:
             lines.append(f"{i.name} = {i.expr}        [{i.unit}; {self.tiers[i.name]}]")

@@ -146,11 +146,15 @@ V1_RAPA_TH17 = SAT0261_V1.with_changes(
     replace_intermediates={"induction": "naive_to_treg"},
     hypotheses=("sirolimus does not raise Treg induction",))
 
+#: IL-2 amount (IU) whose central concentration is 1e-12 x the smaller IL-2 EC50: below it (and decaying) the
+#: engine sets an IL-2 amount state to 0 (State.negligible; error bound in _engine.py "Negligible states")
+IL2_NEGLIGIBLE = "1e-12 * min(il2_ec50_treg, il2_ec50_effector) * il2_v / il2_pmol_per_iu"
+
 IL2_AS_STATES = (
     State("il2_depot", "IU", "-il2_ka * il2_depot", "0.0", "IL-2 amount at the s.c. injection site",
-          nonnegative=False),
+          nonnegative=False, negligible=IL2_NEGLIGIBLE),
     State("il2_central", "IU", "il2_ka * il2_depot - il2_elimination * il2_central", "0.0",
-          "IL-2 amount in the central compartment", nonnegative=False),
+          "IL-2 amount in the central compartment", nonnegative=False, negligible=IL2_NEGLIGIBLE),
 )
 
 V1_IL2_CONSUMPTION = SAT0261_V1.with_changes(
