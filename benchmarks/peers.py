@@ -27,7 +27,7 @@ from numba import carray, cfunc, njit, types
 
 from tregpd.model import kernels as K
 from tregpd.model.parameters import (
-    I_IL2_KA, I_IL2_F, I_IL2_CL, I_IL2_V, I_IL2_PMOL_PER_IU, I_RAPA_KA, I_RAPA_CL, I_RAPA_VC,
+    I_POTENCY_CHINESE, I_POTENCY_ILT101, I_IL2_KA, I_IL2_F, I_IL2_CL, I_IL2_V, I_IL2_PMOL_PER_IU, I_RAPA_KA, I_RAPA_CL, I_RAPA_VC,
     I_RAPA_Q, I_RAPA_VP, I_EC50_TREG, I_EC50_EFF, I_RAPA_IC50, I_N0, I_R0, I_T0, I_NAIVE_DEATH, I_N_TO_R,
     I_N_TO_T, I_R_PROLIF, I_T_PROLIF, I_R_CROWD, I_R_SUPPRESS, I_IL2_EMAX_R, I_IL2_EMAX_T, I_IL2_IMAX_TDIFF,
     I_RAPA_EMAX_RIND, I_RAPA_IMAX_TDIFF, I_RAPA_IMAX_TPROLIF, I_T_CROWD,
@@ -35,7 +35,7 @@ from tregpd.model.parameters import (
 
 N_STATE = 8
 #: state index receiving a dose of each NONMEM compartment (1 IL-2 depot, 2 IL-2 central, 3 sirolimus gut)
-DOSE_STATE = {1: 0, 2: 1, 3: 2}
+DOSE_STATE = {1: 0, 2: 1, 3: 2, 10: 0, 11: 1, 12: 0, 13: 1}
 TREG, TH17 = 6, 7
 
 
@@ -147,10 +147,16 @@ def segments(dose_t, t_end):
 
 
 def apply_doses(y, p, t, dose_t, dose_cmt, dose_amt):
-    """Add the doses given at time ``t`` (IL-2 s.c. dose scaled by bioavailability)."""
+    """Add the doses given at time ``t`` (IL-2 s.c. dose scaled by bioavailability; product compartments 10-13
+    by the product's potency). CMT 9 (prednisone level) is not a dose: the peers carry no taper."""
     for i in np.flatnonzero(dose_t == t):
-        amt = dose_amt[i] * (p[I_IL2_F] if dose_cmt[i] == 1 else 1.0)
-        y[DOSE_STATE[int(dose_cmt[i])]] += amt
+        c = int(dose_cmt[i])
+        if c not in DOSE_STATE:
+            continue
+        pot = {10: p[I_POTENCY_CHINESE], 11: p[I_POTENCY_CHINESE], 12: p[I_POTENCY_ILT101],
+               13: p[I_POTENCY_ILT101]}.get(c, 1.0)
+        amt = dose_amt[i] * pot * (p[I_IL2_F] if c in (1, 10, 12) else 1.0)
+        y[DOSE_STATE[c]] += amt
 
 
 def solve_ivp_patient(p, events, t_out, method="LSODA", rtol=1e-6, atol=1e-8, fun=rhs_python):
