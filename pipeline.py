@@ -5,8 +5,9 @@
    -> out/calibration/
 2. validation, study by study, with the calibrated parameters -> out/validate/ (table, qualitative checks,
    one figure per study)
-3. SAT0261 regimen hypotheses: how much the conclusions move with the unknown regimen -> out/hypotheses/
-   (skipped with --quick)
+3. SAT0261 regimen hypotheses: how much the conclusions move with the unknown regimen -> out/hypotheses/, and
+   between-patient variability, residual error, responders, virtual SAT0261 trials -> out/variability/
+   (both skipped with --quick)
 4. fit of the bundled SAT0261 cohort alone (the seed study's medians) -> out/fit/
 5. the (assumed) reference regimen with the calibrated parameters -> out/reference/
 6. local sensitivities of the week-24 outcomes at the calibrated typical patient -> out/sensitivity/
@@ -43,8 +44,8 @@ def run(args: argparse.Namespace) -> int:
     from tregpd.fitting.calibrate import run_calibration
     from tregpd.fitting.validate import validate
     from tregpd.model.cli import run as run_simulate
-    from tregpd.model.errors import TregpdError
-    from tregpd.model.io import atomic_write_text
+    from tregpd.errors import TregpdError
+    from tregpd.io import atomic_write_text
     from tregpd.model.parameters import load_parameters
     from tregpd.scenarios import library_paths, run_library
     from tregpd.scenarios.questions import answers_markdown
@@ -56,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     t0 = time.perf_counter()
     population = args.population if args.population is not None else (20 if args.quick else None)
-    n_steps = 7 if args.quick else 8
+    n_steps = 7 if args.quick else 9
     step = iter(range(1, n_steps + 1))
 
     print(f"== {next(step)}/{n_steps} joint calibration of the model structures on all public evidence", flush=True)
@@ -79,6 +80,15 @@ def run(args: argparse.Namespace) -> int:
         run_hypotheses(argparse.Namespace(out=out / "hypotheses", model=chosen, only=None, max_nfev=400,
                                           workers=1))
         hyp_md = (out / "hypotheses" / "hypotheses.md").read_text()
+
+    var_md = None
+    if not args.quick:
+        print(f"== {next(step)}/{n_steps} between-patient variability, residual error, responders", flush=True)
+        from tregpd.fitting.variability_cli import run as run_variability
+        run_variability(argparse.Namespace(out=out / "variability", params=cal["files"]["parameters"],
+                                           population=200, trials=200, patients=82, threshold=1.5,
+                                           seed=args.seed))
+        var_md = (out / "variability" / "variability.md").read_text()
 
     print(f"== {next(step)}/{n_steps} fit of the SAT0261 cohort medians alone", flush=True)
     fit = run_fit(None, out / "fit", mode="typical" if args.quick else "both", seed=args.seed,
@@ -120,6 +130,8 @@ def run(args: argparse.Namespace) -> int:
     ]
     if hyp_md:
         summary += ["## SAT0261 regimen hypotheses", "", hyp_md, ""]
+    if var_md:
+        summary += ["## Variability, residual error and responders", "", var_md, ""]
     summary += [
         "## Fit of the SAT0261 medians alone", "",
         f"Parameters: `{fit.files['parameters']}`; report: `{fit.files['report']}`. The seed study's two medians "

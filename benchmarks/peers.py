@@ -25,7 +25,7 @@ import math
 import numpy as np
 from numba import carray, cfunc, njit, types
 
-from tregpd.model import kernels as K
+import bench_kernels as K
 from tregpd.model.parameters import (
     I_POTENCY_CHINESE, I_POTENCY_ILT101, I_IL2_KA, I_IL2_F, I_IL2_CL, I_IL2_V, I_IL2_PMOL_PER_IU, I_RAPA_KA, I_RAPA_CL, I_RAPA_VC,
     I_RAPA_Q, I_RAPA_VP, I_EC50_TREG, I_EC50_EFF, I_RAPA_IC50, I_N0, I_R0, I_T0, I_NAIVE_DEATH, I_N_TO_R,

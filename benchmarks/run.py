@@ -39,7 +39,7 @@ sys.path.insert(0, str(HERE))
 import peers  # noqa: E402
 from tregpd.model import (default_parameters, reference_regimen, sample_population, simulate,  # noqa: E402
                           simulate_population)
-from tregpd.model import kernels as K  # noqa: E402
+import bench_kernels as K  # noqa: E402
 from tregpd.model.structures import DEFAULT_MODEL, get_model, models  # noqa: E402
 from tregpd.io import atomic_save_figure, atomic_write_frame, atomic_write_json  # noqa: E402
 
@@ -401,7 +401,7 @@ def single_patient_tools(p0, p, reg, events, theta, quick):
 
     def api(rtol):
         def run():
-            res = simulate(p0, reg, t_out=T_OUT, rtol=rtol, atol=ATOL)
+            res = simulate(p0, reg, t_out=T_OUT, rtol=rtol, atol=ATOL, model=K.BENCH_MODEL)
             return np.stack([res.get("treg")[0], res.get("th17")[0]], axis=1)
         return run
 
@@ -439,7 +439,7 @@ def single_patient_tools(p0, p, reg, events, theta, quick):
         import roadrunner
         from tregpd.model.sbml import to_sbml
         roadrunner.Logger.setLevel(roadrunner.Logger.LOG_ERROR)
-        xml = to_sbml(p0, reg, model=DEFAULT_MODEL)
+        xml = to_sbml(p0, reg, model=K.BENCH_MODEL)
         t0 = time.perf_counter()
         rr = roadrunner.RoadRunner(xml)
         rr_load = time.perf_counter() - t0
@@ -530,7 +530,7 @@ def work_precision(p, events, theta, ref, quick):
         from tregpd.model import default_parameters as _dp
         from tregpd.model.sbml import to_sbml
         roadrunner.Logger.setLevel(roadrunner.Logger.LOG_ERROR)
-        rr = roadrunner.RoadRunner(to_sbml(_dp(), reference_regimen(24, taper=False), model=DEFAULT_MODEL))
+        rr = roadrunner.RoadRunner(to_sbml(_dp(), reference_regimen(24, taper=False), model=K.BENCH_MODEL))
         rr.integrator.maximum_num_steps = 100_000
         for rtol in [1e-4, 1e-6, 1e-8, 1e-10]:
             def run(rtol=rtol):
@@ -551,10 +551,10 @@ def population_throughput(p0, reg, quick):
     """tregpd simulate_population at 1 and 1,000 patients, parallel and serial (larger sizes: scaling)."""
     rows = []
     for n in (1, 1000):
-        theta = sample_population(p0, n, seed=1)
+        theta = sample_population(p0, n, seed=1, model=K.BENCH_MODEL)
         for parallel in (True, False):
             def run():
-                return simulate_population(theta, reg, t_out=T_OUT, parallel=parallel, on_failure="keep")
+                return simulate_population(theta, reg, model=K.BENCH_MODEL, t_out=T_OUT, parallel=parallel, on_failure="keep")
             res = run()
             reps = 20 if n == 1 else 3
             with Measure() as m:
@@ -591,8 +591,8 @@ def stream_million(p0, reg, n_total, chunk):
     with Measure() as m:
         for i in range(n_chunks):
             n = min(chunk, n_total - i * chunk)
-            theta = sample_population(p0, n, seed=10_000 + i)
-            res = simulate_population(theta, reg, t_out=T_OUT, parallel=True, on_failure="keep")
+            theta = sample_population(p0, n, seed=10_000 + i, model=K.BENCH_MODEL)
+            res = simulate_population(theta, reg, model=K.BENCH_MODEL, t_out=T_OUT, parallel=True, on_failure="keep")
             ok = res.ok
             n_failed += int((~ok).sum())
             r = np.full(n, np.nan, dtype=np.float32)
@@ -611,10 +611,10 @@ def scaling_patients(p0, reg, quick):
     rows = []
     sizes = [1, 10, 100, 1000, 10_000, 100_000] if not quick else [1, 10, 100, 1000, 10_000]
     for n in sizes:
-        theta = sample_population(p0, n, seed=2)
+        theta = sample_population(p0, n, seed=2, model=K.BENCH_MODEL)
         reps = 1 if n >= 10_000 else 3
         with Measure() as m:     # one warm-up call + reps timed calls
-            t, _ = median_time(lambda: simulate_population(theta, reg, t_out=T_OUT, parallel=True,
+            t, _ = median_time(lambda: simulate_population(theta, reg, model=K.BENCH_MODEL, t_out=T_OUT, parallel=True,
                                                            on_failure="keep"), reps, warmup=1)
         rows.append({"n_patients": n, "streamed": False, "seconds": t, "patients_per_s": n / t,
                      "patients_per_cpu_s": n * (reps + 1) / m.cpu_seconds, "peak_rss_mb": m.peak,
@@ -632,12 +632,12 @@ def scaling_duration(p0, quick):
         ev = reg.events()
         t_end = weeks * 7.0
         t_out = np.array([0.0, t_end])
-        theta = p0.to_theta()
+        theta = p0.to_theta(K.BENCH_MODEL)
         out = np.zeros((2, K.N_OUT))
         t1, _ = median_time(lambda: K.simulate_patient(theta, ev.time_day, ev.cmt, ev.amount, t_out, RTOL, ATOL,
                                                        0, 0, 10**7, out), 50)
-        th = sample_population(p0, out_n, seed=3)
-        tp, _ = median_time(lambda: simulate_population(th, reg, t_out=t_out, parallel=True), 2)
+        th = sample_population(p0, out_n, seed=3, model=K.BENCH_MODEL)
+        tp, _ = median_time(lambda: simulate_population(th, reg, model=K.BENCH_MODEL, t_out=t_out, parallel=True), 2)
         steps = K.simulate_patient(theta, ev.time_day, ev.cmt, ev.amount, t_out, RTOL, ATOL, 0, 0, 10**7, out)[2]
         rows.append({"weeks": weeks, "n_doses": len(ev), "steps": int(steps), "ms_per_patient_single": t1 * 1e3,
                      "population_patients_per_s": out_n / tp})
@@ -759,7 +759,7 @@ def main(argv=None):
     p0 = default_parameters()
     reg = reference_regimen(24, taper=False)
     events = reg.events()
-    theta = p0.to_theta()
+    theta = p0.to_theta(K.BENCH_MODEL)
     p = peers.derived_parameters(theta)
     K.simulate_patient(theta, events.time_day, events.cmt, events.amount, T_OUT, RTOL, ATOL, 0, 0, 10**6,
                        np.zeros((T_OUT.size, K.N_OUT)))         # load/compile outside the timings

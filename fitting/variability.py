@@ -555,7 +555,7 @@ def write_report(rep: dict, out, parameters=None, runtime_s: float | None = None
     """variability.csv (targets + omegas + trial summary + responders), variability.md, provenance.json."""
     import pandas as pd
     from pathlib import Path
-    from tregpd.model.io import atomic_write_frame, atomic_write_json, atomic_write_text, provenance
+    from tregpd.io import atomic_write_frame, atomic_write_json, atomic_write_text, provenance
     out = Path(out)
     ts = rep["trial_summary"].assign(kind="virtual_trials", name=rep["trial_summary"]["scenario"])
     rs = rep["responders"].assign(kind="responder_fraction",

@@ -25,7 +25,7 @@ def register(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import time
-    from tregpd.model.errors import TregpdError
+    from tregpd.errors import TregpdError
     for name in ("population", "trials", "patients"):
         if getattr(args, name) < 2:
             raise TregpdError(f"--{name} must be >= 2, got {getattr(args, name)}")
