@@ -30,3 +30,6 @@ def __getattr__(name):
     if name.startswith("__"):
         raise AttributeError(name)
     return getattr(_K.for_model(BENCH_MODEL), name)
+
+
+for_model = _K.for_model
