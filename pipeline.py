@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
 
     print(f"== {next(step)}/{n_steps} joint calibration of the model structures on all public evidence", flush=True)
     cal = run_calibration(out / "calibration", do_profiles=not args.quick, n_points=5,
-                          progress=lambda msg: print(msg, flush=True))
+                          progress=lambda msg: print(msg, flush=True), population=0 if args.quick else 40)
     params = load_parameters(cal["files"]["parameters"])
     chosen = cal["chosen"].problem.model
     print(f"   chosen structure {chosen}; calibrated parameters -> {cal['files']['parameters']} "
