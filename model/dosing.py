@@ -290,6 +290,11 @@ class EventTable:
         drug = self.cmt != CMT_GC_LEVEL
         return EventTable(self.time_day, self.cmt, np.where(drug, self.amount * factor, self.amount))
 
+    def drug_doses(self) -> "EventTable":
+        """The drug doses only: covariate level events (CMT 9, the prednisone level) are not doses."""
+        m = self.cmt != CMT_GC_LEVEL
+        return EventTable(self.time_day[m], self.cmt[m], self.amount[m])
+
     def total_amount(self, drug: str) -> float:
         """Total amount of ``drug`` in model units (IU or mg)."""
         mask = np.isin(self.cmt, [c for c, d in DRUG_OF_CMT.items() if d == drug])

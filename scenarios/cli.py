@@ -158,7 +158,7 @@ def validate_command(args: argparse.Namespace) -> int:
         for w in caught:
             print(f"warning: {w.message}")
         print(f"ok      {path}: {sc.name} ({sc.weeks:g} weeks, {sc.population} patients, "
-              f"{len(sc.regimen.events(until_day=sc.t_end_day))} doses)")
+              f"{len(sc.regimen.events(until_day=sc.t_end_day).drug_doses())} doses)")
     return 2 if bad else 0
 
 

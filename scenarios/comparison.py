@@ -138,7 +138,8 @@ def answer_text(question: str, run: LibraryRun) -> str:
             if end >= o.scenario.weeks - 1e-9:
                 continue
             wk = rebound_week(o, target)
-            last = float(o.scenario.regimen.events(until_day=o.scenario.t_end_day).time_day.max()) / 7.0
+            doses = o.scenario.regimen.events(until_day=o.scenario.t_end_day).drug_doses()
+            last = float(doses.time_day.max()) / 7.0 if len(doses) else 0.0
             lines.append(f"- {o.scenario.name}: last dose in week {last:.1f}; median ratio "
                          + (f"back above the target {target:g} by week {wk:.1f} ({wk - last:.1f} weeks after it)"
                             if wk is not None else f"still below the target {target:g} at week {o.scenario.weeks:g}")

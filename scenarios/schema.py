@@ -141,7 +141,7 @@ class Scenario:
 
     def treatment_end_day(self) -> float:
         """Day after the last dose interval (last dose + its interval), capped at the end; 0 if untreated."""
-        ev = self.regimen.events(until_day=self.t_end_day)
+        ev = self.regimen.events(until_day=self.t_end_day).drug_doses()   # taper levels are not doses
         if len(ev) == 0:
             return 0.0
         last = 0.0

@@ -297,3 +297,16 @@ def test_scaled_leaves_glucocorticoid_levels():
     gc = ev.cmt == 9
     np.testing.assert_array_equal(doubled.amount[gc], ev.amount[gc])
     np.testing.assert_array_equal(doubled.amount[~gc], 2.0 * ev.amount[~gc])
+
+
+def test_taper_levels_are_not_doses():
+    """Issue 11: prednisone taper levels (CMT 9) were counted as doses ('duration_12wk: last dose in week 22')."""
+    from tregpd.scenarios import library_paths
+    from tregpd.scenarios.schema import load_scenario
+    reg = reference_regimen(weeks=12)
+    ev = reg.events(until_day=24 * 7)
+    doses = ev.drug_doses()
+    assert (ev.cmt == 9).any() and not (doses.cmt == 9).any()
+    assert doses.time_day.max() < 12 * 7 <= ev.time_day.max()
+    sc = load_scenario(next(p for p in library_paths() if p.stem == "duration_12wk"))
+    assert sc.treatment_end_day() <= 12 * 7
