@@ -509,6 +509,8 @@ def no_treatment() -> Regimen:
 
 
 # ----------------------------------------------------------------------------------- NONMEM-style files
+#: the time-varying covariate column of NONMEM-style files: prednisone-equivalent dose, mg/day
+COVARIATE_COLUMN = "PRED"
 NONMEM_COLUMNS = ("ID", "TIME", "AMT", "CMT", "EVID", "II", "ADDL")
 #: largest ADDL accepted on one record (100 years of hourly doses); a typo such as 1e9 would exhaust memory
 MAX_ADDL = 1_000_000
@@ -518,12 +520,14 @@ MAX_TOTAL_DOSES = 2_000_000
 
 
 def write_nonmem(events: dict[int, EventTable] | EventTable, path: str | Path | None = None,
-                 compress: bool = True) -> str:
+                 compress: bool = True, covariate_column: bool = False) -> str:
     """Write dose records as a NONMEM-style CSV (ID, TIME, AMT, CMT, EVID, II, ADDL).
 
     Runs of equally spaced, equal doses to one compartment are written as one record with ``II`` and ``ADDL``
     when ``compress`` is true. TIME and II are in days; AMT in IU (CMT 1-2) or mg (CMT 3). Returns the text;
-    writes it atomically to ``path`` if given.
+    writes it atomically to ``path`` if given. With ``covariate_column``, prednisone levels are written as the
+    time-varying covariate column ``PRED`` (an EVID 2 record at each change, the current value carried on every
+    record) instead of CMT 9 records.
     """
     if isinstance(events, EventTable):
         events = {1: events}
@@ -549,6 +553,8 @@ def write_nonmem(events: dict[int, EventTable] | EventTable, path: str | Path | 
                 rows.append((pid, t[i], a[i], int(cmt), 1, ii, j - i))
                 i = j + 1
     rows.sort(key=lambda r: (r[0], r[1], r[3]))
+    if covariate_column:
+        return _write_with_covariate(rows, path)
     buf = io.StringIO()
     buf.write("# tregpd event table: TIME and II in days; AMT in IU (CMT 1 IL-2 depot, 2 IL-2 central) "
               "or mg (CMT 3 sirolimus gut); CMT 9 sets the prednisone-equivalent level in mg/day\n")
@@ -556,6 +562,28 @@ def write_nonmem(events: dict[int, EventTable] | EventTable, path: str | Path | 
     for r in rows:
         # float() first: numpy 2 scalars repr as "np.float64(...)", which no CSV reader accepts
         buf.write(f"{int(r[0])},{float(r[1])!r},{float(r[2])!r},{r[3]},{r[4]},{float(r[5])!r},{int(r[6])}\n")
+    text = buf.getvalue()
+    if path is not None:
+        from tregpd.io import atomic_write_text
+        atomic_write_text(path, text)
+    return text
+
+
+def _write_with_covariate(rows, path) -> str:
+    """NONMEM text with prednisone levels as the PRED column (LOCF on every record; EVID 2 at each change)."""
+    buf = io.StringIO()
+    buf.write("# tregpd event table: TIME and II in days; AMT in IU (IL-2) or mg (sirolimus); PRED = "
+              "prednisone-equivalent dose in mg/day (time-varying covariate, last value carried forward)\n")
+    buf.write(",".join(NONMEM_COLUMNS) + f",{COVARIATE_COLUMN}\n")
+    level: dict[int, float] = {}
+    for r in rows:
+        pid = int(r[0])
+        if r[3] == CMT_GC_LEVEL:
+            level[pid] = float(r[2])
+            buf.write(f"{pid},{float(r[1])!r},0,{CMT_GC_LEVEL},2,0.0,0,{level[pid]!r}\n")
+            continue
+        pred = repr(level[pid]) if pid in level else ""
+        buf.write(f"{pid},{float(r[1])!r},{float(r[2])!r},{r[3]},{r[4]},{float(r[5])!r},{int(r[6])},{pred}\n")
     text = buf.getvalue()
     if path is not None:
         from tregpd.io import atomic_write_text
@@ -575,8 +603,11 @@ def _interval(t_first: float, t_last: float, n: int) -> float:
 def read_nonmem(source: str | Path | io.StringIO) -> dict[int, EventTable]:
     """Read a NONMEM-style CSV of dose records into one :class:`EventTable` per ID.
 
-    Required columns: ID, TIME, AMT, CMT, EVID; optional II, ADDL (expanded), RATE (must be 0). Rows with
-    EVID 0 (observations) are ignored; EVID 1 (dose) and 4 (reset and dose; only at the start) are read.
+    Required columns: ID, TIME, AMT, CMT, EVID; optional II, ADDL (expanded), RATE (must be 0), and the
+    time-varying covariate column ``PRED`` (prednisone-equivalent dose, mg/day; read on every row, blank =
+    last value carried forward; each change becomes a level event, as CMT 9 records do, which remain an alias).
+    Rows with EVID 0 (observations) and 2 (other events) are read for the covariate only; EVID 1 (dose) and 4
+    (reset and dose; only at the start) are read as doses.
     Lines starting with '#' are comments. Errors name the file line and the column.
     """
     import pandas as pd
@@ -607,13 +638,14 @@ def read_nonmem(source: str | Path | io.StringIO) -> dict[int, EventTable]:
     missing = [c for c in ("ID", "TIME", "AMT", "CMT", "EVID") if c not in df.columns]
     if missing:
         raise RegimenError(f"{name}: missing columns {shorten(missing)}; required ID, TIME, AMT, CMT, EVID")
-    known = set(NONMEM_COLUMNS) | {"RATE", "DV", "MDV"}
+    known = set(NONMEM_COLUMNS) | {"RATE", "DV", "MDV", COVARIATE_COLUMN}
     unknown = [c for c in df.columns if c not in known]
     if unknown:
         raise RegimenError(f"{name}: unknown columns {shorten(unknown)}; known: {sorted(known)}")
     for col in df.columns:
         vals = pd.to_numeric(df[col], errors="coerce")
-        bad = np.flatnonzero(vals.isna().to_numpy() & ~(col == "DV"))
+        # DV and the covariate column may be blank (a blank covariate carries the last value forward)
+        bad = np.flatnonzero(vals.isna().to_numpy() & ~(col in ("DV", COVARIATE_COLUMN)))
         if bad.size:
             r = int(bad[0])
             raise RegimenError(f"{at(r + 1)}: column {col} must be a number, got {shorten(df[col].iloc[r])}")
@@ -637,6 +669,7 @@ def read_nonmem(source: str | Path | io.StringIO) -> dict[int, EventTable]:
                 f"separately, or lower ADDL (doses after the end of the simulation have no effect)")
     out: dict[int, tuple[list, list, list]] = {}
     prev = {}
+    last_level: dict[int, float] = {}
     for r, row in enumerate(df.itertuples(index=False), start=1):
         rec = row._asdict()
         evid = int(rec["EVID"])
@@ -648,11 +681,22 @@ def read_nonmem(source: str | Path | io.StringIO) -> dict[int, EventTable]:
             raise RegimenError(f"{at(r)}: TIME {t} is before the previous TIME {prev[pid]} of ID {pid}; "
                                "records must be sorted by time within each ID")
         prev[pid] = t
+        if COVARIATE_COLUMN in rec and math.isfinite(float(rec[COVARIATE_COLUMN])):
+            level = float(rec[COVARIATE_COLUMN])
+            if level < 0:
+                raise RegimenError(f"{at(r)}: column {COVARIATE_COLUMN} (prednisone-equivalent dose, mg/day) must "
+                                   f"be >= 0, got {level!r}")
+            if last_level.get(pid) != level:      # a change of the time-varying covariate: a level event
+                ts, cs, as_ = out.setdefault(pid, ([], [], []))
+                ts.append(t)
+                cs.append(CMT_GC_LEVEL)
+                as_.append(level)
+                last_level[pid] = level
         if evid == 0 or evid == 2:
             continue
         if evid not in (1, 4):
             raise RegimenError(f"{at(r)}: EVID must be 0, 1, 2 or 4, got {evid}")
-        if evid == 4 and pid in out and out[pid][0]:
+        if evid == 4 and pid in out and any(c != CMT_GC_LEVEL for c in out[pid][1]):
             raise RegimenError(f"{at(r)}: EVID 4 (reset) is only supported as the first dose of an ID")
         if rec.get("RATE", 0) not in (0, 0.0):
             raise RegimenError(f"{at(r)}: RATE must be 0 (bolus doses only), got {shorten(rec['RATE'])}")

@@ -310,3 +310,32 @@ def test_taper_levels_are_not_doses():
     assert doses.time_day.max() < 12 * 7 <= ev.time_day.max()
     sc = load_scenario(next(p for p in library_paths() if p.stem == "duration_12wk"))
     assert sc.treatment_end_day() <= 12 * 7
+
+
+def test_prednisone_as_a_time_varying_covariate_column_round_trips():
+    """Issue 11: prednisone as a NONMEM covariate column (PRED, mg/day, last value carried forward) is read into
+    the same level events as CMT 9 records (kept as an alias) and written back as the column."""
+    from tregpd.model.dosing import read_nonmem, write_nonmem
+    text = ("ID,TIME,AMT,CMT,EVID,II,ADDL,PRED\n"
+            "1,0,500000,10,1,1,4,17.2\n"       # dose rows carry the covariate too
+            "1,14,0,0,0,0,0,\n"                 # observation, blank PRED: carried forward (no event)
+            "1,14,0,0,2,0,0,15\n"               # other-type event: the level changes
+            "1,28,500000,10,1,1,4,15\n")        # unchanged value: no new event
+    ev = read_nonmem(io.StringIO(text))[1]
+    levels = ev.cmt == 9
+    np.testing.assert_array_equal(ev.time_day[levels], [0.0, 14.0])
+    np.testing.assert_array_equal(ev.amount[levels], [17.2, 15.0])
+    assert len(ev.drug_doses()) == 10
+    alias = ("ID,TIME,AMT,CMT,EVID,II,ADDL\n1,0,17.2,9,1,0,0\n1,0,500000,10,1,1,4\n1,14,15,9,1,0,0\n"
+             "1,28,500000,10,1,1,4\n")
+    ev2 = read_nonmem(io.StringIO(alias))[1]
+    np.testing.assert_array_equal(ev.time_day, ev2.time_day)
+    np.testing.assert_array_equal(ev.cmt, ev2.cmt)
+    np.testing.assert_array_equal(ev.amount, ev2.amount)
+    out = write_nonmem(ev, covariate_column=True)
+    assert out.splitlines()[1] == "ID,TIME,AMT,CMT,EVID,II,ADDL,PRED" and ",9,1," not in out
+    back = read_nonmem(io.StringIO(out))[1]
+    np.testing.assert_array_equal(back.time_day, ev.time_day)
+    np.testing.assert_array_equal(back.amount, ev.amount)
+    with pytest.raises(RegimenError, match="column PRED"):
+        read_nonmem(io.StringIO("ID,TIME,AMT,CMT,EVID,PRED\n1,0,1,1,1,-3\n"))
