@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from tregpd.errors import TregpdError
@@ -60,6 +61,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _check_outputs(args) -> None:
+    """Resolve every output path the user named before any work starts (:func:`tregpd.safeio.resolve_output`).
+
+    ``--out`` is a folder unless the command set ``out_kind="file"`` (``tregpd sbml``)."""
+    out = getattr(args, "out", None)
+    if out is None or not isinstance(out, (str, os.PathLike)):
+        return
+    from tregpd.safeio import resolve_output
+    kind = getattr(args, "out_kind", "dir")
+    resolve_output(out, kind=kind, what="--out file" if kind == "file" else "--out folder")
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -67,6 +80,7 @@ def main(argv=None) -> int:
         parser.print_help()
         return 1
     try:
+        _check_outputs(args)
         return int(args.func(args) or 0)
     except TregpdError as exc:
         print(f"tregpd {args.command}: error: {exc}", file=sys.stderr)

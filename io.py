@@ -11,14 +11,21 @@ import io
 import json
 import os
 import platform
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically (temp file in the same folder, fsync, rename)."""
+    """Write ``data`` to ``path`` atomically (temp file in the same folder, fsync, rename).
+
+    Only a regular file is ever replaced: a device, fifo, socket or folder at ``path`` (or a symlink to one)
+    is refused with :class:`~tregpd.errors.OutputError`; a symlink to a regular file, or a dangling one, is
+    replaced by the new file (the link is not followed).
+    """
     path = Path(path)
+    _check_replaceable(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -37,6 +44,23 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
             pass
         raise
     return path
+
+
+def _check_replaceable(path: Path) -> None:
+    try:
+        st = os.stat(path)  # follows a symlink: a link to a device is refused like the device
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    except OSError:
+        return  # reported by the write itself, with the path
+    if stat.S_ISREG(st.st_mode):
+        return
+    from tregpd.errors import OutputError
+    from tregpd.safeio import _kind, shorten
+    kind = _kind(st.st_mode)
+    link = " (through a symlink)" if os.path.islink(path) else ""
+    raise OutputError(f"output file {shorten(str(path))} is {kind}{link}; tregpd replaces only regular files, "
+                      f"refusing")
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:

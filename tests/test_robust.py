@@ -7,6 +7,7 @@ import re
 import contextlib
 import io
 import os
+import stat
 import time
 
 import pytest
@@ -316,3 +317,108 @@ def test_load_toml_keeps_decode_errors_short():
         load_toml("a = [1,\n" + "2," * 100_000, "x.toml")
     with pytest.raises(TregpdError, match="larger than the limit"):
         load_toml("#" * (MAX_INPUT_BYTES + 1), "x.toml")
+
+
+# ------------------------------------------------------------------------------------------ output paths
+def test_sbml_out_fifo_or_device_link_refused_node_untouched(tmp_path):
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    code, out, err = _cli(["sbml", "--out", str(fifo)])
+    assert code == 2
+    assert err.count("\n") == 1 and str(fifo) in err and "named pipe (fifo)" in err
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+    link = tmp_path / "null"
+    link.symlink_to("/dev/null")
+    code, out, err = _cli(["sbml", "--out", str(link)])
+    assert code == 2 and "character device" in err and str(link) in err
+    assert os.path.islink(link) and stat.S_ISCHR(os.stat("/dev/null").st_mode)
+    code, out, err = _cli(["sbml", "--out", str(tmp_path)])
+    assert code == 2 and "is a directory" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fifo", "null"]
+
+
+def test_simulate_out_a_file_refused_before_simulating(tmp_path, monkeypatch):
+    import importlib
+    simmod = importlib.import_module("tregpd.model.simulate")
+    called = []
+    monkeypatch.setattr(simmod, "simulate", lambda *a, **k: called.append(1))
+    f = tmp_path / "a_file"
+    f.write_text("keep")
+    for out in (f, f / "sub"):
+        code, _, err = _cli(["simulate", "--out", str(out), "--weeks", "1"])
+        assert code == 2 and err.count("\n") == 1 and str(f) in err and "regular file, not a folder" in err
+    assert called == [] and f.read_text() == "keep"
+
+
+def test_every_out_option_is_resolved_before_work(tmp_path):
+    """Every command with a folder --out refuses a file there before it starts (no command function runs)."""
+    from tregpd.cli import build_parser
+    f = tmp_path / "a_file"
+    f.write_text("")
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    checked = 0
+    for name, p in sub.choices.items():
+        if not any(a.dest == "out" for a in p._actions):
+            continue
+        defaults = {"func": lambda args: pytest.fail(f"{name} ran despite a bad --out")}
+        p.set_defaults(**defaults)
+        args = parser.parse_args([name, "--out", str(f / "x")] if name != "scenarios" else [name])
+        if getattr(args, "out", None) is None:
+            continue
+        from tregpd.cli import _check_outputs
+        with pytest.raises(TregpdError, match="is a regular file, not a folder"):
+            _check_outputs(args)
+        checked += 1
+    assert checked >= 8
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes anywhere")
+def test_unwritable_out_folder_refused(tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    try:
+        code, _, err = _cli(["simulate", "--out", str(ro / "sim")])
+        assert code == 2 and "not writable" in err
+    finally:
+        ro.chmod(0o700)
+
+
+def test_resolve_output_kinds(tmp_path):
+    from tregpd.safeio import resolve_output
+    assert resolve_output(tmp_path / "new" / "deeper", kind="dir") == tmp_path / "new" / "deeper"
+    assert resolve_output(tmp_path / "x.xml", kind="file") == tmp_path / "x.xml"
+    (tmp_path / "reg").write_text("")
+    resolve_output(tmp_path / "reg", kind="file")
+    with pytest.raises(TregpdError, match=r"--out file '.*reg/x.xml' cannot be created: '.*reg' is a regular file"):
+        resolve_output(tmp_path / "reg" / "x.xml", kind="file", what="--out file")
+    with pytest.raises(TregpdError, match="character device"):
+        resolve_output("/dev/null", kind="file")
+    with pytest.raises(TregpdError, match="character device, not a folder"):
+        resolve_output("/dev/null", kind="dir")
+
+
+def test_atomic_writer_replaces_only_regular_files(tmp_path):
+    from tregpd.errors import OutputError
+    from tregpd.io import atomic_write_bytes
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(OutputError, match="named pipe"):
+        atomic_write_bytes(fifo, b"x")
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+    link = tmp_path / "dev"
+    link.symlink_to("/dev/null")
+    with pytest.raises(OutputError, match=r"character device \(through a symlink\)"):
+        atomic_write_bytes(link, b"x")
+    assert os.path.islink(link)
+    (tmp_path / "d").mkdir()
+    with pytest.raises(OutputError, match="directory"):
+        atomic_write_bytes(tmp_path / "d", b"x")
+    # a symlink to a regular file is replaced, not followed
+    target = tmp_path / "target"
+    target.write_text("old")
+    (tmp_path / "lnk").symlink_to(target)
+    atomic_write_bytes(tmp_path / "lnk", b"new")
+    assert target.read_text() == "old" and not os.path.islink(tmp_path / "lnk")
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
