@@ -422,3 +422,28 @@ def test_atomic_writer_replaces_only_regular_files(tmp_path):
     atomic_write_bytes(tmp_path / "lnk", b"new")
     assert target.read_text() == "old" and not os.path.islink(tmp_path / "lnk")
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+# ------------------------------------------------------------------------------------------ options
+def test_trial_workers_bounded_by_cpus(tmp_path, monkeypatch):
+    from tregpd.scenarios import backends
+    monkeypatch.setattr(backends, "make_backend", lambda **k: pytest.fail("a backend was started"))
+    n = backends.available_cpus()
+    for cmd in (["trial", "--patients", "10"], ["sensitivity", "--method", "local"]):
+        code, _, err = _cli(cmd + ["--workers", str(n + 1000), "--out", str(tmp_path / "o")])
+        assert code == 2 and err.count("\n") == 1
+        assert f"--workers {n + 1000}" in err and f"limit {n}" in err
+    assert not (tmp_path / "o").exists()
+    monkeypatch.undo()
+    with pytest.raises(TregpdError, match="CPUs available"):
+        backends.make_backend(workers=n + 1)
+
+
+def test_workers_with_scheduler_refused(tmp_path):
+    for cmd in (["trial", "--patients", "10"], ["sensitivity", "--method", "local"]):
+        code, _, err = _cli(cmd + ["--workers", "1", "--scheduler", "tcp://127.0.0.1:1", "--out",
+                                   str(tmp_path / "o")])
+        assert code == 2 and err.count("\n") == 1 and "--workers and --scheduler cannot be combined" in err
+    from tregpd.scenarios.backends import make_backend
+    with pytest.raises(TregpdError, match="cannot be combined"):
+        make_backend(workers=1, scheduler="tcp://127.0.0.1:1")
