@@ -14,7 +14,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import signal
 import sys
+import threading
 
 from tregpd.errors import TregpdError
 
@@ -73,12 +75,29 @@ def _check_outputs(args) -> None:
     resolve_output(out, kind=kind, what="--out file" if kind == "file" else "--out folder")
 
 
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _handle_sigterm():
+    """SIGTERM is handled like SIGINT (KeyboardInterrupt: the interrupted path, exit 130, temporary files
+    removed by the atomic writers). Returns the previous handler, or None where none could be installed
+    (not the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    try:
+        return signal.signal(signal.SIGTERM, _raise_interrupt)
+    except (ValueError, OSError):  # pragma: no cover
+        return None
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 1
+    previous = _handle_sigterm()
     try:
         _check_outputs(args)
         return int(args.func(args) or 0)
@@ -91,6 +110,9 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print(f"tregpd {args.command}: interrupted; no partial output was written", file=sys.stderr)
         return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":  # pragma: no cover

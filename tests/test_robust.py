@@ -447,3 +447,35 @@ def test_workers_with_scheduler_refused(tmp_path):
     from tregpd.scenarios.backends import make_backend
     with pytest.raises(TregpdError, match="cannot be combined"):
         make_backend(workers=1, scheduler="tcp://127.0.0.1:1")
+
+
+# ------------------------------------------------------------------------------------------ signals
+def test_sigterm_handled_like_sigint(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    out = tmp_path / "trial"
+    proc = subprocess.Popen([sys.executable, "-m", "tregpd.cli", "trial", "--patients", "5000000", "--chunk",
+                             "2048", "--no-progress", "--out", str(out)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=os.environ.copy())
+    try:
+        line = proc.stdout.readline()       # "trial: N patients ... on ..." once the work starts
+        assert line.startswith("trial:"), line + proc.stderr.read()
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode in (130, 143), (proc.returncode, err)
+    assert "interrupted" in err and "Traceback" not in err
+    left = [p for p in out.rglob("*")] if out.exists() else []
+    assert not [p for p in left if p.name.endswith(".tmp")] and not [p for p in left if p.is_file()]
+
+
+def test_main_restores_the_sigterm_handler():
+    import signal
+    before = signal.getsignal(signal.SIGTERM)
+    _cli(["models"])
+    assert signal.getsignal(signal.SIGTERM) is before
