@@ -1,8 +1,9 @@
 """Atomic output writing and provenance records.
 
 Every file tregpd writes goes through :func:`atomic_write_bytes`: the content is written to a temporary file in
-the destination folder, flushed and fsynced, then renamed over the target, so an interrupted run leaves either
-the old file or the new one, never half of one.
+the destination folder, flushed and fsynced, then renamed over the target and the folder fsynced (so that the
+rename survives a crash); an interrupted run leaves either the old file or the new one, never half of one. Only
+a regular file is ever replaced.
 """
 from __future__ import annotations
 
@@ -37,6 +38,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+        fsync_dir(path.parent)
     except BaseException:
         try:
             os.unlink(tmp)
@@ -44,6 +46,22 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
             pass
         raise
     return path
+
+
+def fsync_dir(folder: str | Path) -> None:
+    """fsync a folder so that a rename into it survives a crash (POSIX; a no-op where folders cannot be
+    opened, e.g. Windows)."""
+    flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)
+    try:
+        fd = os.open(folder, flags)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some filesystems refuse fsync on a folder (EINVAL); the data fsync was done
+        pass
+    finally:
+        os.close(fd)
 
 
 def _check_replaceable(path: Path) -> None:

@@ -479,3 +479,27 @@ def test_main_restores_the_sigterm_handler():
     before = signal.getsignal(signal.SIGTERM)
     _cli(["models"])
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+# ------------------------------------------------------------------------------------------ durability
+def test_atomic_writer_fsyncs_the_folder_after_the_rename(tmp_path, monkeypatch):
+    import tregpd.io as tio
+    calls = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        calls.append(("fsync", stat.S_ISDIR(os.fstat(fd).st_mode), os.path.realpath(f"/proc/self/fd/{fd}")))
+        return real_fsync(fd)
+
+    def replace(a, b):
+        calls.append(("replace", str(b)))
+        return real_replace(a, b)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    target = tmp_path / "sub" / "x.json"
+    tio.atomic_write_json(target, {"a": 1})
+    kinds = [c[0] if c[0] == "replace" else ("fsync_dir" if c[1] else "fsync_file") for c in calls]
+    assert kinds == ["fsync_file", "replace", "fsync_dir"]
+    if os.path.isdir("/proc/self/fd"):
+        assert calls[-1][2] == os.path.realpath(target.parent)
