@@ -104,8 +104,13 @@ def main(argv=None) -> int:
     except TregpdError as exc:
         print(f"tregpd {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except OSError as exc:  # unwritable/occupied output path, disk full, ...: the OS message names the path
-        print(f"tregpd {args.command}: error: {exc}", file=sys.stderr)
+    except OSError as exc:  # unwritable/occupied output path, disk full, ...: one line naming what and where
+        from tregpd.safeio import describe_os_error
+        print(f"tregpd {args.command}: error: {describe_os_error(exc)}", file=sys.stderr)
+        return 2
+    except MemoryError as exc:
+        from tregpd.safeio import describe_memory_error
+        print(f"tregpd {args.command}: error: {describe_memory_error(exc, args.command)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"tregpd {args.command}: interrupted; no partial output was written", file=sys.stderr)

@@ -315,3 +315,29 @@ def resolve_output(path, kind: str = "dir", what: str = "output folder", error: 
     if not os.access(anc, os.W_OK | os.X_OK):
         raise error(f"{where} cannot be created: folder {shorten(str(anc))} is not writable (permission denied)")
     return p
+
+
+def describe_os_error(exc: OSError) -> str:
+    """One line for an OSError: what failed, where (the file or files it names), and for a full disk or quota
+    the way round."""
+    import errno as _errno
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    where = ""
+    if exc.filename:
+        where = f" {shorten(str(exc.filename))}"
+        if getattr(exc, "filename2", None):
+            where += f" -> {shorten(str(exc.filename2))}"
+    line = f"{reason}:{where}" if where else reason
+    if exc.errno in (_errno.ENOSPC, getattr(_errno, "EDQUOT", -1)):
+        line += ("; the output is incomplete (files written before this one may stand without it); free some "
+                 "space or choose another --out, then rerun")
+    return line
+
+
+def describe_memory_error(exc: MemoryError, command: str) -> str:
+    """One line for a MemoryError: which command ran out of memory, what it tried to allocate if known, and
+    the way round."""
+    detail = shorten(str(exc)) if str(exc) else ""
+    detail = f" ({detail})" if detail else ""
+    return (f"out of memory{detail}; ask for less at once (fewer patients or output weeks, a smaller --chunk) or "
+            f"use `tregpd trial`, which streams patients in chunks")

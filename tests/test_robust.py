@@ -503,3 +503,47 @@ def test_atomic_writer_fsyncs_the_folder_after_the_rename(tmp_path, monkeypatch)
     assert kinds == ["fsync_file", "replace", "fsync_dir"]
     if os.path.isdir("/proc/self/fd"):
         assert calls[-1][2] == os.path.realpath(target.parent)
+
+
+# ------------------------------------------------------------------------------------------ resources
+def test_disk_full_is_one_line_naming_the_file(tmp_path, monkeypatch):
+    import errno
+    import tregpd.io as tio
+    real = tio.atomic_write_bytes
+
+    def full(path, data):
+        if str(path).endswith(".png"):
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real(path, data)
+
+    monkeypatch.setattr(tio, "atomic_write_bytes", full)
+    code, _, err = _cli(["simulate", "--weeks", "1", "--out", str(tmp_path / "sim")])
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert "No space left on device" in err and "trajectory.png" in err and "incomplete" in err
+
+
+def test_write_failure_without_a_filename_gets_one(tmp_path, monkeypatch):
+    import errno
+    from tregpd.io import atomic_write_bytes
+
+    def fsync(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    with pytest.raises(OSError) as info:
+        atomic_write_bytes(tmp_path / "x.csv", b"data")
+    assert info.value.errno == errno.ENOSPC and info.value.filename == str(tmp_path / "x.csv")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_memory_error_is_one_line(tmp_path, monkeypatch):
+    import importlib
+    simmod = importlib.import_module("tregpd.model.simulate")
+
+    def boom(*a, **k):
+        raise MemoryError("Unable to allocate 6.00 GiB for an array with shape (1000000, 169, 7)")
+
+    monkeypatch.setattr(simmod, "simulate", boom)
+    code, _, err = _cli(["simulate", "--weeks", "1", "--out", str(tmp_path / "sim")])
+    assert code == 2 and err.count("\n") == 1 and "out of memory" in err and "6.00 GiB" in err
+    assert "tregpd trial" in err
