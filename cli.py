@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import signal
 import sys
+import threading
 
 from tregpd.errors import TregpdError
 
@@ -60,23 +63,61 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _check_outputs(args) -> None:
+    """Resolve every output path the user named before any work starts (:func:`tregpd.safeio.resolve_output`).
+
+    ``--out`` is a folder unless the command set ``out_kind="file"`` (``tregpd sbml``)."""
+    out = getattr(args, "out", None)
+    if out is None or not isinstance(out, (str, os.PathLike)):
+        return
+    from tregpd.safeio import resolve_output
+    kind = getattr(args, "out_kind", "dir")
+    resolve_output(out, kind=kind, what="--out file" if kind == "file" else "--out folder")
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _handle_sigterm():
+    """SIGTERM is handled like SIGINT (KeyboardInterrupt: the interrupted path, exit 130, temporary files
+    removed by the atomic writers). Returns the previous handler, or None where none could be installed
+    (not the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    try:
+        return signal.signal(signal.SIGTERM, _raise_interrupt)
+    except (ValueError, OSError):  # pragma: no cover
+        return None
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 1
+    previous = _handle_sigterm()
     try:
+        _check_outputs(args)
         return int(args.func(args) or 0)
     except TregpdError as exc:
         print(f"tregpd {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except OSError as exc:  # unwritable/occupied output path, disk full, ...: the OS message names the path
-        print(f"tregpd {args.command}: error: {exc}", file=sys.stderr)
+    except OSError as exc:  # unwritable/occupied output path, disk full, ...: one line naming what and where
+        from tregpd.safeio import describe_os_error
+        print(f"tregpd {args.command}: error: {describe_os_error(exc)}", file=sys.stderr)
+        return 2
+    except MemoryError as exc:
+        from tregpd.safeio import describe_memory_error
+        print(f"tregpd {args.command}: error: {describe_memory_error(exc, args.command)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"tregpd {args.command}: interrupted; no partial output was written", file=sys.stderr)
         return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":  # pragma: no cover

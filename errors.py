@@ -45,3 +45,8 @@ class IntegrationError(TregpdError, RuntimeError):
     def __init__(self, message: str, failures=()):
         super().__init__(message)
         self.failures = list(failures)
+
+
+class OutputError(TregpdError, OSError):
+    """An output path cannot be written safely (a device, fifo or folder at a file's place, a file at a
+    folder's place, an unwritable folder)."""

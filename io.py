@@ -1,8 +1,9 @@
 """Atomic output writing and provenance records.
 
 Every file tregpd writes goes through :func:`atomic_write_bytes`: the content is written to a temporary file in
-the destination folder, flushed and fsynced, then renamed over the target, so an interrupted run leaves either
-the old file or the new one, never half of one.
+the destination folder, flushed and fsynced, then renamed over the target and the folder fsynced (so that the
+rename survives a crash); an interrupted run leaves either the old file or the new one, never half of one. Only
+a regular file is ever replaced.
 """
 from __future__ import annotations
 
@@ -11,14 +12,21 @@ import io
 import json
 import os
 import platform
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically (temp file in the same folder, fsync, rename)."""
+    """Write ``data`` to ``path`` atomically (temp file in the same folder, fsync, rename).
+
+    Only a regular file is ever replaced: a device, fifo, socket or folder at ``path`` (or a symlink to one)
+    is refused with :class:`~tregpd.errors.OutputError`; a symlink to a regular file, or a dangling one, is
+    replaced by the new file (the link is not followed).
+    """
     path = Path(path)
+    _check_replaceable(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -30,13 +38,50 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+        fsync_dir(path.parent)
+    except BaseException as exc:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(exc, OSError) and not exc.filename and exc.errno is not None:
+            # a failed write/fsync (e.g. ENOSPC) names no file: name the one being written
+            raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
         raise
     return path
+
+
+def fsync_dir(folder: str | Path) -> None:
+    """fsync a folder so that a rename into it survives a crash (POSIX; a no-op where folders cannot be
+    opened, e.g. Windows)."""
+    flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)
+    try:
+        fd = os.open(folder, flags)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some filesystems refuse fsync on a folder (EINVAL); the data fsync was done
+        pass
+    finally:
+        os.close(fd)
+
+
+def _check_replaceable(path: Path) -> None:
+    try:
+        st = os.stat(path)  # follows a symlink: a link to a device is refused like the device
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    except OSError:
+        return  # reported by the write itself, with the path
+    if stat.S_ISREG(st.st_mode):
+        return
+    from tregpd.errors import OutputError
+    from tregpd.safeio import _kind, shorten
+    kind = _kind(st.st_mode)
+    link = " (through a symlink)" if os.path.islink(path) else ""
+    raise OutputError(f"output file {shorten(str(path))} is {kind}{link}; tregpd replaces only regular files, "
+                      f"refusing")
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:

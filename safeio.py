@@ -250,3 +250,94 @@ def check_memory(what: str, n_patients, values_per_patient, way_round: str, erro
         raise error(f"{what}: {int(n_patients)} patients x {int(values_per_patient)} values{detail} need about "
                     f"{format_bytes(est)} of memory, above the limit of {format_bytes(limit)}; {way_round}")
     return est
+
+
+def _nearest_existing(p: Path) -> Path:
+    """``p`` or its nearest ancestor that exists (lstat), ``Path('.')`` at worst."""
+    q = p
+    while True:
+        try:
+            os.lstat(q)
+            return q
+        except (FileNotFoundError, NotADirectoryError):
+            if q.parent == q:
+                return q
+            q = q.parent
+
+
+def resolve_output(path, kind: str = "dir", what: str = "output folder", error: type = TregpdError) -> Path:
+    """Check an output path the user named, before any work starts; return it as a ``Path``.
+
+    ``kind="file"``: an existing target must be a regular file (or a symlink to one, or a dangling symlink:
+    the atomic writer replaces the link, it never follows it); a device, fifo, socket or folder is refused.
+    ``kind="dir"``: an existing target must be a folder, writable. In both cases the nearest existing
+    ancestor must be a folder (not a file) and writable. Every refusal is one line naming ``what``, the path
+    and what it is.
+    """
+    if kind not in ("file", "dir"):
+        raise ValueError(f"kind must be 'file' or 'dir', got {kind!r}")
+    shown = shorten(str(path))
+    where = f"{what} {shown}"
+    try:
+        p = Path(path)
+        if not str(p) or "\x00" in str(p):
+            raise ValueError("empty path or NUL byte")
+        target_exists = os.path.lexists(p)
+        st = os.stat(p) if target_exists and os.path.exists(p) else None
+    except PermissionError:
+        raise error(f"{where} cannot be accessed (permission denied on a parent folder)") from None
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise error(f"{where} cannot be used: {shorten(reason)}") from None
+    if st is not None:
+        if kind == "file":
+            if stat.S_ISDIR(st.st_mode):
+                raise error(f"{where} is a directory, not a file; name a file to write")
+            if not stat.S_ISREG(st.st_mode):
+                raise error(f"{where} is {_kind(st.st_mode)}; tregpd replaces only regular files, refusing")
+        else:
+            if not stat.S_ISDIR(st.st_mode):
+                kind_text = "a regular file" if stat.S_ISREG(st.st_mode) else _kind(st.st_mode)
+                raise error(f"{where} is {kind_text}, not a folder")
+            if not os.access(p, os.W_OK | os.X_OK):
+                raise error(f"{where} is not writable (permission denied)")
+            return p
+    # the folder that will hold the target: the nearest existing ancestor must be a writable folder
+    parent = p.parent if kind == "file" else p
+    anc = _nearest_existing(parent)
+    try:
+        ast = os.stat(anc)
+    except OSError as exc:
+        raise error(f"{where} cannot be used: {shorten(exc.strerror or str(exc))} ({shorten(str(anc))})") from None
+    if not stat.S_ISDIR(ast.st_mode):
+        kind_text = "a regular file" if stat.S_ISREG(ast.st_mode) else _kind(ast.st_mode)
+        raise error(f"{where} cannot be created: {shorten(str(anc))} is {kind_text}, not a folder")
+    if not os.access(anc, os.W_OK | os.X_OK):
+        raise error(f"{where} cannot be created: folder {shorten(str(anc))} is not writable (permission denied)")
+    return p
+
+
+def describe_os_error(exc: OSError) -> str:
+    """One line for an OSError: what failed, where (the file or files it names), and for a full disk or quota
+    the way round."""
+    import errno as _errno
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    where = ""
+    if exc.filename:
+        where = f" {shorten(str(exc.filename))}"
+        if getattr(exc, "filename2", None):
+            where += f" -> {shorten(str(exc.filename2))}"
+    line = f"{reason}:{where}" if where else reason
+    if exc.errno in (_errno.ENOSPC, getattr(_errno, "EDQUOT", -1)):
+        line += ("; the output is incomplete (files written before this one may stand without it); free some "
+                 "space or choose another --out, then rerun")
+    return line
+
+
+def describe_memory_error(exc: MemoryError, command: str) -> str:
+    """One line for a MemoryError: which command ran out of memory, what it tried to allocate if known, and
+    the way round."""
+    detail = shorten(str(exc)) if str(exc) else ""
+    detail = f" ({detail})" if detail else ""
+    return (f"out of memory{detail}; ask for less at once (fewer patients or output weeks, a smaller --chunk) or "
+            f"use `tregpd trial`, which streams patients in chunks")

@@ -30,7 +30,7 @@ def register(sub) -> None:
     x.add_argument("--no-taper", action="store_true", help="leave out the background prednisone taper")
     x.add_argument("--out", type=Path, default=Path("out/tregpd.xml"), help="output SBML file")
     add_model_option(x)
-    x.set_defaults(func=run_sbml)
+    x.set_defaults(func=run_sbml, out_kind="file")
 
 
 def run_sbml(args: argparse.Namespace) -> int:

@@ -186,12 +186,37 @@ class DaskBackend(Backend):
             cluster.close()
 
 
+def available_cpus() -> int:
+    """CPUs this process may run on (its affinity mask where the OS has one, else the CPU count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def check_backend_options(workers: int | None = None, scheduler: str | None = None) -> None:
+    """Refuse conflicting or excessive execution options before anything starts: ``--workers`` together with
+    ``--scheduler`` (the cluster decides its own workers), and more local workers than CPUs available."""
+    if workers is not None and scheduler is not None:
+        raise BackendError("--workers and --scheduler cannot be combined: --workers starts a local cluster, "
+                           "--scheduler uses an existing one (start its workers with 'dask worker'); give one")
+    if workers is not None:
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+            raise BackendError(f"--workers must be a positive integer, got {workers!r}")
+        limit = available_cpus()
+        if workers > limit:
+            raise BackendError(f"--workers {workers} is more than the {limit} CPUs available on this machine "
+                               f"(limit {limit}); more processes would only compete for the same cores")
+
+
 def make_backend(workers: int | None = None, scheduler: str | None = None) -> Backend:
     """The backend the CLI options ask for.
 
     ``scheduler`` -> :class:`DaskBackend` on that cluster; ``workers`` -> a LocalCluster of that many
-    processes; neither -> :class:`InProcessBackend`.
+    processes (at most :func:`available_cpus`); neither -> :class:`InProcessBackend`. Both at once are
+    refused (:func:`check_backend_options`).
     """
+    check_backend_options(workers, scheduler)
     if scheduler is not None:
         return DaskBackend(scheduler=scheduler)
     if workers is not None:

@@ -116,7 +116,7 @@ def _print(msg: str) -> None:
 def run_trial_command(args: argparse.Namespace) -> int:
     from tregpd.io import atomic_save_figure, atomic_write_frame, atomic_write_json, provenance
     from tregpd.model.parameters import load_parameters
-    from .backends import make_backend
+    from .backends import check_backend_options, make_backend
     from tregpd.model.models_cli import check_model
     from .trial import (DEFAULT_BLOCK, DEFAULT_RATIO_TARGET, check_trial_memory, make_plan, run_trial,
                         summary_table)
@@ -124,6 +124,7 @@ def run_trial_command(args: argparse.Namespace) -> int:
     _check_positive(args.patients, "--patients")
     _check_positive(args.chunk, "--chunk")
     _check_positive(args.workers, "--workers")
+    check_backend_options(args.workers, args.scheduler)   # conflicting options and the process limit, first
     params = load_parameters(args.params)
     weeks = max(args.weeks)
     regimens = [resolve_regimen(r, weeks) for r in args.regimen]
@@ -167,9 +168,10 @@ def run_trial_command(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------- sensitivity
 def run_sensitivity_command(args: argparse.Namespace) -> int:
     from tregpd.model.parameters import load_parameters
-    from .backends import make_backend
+    from .backends import check_backend_options, make_backend
 
     _check_positive(args.workers, "--workers")
+    check_backend_options(args.workers, args.scheduler)   # conflicting options and the process limit, first
     _check_positive(args.chunk, "--chunk")
     _check_positive(args.top, "--top")
     from tregpd.model.models_cli import check_model

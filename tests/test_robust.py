@@ -7,6 +7,7 @@ import re
 import contextlib
 import io
 import os
+import stat
 import time
 
 import pytest
@@ -316,3 +317,233 @@ def test_load_toml_keeps_decode_errors_short():
         load_toml("a = [1,\n" + "2," * 100_000, "x.toml")
     with pytest.raises(TregpdError, match="larger than the limit"):
         load_toml("#" * (MAX_INPUT_BYTES + 1), "x.toml")
+
+
+# ------------------------------------------------------------------------------------------ output paths
+def test_sbml_out_fifo_or_device_link_refused_node_untouched(tmp_path):
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    code, out, err = _cli(["sbml", "--out", str(fifo)])
+    assert code == 2
+    assert err.count("\n") == 1 and str(fifo) in err and "named pipe (fifo)" in err
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+    link = tmp_path / "null"
+    link.symlink_to("/dev/null")
+    code, out, err = _cli(["sbml", "--out", str(link)])
+    assert code == 2 and "character device" in err and str(link) in err
+    assert os.path.islink(link) and stat.S_ISCHR(os.stat("/dev/null").st_mode)
+    code, out, err = _cli(["sbml", "--out", str(tmp_path)])
+    assert code == 2 and "is a directory" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fifo", "null"]
+
+
+def test_simulate_out_a_file_refused_before_simulating(tmp_path, monkeypatch):
+    import importlib
+    simmod = importlib.import_module("tregpd.model.simulate")
+    called = []
+    monkeypatch.setattr(simmod, "simulate", lambda *a, **k: called.append(1))
+    f = tmp_path / "a_file"
+    f.write_text("keep")
+    for out in (f, f / "sub"):
+        code, _, err = _cli(["simulate", "--out", str(out), "--weeks", "1"])
+        assert code == 2 and err.count("\n") == 1 and str(f) in err and "regular file, not a folder" in err
+    assert called == [] and f.read_text() == "keep"
+
+
+def test_every_out_option_is_resolved_before_work(tmp_path):
+    """Every command with a folder --out refuses a file there before it starts (no command function runs)."""
+    from tregpd.cli import build_parser
+    f = tmp_path / "a_file"
+    f.write_text("")
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    checked = 0
+    for name, p in sub.choices.items():
+        if not any(a.dest == "out" for a in p._actions):
+            continue
+        defaults = {"func": lambda args: pytest.fail(f"{name} ran despite a bad --out")}
+        p.set_defaults(**defaults)
+        args = parser.parse_args([name, "--out", str(f / "x")] if name != "scenarios" else [name])
+        if getattr(args, "out", None) is None:
+            continue
+        from tregpd.cli import _check_outputs
+        with pytest.raises(TregpdError, match="is a regular file, not a folder"):
+            _check_outputs(args)
+        checked += 1
+    assert checked >= 8
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes anywhere")
+def test_unwritable_out_folder_refused(tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    try:
+        code, _, err = _cli(["simulate", "--out", str(ro / "sim")])
+        assert code == 2 and "not writable" in err
+    finally:
+        ro.chmod(0o700)
+
+
+def test_resolve_output_kinds(tmp_path):
+    from tregpd.safeio import resolve_output
+    assert resolve_output(tmp_path / "new" / "deeper", kind="dir") == tmp_path / "new" / "deeper"
+    assert resolve_output(tmp_path / "x.xml", kind="file") == tmp_path / "x.xml"
+    (tmp_path / "reg").write_text("")
+    resolve_output(tmp_path / "reg", kind="file")
+    with pytest.raises(TregpdError, match=r"--out file '.*reg/x.xml' cannot be created: '.*reg' is a regular file"):
+        resolve_output(tmp_path / "reg" / "x.xml", kind="file", what="--out file")
+    with pytest.raises(TregpdError, match="character device"):
+        resolve_output("/dev/null", kind="file")
+    with pytest.raises(TregpdError, match="character device, not a folder"):
+        resolve_output("/dev/null", kind="dir")
+
+
+def test_atomic_writer_replaces_only_regular_files(tmp_path):
+    from tregpd.errors import OutputError
+    from tregpd.io import atomic_write_bytes
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(OutputError, match="named pipe"):
+        atomic_write_bytes(fifo, b"x")
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+    link = tmp_path / "dev"
+    link.symlink_to("/dev/null")
+    with pytest.raises(OutputError, match=r"character device \(through a symlink\)"):
+        atomic_write_bytes(link, b"x")
+    assert os.path.islink(link)
+    (tmp_path / "d").mkdir()
+    with pytest.raises(OutputError, match="directory"):
+        atomic_write_bytes(tmp_path / "d", b"x")
+    # a symlink to a regular file is replaced, not followed
+    target = tmp_path / "target"
+    target.write_text("old")
+    (tmp_path / "lnk").symlink_to(target)
+    atomic_write_bytes(tmp_path / "lnk", b"new")
+    assert target.read_text() == "old" and not os.path.islink(tmp_path / "lnk")
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+# ------------------------------------------------------------------------------------------ options
+def test_trial_workers_bounded_by_cpus(tmp_path, monkeypatch):
+    from tregpd.scenarios import backends
+    monkeypatch.setattr(backends, "make_backend", lambda **k: pytest.fail("a backend was started"))
+    n = backends.available_cpus()
+    for cmd in (["trial", "--patients", "10"], ["sensitivity", "--method", "local"]):
+        code, _, err = _cli(cmd + ["--workers", str(n + 1000), "--out", str(tmp_path / "o")])
+        assert code == 2 and err.count("\n") == 1
+        assert f"--workers {n + 1000}" in err and f"limit {n}" in err
+    assert not (tmp_path / "o").exists()
+    monkeypatch.undo()
+    with pytest.raises(TregpdError, match="CPUs available"):
+        backends.make_backend(workers=n + 1)
+
+
+def test_workers_with_scheduler_refused(tmp_path):
+    for cmd in (["trial", "--patients", "10"], ["sensitivity", "--method", "local"]):
+        code, _, err = _cli(cmd + ["--workers", "1", "--scheduler", "tcp://127.0.0.1:1", "--out",
+                                   str(tmp_path / "o")])
+        assert code == 2 and err.count("\n") == 1 and "--workers and --scheduler cannot be combined" in err
+    from tregpd.scenarios.backends import make_backend
+    with pytest.raises(TregpdError, match="cannot be combined"):
+        make_backend(workers=1, scheduler="tcp://127.0.0.1:1")
+
+
+# ------------------------------------------------------------------------------------------ signals
+def test_sigterm_handled_like_sigint(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    out = tmp_path / "trial"
+    proc = subprocess.Popen([sys.executable, "-m", "tregpd.cli", "trial", "--patients", "5000000", "--chunk",
+                             "2048", "--no-progress", "--out", str(out)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=os.environ.copy())
+    try:
+        line = proc.stdout.readline()       # "trial: N patients ... on ..." once the work starts
+        assert line.startswith("trial:"), line + proc.stderr.read()
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode in (130, 143), (proc.returncode, err)
+    assert "interrupted" in err and "Traceback" not in err
+    left = [p for p in out.rglob("*")] if out.exists() else []
+    assert not [p for p in left if p.name.endswith(".tmp")] and not [p for p in left if p.is_file()]
+
+
+def test_main_restores_the_sigterm_handler():
+    import signal
+    before = signal.getsignal(signal.SIGTERM)
+    _cli(["models"])
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+# ------------------------------------------------------------------------------------------ durability
+def test_atomic_writer_fsyncs_the_folder_after_the_rename(tmp_path, monkeypatch):
+    import tregpd.io as tio
+    calls = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        calls.append(("fsync", stat.S_ISDIR(os.fstat(fd).st_mode), os.path.realpath(f"/proc/self/fd/{fd}")))
+        return real_fsync(fd)
+
+    def replace(a, b):
+        calls.append(("replace", str(b)))
+        return real_replace(a, b)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    target = tmp_path / "sub" / "x.json"
+    tio.atomic_write_json(target, {"a": 1})
+    kinds = [c[0] if c[0] == "replace" else ("fsync_dir" if c[1] else "fsync_file") for c in calls]
+    assert kinds == ["fsync_file", "replace", "fsync_dir"]
+    if os.path.isdir("/proc/self/fd"):
+        assert calls[-1][2] == os.path.realpath(target.parent)
+
+
+# ------------------------------------------------------------------------------------------ resources
+def test_disk_full_is_one_line_naming_the_file(tmp_path, monkeypatch):
+    import errno
+    import tregpd.io as tio
+    real = tio.atomic_write_bytes
+
+    def full(path, data):
+        if str(path).endswith(".png"):
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real(path, data)
+
+    monkeypatch.setattr(tio, "atomic_write_bytes", full)
+    code, _, err = _cli(["simulate", "--weeks", "1", "--out", str(tmp_path / "sim")])
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert "No space left on device" in err and "trajectory.png" in err and "incomplete" in err
+
+
+def test_write_failure_without_a_filename_gets_one(tmp_path, monkeypatch):
+    import errno
+    from tregpd.io import atomic_write_bytes
+
+    def fsync(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    with pytest.raises(OSError) as info:
+        atomic_write_bytes(tmp_path / "x.csv", b"data")
+    assert info.value.errno == errno.ENOSPC and info.value.filename == str(tmp_path / "x.csv")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_memory_error_is_one_line(tmp_path, monkeypatch):
+    import importlib
+    simmod = importlib.import_module("tregpd.model.simulate")
+
+    def boom(*a, **k):
+        raise MemoryError("Unable to allocate 6.00 GiB for an array with shape (1000000, 169, 7)")
+
+    monkeypatch.setattr(simmod, "simulate", boom)
+    code, _, err = _cli(["simulate", "--weeks", "1", "--out", str(tmp_path / "sim")])
+    assert code == 2 and err.count("\n") == 1 and "out of memory" in err and "6.00 GiB" in err
+    assert "tregpd trial" in err
