@@ -308,6 +308,51 @@ def record_any(row, t, y, p, seg, pkc, mode, auc, scr):
 
 
 @njit(cache=True)
+def dp5_stage_state(y, k, h, s, ytmp):
+    """State at DP5 stage ``s``: ytmp = y + h * sum_{r<s} A[s, r] k[r]."""
+    for i in range(y.size):
+        acc = 0.0
+        for r in range(s):
+            acc += DP_A[s, r] * k[r, i]
+        ytmp[i] = y[i] + h * acc
+
+
+@njit(cache=True)
+def dp5_solution(y, k, h, ynew):
+    """Fifth-order solution of a DP5 step from its first six stages."""
+    for i in range(y.size):
+        acc = 0.0
+        for r in range(6):
+            acc += DP_B[r] * k[r, i]
+        ynew[i] = y[i] + h * acc
+
+
+@njit(cache=True)
+def dp5_error(k, h, err):
+    """Embedded error estimate of a DP5 step from its seven stages (the seventh at the new solution)."""
+    for i in range(err.size):
+        acc = 0.0
+        for r in range(7):
+            acc += DP_E[r] * k[r, i]
+        err[i] = h * acc
+
+
+@njit(cache=True)
+def dp5_dense(y, k, h, x, out):
+    """Dense output at the fraction ``x`` of a DP5 step (Hairer's continuous extension, DP_P)."""
+    for i in range(y.size):
+        q = 0.0
+        xp = x
+        for c in range(4):
+            acc = 0.0
+            for r in range(7):
+                acc += k[r, i] * DP_P[r, c]
+            q += acc * xp
+            xp *= x
+        out[i] = y[i] + h * q
+
+
+@njit(cache=True)
 def dopri5_segment(t0, t1, y, p, seg, pkc, mode, rtol, atol, h, t_out, k_out, out, auc, max_steps, frc, cc,
                    scr):
     """Integrate y from t0 to t1 in place with Dormand-Prince 5(4), writing dense output for every
@@ -336,24 +381,12 @@ def dopri5_segment(t0, t1, y, p, seg, pkc, mode, rtol, atol, h, t_out, k_out, ou
             last = True
         k[0, :] = f
         for s in range(1, 6):
-            for i in range(n):
-                acc = 0.0
-                for r in range(s):
-                    acc += DP_A[s, r] * k[r, i]
-                ytmp[i] = y[i] + h * acc
+            dp5_stage_state(y, k, h, s, ytmp)
             rhs(t + DP_C[s] * h, ytmp, p, seg, pkc, mode, frc, cc, k[s])
-        for i in range(n):
-            acc = 0.0
-            for r in range(6):
-                acc += DP_B[r] * k[r, i]
-            ynew[i] = y[i] + h * acc
+        dp5_solution(y, k, h, ynew)
         rhs(t + h, ynew, p, seg, pkc, mode, frc, cc, k[6])
         steps += 1
-        for i in range(n):
-            acc = 0.0
-            for r in range(7):
-                acc += DP_E[r] * k[r, i]
-            err[i] = h * acc
+        dp5_error(k, h, err)
         en = err_norm(err, y, ynew, rtol, atol)
         if not math.isfinite(en):
             h *= MIN_FACTOR
@@ -361,17 +394,7 @@ def dopri5_segment(t0, t1, y, p, seg, pkc, mode, rtol, atol, h, t_out, k_out, ou
         if en <= 1.0:
             t_new = t1 if last else t + h
             while k_out < n_out and t_out[k_out] < t_new and t_out[k_out] < t1:
-                x = (t_out[k_out] - t) / h
-                for i in range(n):
-                    q = 0.0
-                    xp = x
-                    for c in range(4):
-                        acc = 0.0
-                        for r in range(7):
-                            acc += k[r, i] * DP_P[r, c]
-                        q += acc * xp
-                        xp *= x
-                    ytmp[i] = y[i] + h * q
+                dp5_dense(y, k, h, (t_out[k_out] - t) / h, ytmp)
                 record_any(out[k_out], t_out[k_out], ytmp, p, seg, pkc, mode, auc, scr)
                 k_out += 1
             for i in range(n):
@@ -781,24 +804,12 @@ def dopri5_cf_segment(t0, t1, y, p, seg, pkc, rtol, atol, t_out, k_out, out, auc
         for i in range(n):
             k[0, i] = f[i]
         for s in range(1, 6):
-            for i in range(n):
-                acc = 0.0
-                for r in range(s):
-                    acc += DP_A[s, r] * k[r, i]
-                ytmp[i] = y[i] + h * acc
+            dp5_stage_state(y, k, h, s, ytmp)
             derivs_cf(ytmp, frc, s - 1, seg, p, k[s])
-        for i in range(n):
-            acc = 0.0
-            for r in range(6):
-                acc += DP_B[r] * k[r, i]
-            ynew[i] = y[i] + h * acc
+        dp5_solution(y, k, h, ynew)
         derivs_cf(ynew, frc, r4, seg, p, k[6])
         steps += 1
-        for i in range(n):
-            acc = 0.0
-            for r in range(7):
-                acc += DP_E[r] * k[r, i]
-            err[i] = h * acc
+        dp5_error(k, h, err)
         en = err_norm(err, y, ynew, rtol, atol)
         if not math.isfinite(en):
             h *= MIN_FACTOR
@@ -806,17 +817,7 @@ def dopri5_cf_segment(t0, t1, y, p, seg, pkc, rtol, atol, t_out, k_out, out, auc
         if en <= 1.0:
             t_new = t1 if last else t + h
             while k_out < n_out and t_out[k_out] < t_new and t_out[k_out] < t1:
-                x = (t_out[k_out] - t) / h
-                for i in range(n):
-                    qv = 0.0
-                    xp = x
-                    for c in range(4):
-                        acc = 0.0
-                        for r in range(7):
-                            acc += k[r, i] * DP_P[r, c]
-                        qv += acc * xp
-                        xp *= x
-                    ytmp[i] = y[i] + h * qv
+                dp5_dense(y, k, h, (t_out[k_out] - t) / h, ytmp)
                 record_fast(out[k_out], t_out[k_out], ytmp, p, seg, pkc, auc, scr)
                 k_out += 1
             for i in range(n):
