@@ -374,12 +374,8 @@ def generate_source(m: ModelStructure) -> str:
         oscope[i.name] = f"v_{i.name}"
     for b, blk in enumerate(L.blocks):
         for c in blk.compartments:
-            terms = []
-            for (src, dst), k in blk.rates.items():
-                if src == c:
-                    terms.append(f"- ({hx(k, oscope)}) * y[{amount_idx[c]}]")
-                if dst == c:
-                    terms.append(f"+ ({hx(k, oscope)}) * y[{amount_idx[src]}]")
+            terms = [f"{'-' if sign < 0 else '+'} ({hx(k, oscope)}) * y[{amount_idx[a]}]"
+                     for sign, k, a in blk.flows(c)]
             body.append(f"dy[{amount_idx[c]}] = 0.0 " + " ".join(terms))
     for i, s in enumerate(m.states):
         body.append(f"dy[{n_pk + i}] = {hx(s.ode, oscope)}")
@@ -421,12 +417,8 @@ def generate_source(m: ModelStructure) -> str:
     for blk in L.blocks:
         for c in blk.compartments:
             e = sympy.Integer(0)
-            for (src, dst), k in blk.rates.items():
-                kk = _sympy_parse(k, sym)
-                if src == c:
-                    e -= kk * sym[c]
-                if dst == c:
-                    e += kk * sym[src]
+            for sign, k, a in blk.flows(c):
+                e += sign * _sympy_parse(k, sym) * sym[a]
             f_o.append(e)
     f_o += [_sympy_parse(s.ode, sym).subs(subs_o) for s in m.states]
     f_o += [sympy.Max(subs_o[sym[blk.name]], 0) for blk in L.blocks]
@@ -515,43 +507,32 @@ def generate_source(m: ModelStructure) -> str:
       "    \"\"\"Apply one event (closed-form layout); returns 1 for a dose, 2 for a covariate change, 0 if "
       "ignored.\"\"\"\n" + _lines(body_cf) + "\n")
     w("@njit(cache=True)\ndef apply_dose_ode(cmt, amt, p, y, cov):\n" + _lines(body_o) + "\n")
-    # ---- output rows
+    # ---- output rows: observables, closed-form concentrations, concentrations from states, AUCs
     n_obs = len(m.observables)
-    rscope = {n: v for n, v in const.items()}
-    rscope.update({n: f"y[{i}]" for i, n in enumerate(L.states)})
-    body = []
-    for n, (expr, _) in m.concentrations_from_states.items():
-        body.append(f"v_{n} = {emit(expr, rscope)}")
-        rscope[n] = f"v_{n}"
-    for k, o in enumerate(m.observables):
-        body.append(f"row[{k}] = {emit(o.expr, rscope)}")
-    for b in range(nb):
-        body.append(f"row[{n_obs + b}] = cconc[{b}]")
-    for k, n in enumerate(L.cfs):
-        body.append(f"row[{n_obs + nb + k}] = max(v_{n}, 0.0)")
     n_conc = nb + n_cfs
-    for b in range(nb):
-        body.append(f"row[{n_obs + n_conc + b}] = cauc[{b}]")
-    for k in range(n_cfs):
-        body.append(f"row[{n_obs + n_conc + nb + k}] = y[{n_states + k}]")
+
+    def record_body(rscope, closed_conc, aucs):
+        body = []
+        for n, (expr, _) in m.concentrations_from_states.items():
+            body.append(f"v_{n} = {emit(expr, rscope)}")
+            rscope[n] = f"v_{n}"
+        body += [f"row[{k}] = {emit(o.expr, rscope)}" for k, o in enumerate(m.observables)]
+        body += [f"row[{n_obs + b}] = {c}" for b, c in enumerate(closed_conc(rscope))]
+        body += [f"row[{n_obs + nb + k}] = max(v_{n}, 0.0)" for k, n in enumerate(L.cfs)]
+        body += [f"row[{n_obs + n_conc + k}] = {a}" for k, a in enumerate(aucs)]
+        return body
+
+    rscope = dict(const)
+    rscope.update({n: f"y[{i}]" for i, n in enumerate(L.states)})
+    body = record_body(rscope, lambda sc: [f"cconc[{b}]" for b in range(nb)],
+                       [f"cauc[{b}]" for b in range(nb)] + [f"y[{n_states + k}]" for k in range(n_cfs)])
     w("@njit(cache=True)\ndef record_cf(row, y, cconc, cauc, p, seg):\n" + _lines(body) + "\n")
-    rscope = {n: v for n, v in const.items()}
+    rscope = dict(const)
     rscope.update({a: f"y[{i}]" for a, i in amount_idx.items()})
     rscope.update({n: f"y[{n_pk + i}]" for i, n in enumerate(L.states)})
-    body = []
-    for n, (expr, _) in m.concentrations_from_states.items():
-        body.append(f"v_{n} = {emit(expr, rscope)}")
-        rscope[n] = f"v_{n}"
-    for k, o in enumerate(m.observables):
-        body.append(f"row[{k}] = {emit(o.expr, rscope)}")
-    for b, blk in enumerate(L.blocks):
-        sc = dict(rscope)
-        sc["amount"] = f"y[{amount_idx[blk.observed]}]"
-        body.append(f"row[{n_obs + b}] = max({emit(blk.concentration, sc)}, 0.0)")
-    for k, n in enumerate(L.cfs):
-        body.append(f"row[{n_obs + nb + k}] = max(v_{n}, 0.0)")
-    for k in range(n_conc):
-        body.append(f"row[{n_obs + n_conc + k}] = y[{n_pk + n_states + k}]")
+    body = record_body(rscope, lambda sc: [
+        f"max({emit(blk.concentration, {**sc, 'amount': f'y[{amount_idx[blk.observed]}]'})}, 0.0)"
+        for blk in L.blocks], [f"y[{n_pk + n_states + k}]" for k in range(n_conc)])
     w("@njit(cache=True)\ndef record_ode(row, y, p, seg):\n" + _lines(body) + "\n")
     # ---- block sensitivities (fast-path skipping)
     body = []

@@ -164,6 +164,17 @@ class LinearPK:
     amount_unit: str
     description: str = ""
 
+    def flows(self, compartment: str) -> list[tuple[int, str, str]]:
+        """Terms of d(compartment)/dt, in declaration order: (sign, rate expression, compartment whose amount
+        the rate multiplies): ``-k * compartment`` for each outflow, ``+k * source`` for each inflow."""
+        terms = []
+        for (src, dst), k in self.rates.items():
+            if src == compartment:
+                terms.append((-1, k, compartment))
+            if dst == compartment:
+                terms.append((1, k, src))
+        return terms
+
 
 @dataclass(frozen=True)
 class Covariate:

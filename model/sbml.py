@@ -237,12 +237,7 @@ def build_document(parameters: ParameterSet, regimen: Regimen, model_id: str = "
     assignment("ratio", "th17 / treg")
     for b in m.pk:
         for c in b.compartments:
-            terms = []
-            for (src, dst), k in b.rates.items():
-                if src == c:
-                    terms.append(f" - ({_l3(k)}) * {c}")
-                if dst == c:
-                    terms.append(f" + ({_l3(k)}) * {src}")
+            terms = [f" {'-' if sign < 0 else '+'} ({_l3(k)}) * {a}" for sign, k, a in b.flows(c)]
             rule = sbml.createRateRule()
             rule.setVariable(c)
             _check(rule.setMath(_math("0" + "".join(terms), c)), f"set the rate rule of {c}")
