@@ -185,67 +185,49 @@ V1_WANING = SAT0261_V1.with_changes(
     hypotheses=("Treg IL-2 response desensitises with exposure (negative feedback)",))
 
 
-def _v2() -> ModelStructure:
-    base = V1_IL2_CONSUMPTION
-    inter = []
-    for i in base.intermediates:
-        if i.name == "gc_factor":
-            continue
-        if i.name == "induction":
-            i = Intermediate(i.name, "naive_to_treg", i.unit, i.description)
-        if i.name == "treg_prolif":
-            i = Intermediate(i.name, "treg_proliferation * (1.0 + il2_emax_treg * s_treg / (1.0 + desens))",
-                             i.unit, i.description)
-        if i.name == "th17_prolif":
-            i = Intermediate(i.name, "th17_proliferation * (1.0 + il2_emax_th17 * s_eff)"
-                                     " * (1.0 - rapa_imax_th17_prolif * i_mtor)", i.unit, i.description)
-        inter.append(i)
-    params = {k: v for k, v in base.parameters.items()
-              if k not in ("gc_ec50", "gc_imax_th17", "rapa_emax_treg_induction", "gc_baseline_dose")}
-    params.update({"treg_desens_gain": "1", "treg_desens_halflife": "day"})
-    desens = [s for s in V1_WANING.states if s.name == "desens"]
+#: what v2 and v2_lean drop from their parent: the glucocorticoid term and sirolimus-driven Treg induction
+_NO_GC_RAPA_TH17_DROPPED = ("gc_ec50", "gc_imax_th17", "rapa_emax_treg_induction", "gc_baseline_dose")
+
+
+def _no_gc_rapa_th17(base: ModelStructure, name: str, description: str, hypotheses: tuple[str, ...],
+                     replace_intermediates: Mapping[str, str] | None = None,
+                     parameters: Mapping[str, str] | None = None, add_states: tuple[State, ...] = ()
+                     ) -> ModelStructure:
+    """``base`` without the glucocorticoid term (prednisone events accepted and ignored) and with sirolimus
+    acting on Th17 only (no promotion of Treg induction), plus the stated replacements."""
+    repl = {"induction": "naive_to_treg",
+            "th17_prolif": "th17_proliferation * (1.0 + il2_emax_th17 * s_eff)"
+                           " * (1.0 - rapa_imax_th17_prolif * i_mtor)"}
+    repl.update(replace_intermediates or {})
+    inter = tuple(Intermediate(i.name, repl.get(i.name, i.expr), i.unit, i.description)
+                  for i in base.intermediates if i.name != "gc_factor")
+    params = {k: v for k, v in base.parameters.items() if k not in _NO_GC_RAPA_TH17_DROPPED}
+    params.update(parameters or {})
     return ModelStructure(
-        name="v2", description=(
-            "IL-2 consumption by CD25+ Treg (IL-2 PK as states) + desensitisation of the Treg IL-2 response + "
-            "sirolimus on Th17 only; no glucocorticoid term (prednisone events are accepted and ignored)."),
-        parameters=params, derived=base.derived, pk=base.pk,
+        name=name, description=description, parameters=params, derived=base.derived, pk=base.pk,
         covariates=(Covariate("prednisone", "mg/day", 9, "0.0", PREDNISONE.description),),
-        intermediates=tuple(inter), states=tuple(base.states) + tuple(desens), observables=base.observables,
-        doses=base.doses, concentrations_from_states=base.concentrations_from_states,
-        hypotheses=("IL-2 cleared by CD25+ Treg", "Treg IL-2 response desensitises", "sirolimus on Th17 only",
-                    "glucocorticoid term OFF"), parent="sat0261_v1")
+        intermediates=inter, states=tuple(base.states) + tuple(add_states), observables=base.observables,
+        doses=base.doses, concentrations_from_states=base.concentrations_from_states, hypotheses=hypotheses,
+        parent="sat0261_v1")
 
 
-V2 = _v2()
+V2 = _no_gc_rapa_th17(
+    V1_IL2_CONSUMPTION, "v2",
+    "IL-2 consumption by CD25+ Treg (IL-2 PK as states) + desensitisation of the Treg IL-2 response + "
+    "sirolimus on Th17 only; no glucocorticoid term (prednisone events are accepted and ignored).",
+    ("IL-2 cleared by CD25+ Treg", "Treg IL-2 response desensitises", "sirolimus on Th17 only",
+     "glucocorticoid term OFF"),
+    replace_intermediates={"treg_prolif": "treg_proliferation * (1.0 + il2_emax_treg * s_treg / (1.0 + desens))"},
+    parameters={"treg_desens_gain": "1", "treg_desens_halflife": "day"},
+    add_states=tuple(s for s in V1_WANING.states if s.name == "desens"))
 
-
-def _v2_lean() -> ModelStructure:
-    base = V1_WANING
-    inter = []
-    for i in base.intermediates:
-        if i.name == "gc_factor":
-            continue
-        if i.name == "induction":
-            i = Intermediate(i.name, "naive_to_treg", i.unit, i.description)
-        if i.name == "th17_prolif":
-            i = Intermediate(i.name, "th17_proliferation * (1.0 + il2_emax_th17 * s_eff)"
-                                     " * (1.0 - rapa_imax_th17_prolif * i_mtor)", i.unit, i.description)
-        inter.append(i)
-    params = {k: v for k, v in base.parameters.items()
-              if k not in ("gc_ec50", "gc_imax_th17", "rapa_emax_treg_induction", "gc_baseline_dose")}
-    return ModelStructure(
-        name="v2_lean", description=(
-            "Desensitisation of the Treg IL-2 response + sirolimus on Th17 only, no glucocorticoid term; IL-2 "
-            "and sirolimus PK linear (closed form). The mechanisms of v2 that the joint fit uses, without the "
-            "IL-2 consumption it drives to ~0."),
-        parameters=params, derived=base.derived, pk=base.pk,
-        covariates=(Covariate("prednisone", "mg/day", 9, "0.0", PREDNISONE.description),),
-        intermediates=tuple(inter), states=base.states, observables=base.observables, doses=base.doses,
-        hypotheses=("Treg IL-2 response desensitises", "sirolimus on Th17 only", "glucocorticoid term OFF",
-                    "IL-2 and sirolimus PK linear (closed form)"), parent="sat0261_v1")
-
-
-V2_LEAN = _v2_lean()
+V2_LEAN = _no_gc_rapa_th17(
+    V1_WANING, "v2_lean",
+    "Desensitisation of the Treg IL-2 response + sirolimus on Th17 only, no glucocorticoid term; IL-2 "
+    "and sirolimus PK linear (closed form). The mechanisms of v2 that the joint fit uses, without the "
+    "IL-2 consumption it drives to ~0.",
+    ("Treg IL-2 response desensitises", "sirolimus on Th17 only", "glucocorticoid term OFF",
+     "IL-2 and sirolimus PK linear (closed form)"))
 
 _REGISTRY: dict[str, ModelStructure] = {}
 DEFAULT_MODEL = "v2_lean"
