@@ -64,6 +64,9 @@ def shorten(value, limit: int = SHORTEN_LIMIT) -> str:
 
 
 def _kind(mode: int) -> str:
+    """What a file-system node is, as a phrase for messages ("a directory", "a named pipe (fifo)", ...)."""
+    if stat.S_ISREG(mode):
+        return "a regular file"
     if stat.S_ISDIR(mode):
         return "a directory"
     if stat.S_ISCHR(mode):
@@ -297,8 +300,7 @@ def resolve_output(path, kind: str = "dir", what: str = "output folder", error: 
                 raise error(f"{where} is {_kind(st.st_mode)}; tregpd replaces only regular files, refusing")
         else:
             if not stat.S_ISDIR(st.st_mode):
-                kind_text = "a regular file" if stat.S_ISREG(st.st_mode) else _kind(st.st_mode)
-                raise error(f"{where} is {kind_text}, not a folder")
+                raise error(f"{where} is {_kind(st.st_mode)}, not a folder")
             if not os.access(p, os.W_OK | os.X_OK):
                 raise error(f"{where} is not writable (permission denied)")
             return p
@@ -310,8 +312,7 @@ def resolve_output(path, kind: str = "dir", what: str = "output folder", error: 
     except OSError as exc:
         raise error(f"{where} cannot be used: {shorten(exc.strerror or str(exc))} ({shorten(str(anc))})") from None
     if not stat.S_ISDIR(ast.st_mode):
-        kind_text = "a regular file" if stat.S_ISREG(ast.st_mode) else _kind(ast.st_mode)
-        raise error(f"{where} cannot be created: {shorten(str(anc))} is {kind_text}, not a folder")
+        raise error(f"{where} cannot be created: {shorten(str(anc))} is {_kind(ast.st_mode)}, not a folder")
     if not os.access(anc, os.W_OK | os.X_OK):
         raise error(f"{where} cannot be created: folder {shorten(str(anc))} is not writable (permission denied)")
     return p
