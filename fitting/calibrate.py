@@ -24,10 +24,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-#: a structure with fewer free parameters within this ΔAIC of the best is preferred (same as joint.py)
-DELTA_AIC_SIMPLER = 2.0
 
-DELTA_CHI2_95 = 3.841458820694124
 #: structures compared by default (every bundled one)
 DEFAULT_COMPARISON = ("sat0261_v1", "v1_gc_off", "v1_gc_all", "v1_rapa_th17", "v1_il2_consumption", "v1_waning",
                       "v2", "v2_lean")
@@ -51,6 +48,7 @@ def register(sub) -> None:
 
 def choose(fits: list) -> "StructureFit":  # noqa: F821
     """Lowest AIC, unless a structure with fewer free parameters is within DELTA_AIC_SIMPLER of it."""
+    from .joint import DELTA_AIC_SIMPLER
     best = min(fits, key=lambda f: f.aic)
     simpler = [f for f in fits if f.n_free < best.n_free and f.aic - best.aic <= DELTA_AIC_SIMPLER]
     return min(simpler, key=lambda f: (f.n_free, f.aic)) if simpler else best
@@ -84,6 +82,7 @@ def profiles(fit, n_points: int = 5, workers: int = 2):
 def classify(prof, name: str, lower: float, upper: float) -> str:
     """'identified' (Δchi2 > 3.84 on both sides), 'bounded' (one side only) or 'not identified'."""
     import numpy as np
+    from .optimise import DELTA_CHI2_95
     d = prof[prof["parameter"] == name].sort_values("value")
     if d.empty:
         return "not profiled"
@@ -124,6 +123,7 @@ def calibrated_parameter_set(fit, roles: dict[str, str]):
 
 
 def _plot_profiles(prof, path):
+    from .optimise import DELTA_CHI2_95
     from tregpd.io import atomic_save_figure
     import matplotlib
     matplotlib.use("Agg")
@@ -148,7 +148,8 @@ def run_calibration(out: Path, models=None, do_profiles: bool = True, n_points: 
                     progress=print, population: int = 0) -> dict:
     import pandas as pd
     from tregpd.io import atomic_write_frame, atomic_write_json, atomic_write_text, provenance
-    from .joint import JointProblem, compare_structures, fit_structure, fit_summary, residual_table
+    from .joint import DELTA_AIC_SIMPLER, JointProblem, compare_structures, fit_structure, fit_summary, \
+        residual_table
     t0 = time.perf_counter()
     models = list(models or DEFAULT_COMPARISON)
     fits, table = compare_structures(models, progress=lambda f: progress(
