@@ -163,6 +163,11 @@ def test_equation_listing_is_generated_from_the_declaration():
 def test_default_kernel_module_attributes_are_the_default_structures():
     m = get_model(None)
     assert K.N_OUT == len(m.output_names) and K.N_THETA == len(m.parameter_names)
+    # the constants kernels.py defines without compiling are the engine's own
+    kern = K.for_model(None)
+    for name in ("STATUS_OK", "STATUS_MAX_STEPS", "STATUS_STEP_TOO_SMALL", "STATUS_NONFINITE", "STATUS_NEGATIVE",
+                 "METHOD_DOPRI5", "METHOD_ROSENBROCK23", "MODE_CLOSED_FORM", "MODE_PK_ODE"):
+        assert getattr(K, name) == getattr(kern, name), name
     assert K.for_model(None) is K.for_model(m.name)
     assert K.for_model("v1_waning") is not K.for_model(None)
 
