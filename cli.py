@@ -31,6 +31,7 @@ COMMAND_MODULES = (
     "tregpd.scenarios.cli",
     "tregpd.scenarios.scale_cli",
     "tregpd.pipeline",
+    "tregpd.report",
 )
 
 

@@ -13,6 +13,7 @@
 6. local sensitivities of the week-24 outcomes at the calibrated typical patient -> out/sensitivity/
 7. the whole scenario library with the calibrated parameters -> out/scenarios/
 8. out/SUMMARY.md: model comparison, validation table, what was fitted and how well, the scenario comparison.
+9. out/report.html: the same as one self-contained page with every figure embedded (:mod:`tregpd.report`).
 
 Every file is written atomically with provenance (package version, parameters, regimen, seed).
 """
@@ -23,6 +24,15 @@ import time
 from pathlib import Path
 
 DEFAULT_SEED = 20170614
+
+#: assumptions of the main job as a whole (Markdown; SUMMARY.md and report.html list them)
+ASSUMPTIONS = (
+    "The Shanxi SLE regimen is not published in the sources read; the reference regimen is an assumption "
+    "(see `tregpd.model.dosing.REFERENCE_ASSUMPTION`); the regimen hypotheses show how much it matters.",
+    "Per-m2 doses of other trials use a body-surface area of 1.7 m2; RECALLED numbers carry loose SEs "
+    "(fitting/data/CALIBRATION.md).",
+    "Qualitative facts enter the calibration as soft constraints (hinge residuals on a stated scale).",
+)
 
 
 def register(sub) -> None:
@@ -145,14 +155,14 @@ def run(args: argparse.Namespace) -> int:
         "## Study questions", "",
         answers_markdown(lib.outcomes), "",
         "## Assumptions", "",
-        "- The Shanxi SLE regimen is not published in the sources read; the reference regimen is an assumption "
-        "(see `tregpd.model.dosing.REFERENCE_ASSUMPTION`); the regimen hypotheses above show how much it matters.",
-        "- Per-m2 doses of other trials use a body-surface area of 1.7 m2; RECALLED numbers carry loose SEs "
-        "(fitting/data/CALIBRATION.md).",
-        "- Qualitative facts enter the calibration as soft constraints (hinge residuals on a stated scale).",
+        *(f"- {a}" for a in ASSUMPTIONS),
     ]
     path = atomic_write_text(out / "SUMMARY.md", "\n".join(summary) + "\n")
-    print(f"wrote {path} ({time.perf_counter() - t0:.0f} s in all)")
+    print(f"wrote {path}")
+    from tregpd.report import write_report
+    report = write_report(out)
+    print(f"wrote {report} (self-contained HTML report; re-make it with `tregpd report --out {out}`) "
+          f"({time.perf_counter() - t0:.0f} s in all)")
     return 0
 
 
