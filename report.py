@@ -78,6 +78,8 @@ td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
 tr:nth-child(even) td{background:#f6f8fb}
 figure{margin:1em 0;background:#fff;border:1px solid #cfd8e3;padding:.5em;display:inline-block;max-width:100%}
 figure img{max-width:100%;height:auto;display:block}
+.gallery{display:flex;flex-wrap:wrap;gap:.8em;align-items:flex-start}
+.gallery figure{max-width:calc(50% - 1.6em);margin:0}
 figcaption{font-size:.85em;color:#4a5568;margin-top:.3em}
 .note{background:#fff8e1;border-left:4px solid #f0b429;padding:.4em .8em;margin:.6em 0}
 .assumption{background:#fdecec;border-left:4px solid #c53030;padding:.3em .8em;margin:.3em 0}
@@ -341,14 +343,20 @@ class _Page:
         self.read(path, what)
         return block
 
-    def csv_table(self, path: Path, what: str, drop=(), caption: str | None = None) -> str:
+    def csv_table(self, path: Path, what: str, drop=(), caption: str | None = None, keep=None) -> str:
+        """The table of a CSV file; ``drop``: columns left out; ``keep``: only these columns, in this order
+        (those present; all columns when none is)."""
         try:
             header, rows, prov = read_csv(path)
         except (OSError, UnicodeDecodeError, csv.Error) as exc:
             return self.note(f"{self.rel(path)} could not be read: {exc}")
         self._model_from(prov.get("model"))
-        self.read(path, what, str(prov.get("created_utc", "")))
-        keep = [k for k, h in enumerate(header) if h not in drop]
+        if not any(f[0] == self.rel(path) for f in self.files):     # a file shown twice is listed once
+            self.read(path, what, str(prov.get("created_utc", "")))
+        if keep is not None and any(h in header for h in keep):
+            keep = [header.index(h) for h in keep if h in header]
+        else:
+            keep = [k for k, h in enumerate(header) if h not in drop]
         table = html_table([header[k] for k in keep], [[r[k] if k < len(r) else "" for k in keep] for r in rows],
                            caption=caption)
         return table or self.note(f"{self.rel(path)} has no rows")
@@ -480,6 +488,29 @@ def _seeds(out: Path) -> set:
     return seeds
 
 
+_STUDIES_TAIL = " to: "
+
+
+def _factor_studies(rows: list[dict]) -> str:
+    """The list of calibrating studies that the calibrated parameter file appends to the source of every fitted
+    parameter ("... by the joint fit (...) to: <studies>"): when two or more sources share it, it is replaced in
+    ``rows`` (in place) by "the calibration studies" and returned; else ``""``."""
+    tails = {}
+    for r in rows:
+        src = str(r["source"])
+        head, sep, tail = src.rpartition(_STUDIES_TAIL)
+        if sep and "joint fit" in head:
+            tails.setdefault(tail, []).append(r)
+    if not tails:
+        return ""
+    tail, users = max(tails.items(), key=lambda kv: len(kv[1]))
+    if len(users) < 2:
+        return ""
+    for r in users:
+        r["source"] = str(r["source"])[:-len(tail)] + "the calibration studies"
+    return tail
+
+
 def _section_fit(page: _Page) -> str:
     out = page.out
     parts = []
@@ -505,17 +536,13 @@ def _section_fit(page: _Page) -> str:
             prow = _parameter_rows(data)
             order = {"calibrated": 0, "bounded": 1}
             prow.sort(key=lambda r: (order.get(r["role"], 2), r["parameter"]))
+            studies = _factor_studies(prow)
+            if studies:
+                parts.append(f"<p>Calibration studies (“the calibration studies” in the sources below): "
+                             f"{esc(studies)}.</p>")
             cols = ["parameter", "value", "unit", "lower", "upper", "role", "status", "source"]
             parts.append(html_table(cols, [[r[c] for c in cols] for r in prow])
                          or page.note(f"{page.rel(pfile)} has no parameter entries"))
-    parts.append("<h3>Joint calibration: model comparison</h3>")
-    mc = out / "calibration" / "model_comparison.csv"
-    parts.append(page.csv_table(mc, "model comparison", drop=("hypotheses",)) if mc.is_file()
-                 else page.missing("calibration/model_comparison.csv", "tregpd calibrate"))
-    rep = out / "calibration" / "report.md"
-    if rep.is_file():
-        parts.append("<details><summary>Calibration report (calibration/report.md)</summary>"
-                     + page.markdown(rep, "calibration report", heading_offset=3) + "</details>")
     prof = out / "calibration" / "profiles.png"
     if prof.is_file():
         parts.append(page.figure(prof, "Profile likelihoods of the calibrated parameters (Δχ², dashed: 95 %)"))
@@ -533,24 +560,45 @@ def _section_fit(page: _Page) -> str:
     return "\n".join(parts)
 
 
+#: columns of validate/validation.csv and qualitative.csv shown first (the rest are in the folded full table)
+VALIDATION_COLUMNS = ("study", "observable", "mapping", "day", "observed", "se", "predicted", "predicted_p5",
+                      "predicted_p95", "z", "in_tolerance")
+QUALITATIVE_COLUMNS = ("study", "criterion", "predicted", "pass")
+
+
 def _section_validation(page: _Page) -> str:
+    cal = page.out / "calibration"
+    parts = ["<h3>Joint calibration: model comparison</h3>"]
+    mc = cal / "model_comparison.csv"
+    parts.append(page.csv_table(mc, "model comparison", drop=("hypotheses",)) if mc.is_file()
+                 else page.missing("calibration/model_comparison.csv", "tregpd calibrate"))
+    rep = cal / "report.md"
+    if rep.is_file():
+        parts.append("<details><summary>Calibration report (calibration/report.md)</summary>"
+                     + page.markdown(rep, "calibration report", heading_offset=3) + "</details>")
     out = page.out / "validate"
-    parts = []
+    parts.append("<h3>Validation, study by study</h3>")
     val = out / "validation.csv"
     if val.is_file():
         parts.append("<p>Each study simulated with the calibrated parameters. Predicted = the statistic the "
                      "study reports; predicted_p5/predicted_p95 = the between-patient 5-95 % range; "
                      "z = (ln predicted − ln observed)/SE; in tolerance when |z| ≤ 2.</p>")
-        parts.append(page.csv_table(val, "validation table"))
+        parts.append(page.csv_table(val, "validation table", keep=VALIDATION_COLUMNS))
+        parts.append("<details><summary>Every column (validate/validation.csv)</summary>"
+                     + page.csv_table(val, "validation table (all columns)") + "</details>")
     else:
         parts.append(page.missing("validate/validation.csv", "tregpd validate"))
     qual = out / "qualitative.csv"
     if qual.is_file():
-        parts.append("<h3>Qualitative checks</h3>" + page.csv_table(qual, "qualitative checks"))
+        parts.append("<h3>Qualitative checks</h3>" + page.csv_table(qual, "qualitative checks",
+                                                                   keep=QUALITATIVE_COLUMNS))
+        parts.append("<details><summary>Every column (validate/qualitative.csv)</summary>"
+                     + page.csv_table(qual, "qualitative checks (all columns)") + "</details>")
     figs = sorted(out.glob("validation_*.png")) + sorted(out.glob("validation_*.svg"))
     if figs:
         parts.append("<h3>Validation figures</h3>")
-        parts += [page.figure(f, f"Validation: {f.stem.removeprefix('validation_')}") for f in figs]
+        parts.append('<div class="gallery">' + "\n".join(
+            page.figure(f, f"Validation: {f.stem.removeprefix('validation_')}") for f in figs) + "</div>")
     return "\n".join(parts)
 
 
@@ -604,7 +652,7 @@ def _section_scenarios(page: _Page) -> str:
             inner.append(page.note(f"{len(listed)} scenario figures not embedded (page limit "
                                    f"{MAX_EMBED_BYTES // 2**20} MiB): " + ", ".join(listed)))
         parts.append(f"<details><summary>Each scenario's trajectories ({len(traj)} figures)</summary>"
-                     + "\n".join(inner) + "</details>")
+                     + '<div class="gallery">' + "\n".join(inner) + "</div></details>")
     return "\n".join(parts)
 
 

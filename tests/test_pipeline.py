@@ -14,8 +14,9 @@ def test_main_job_quick(tmp_path, capsys):
     out = tmp_path / "out"
     assert main(["all", "--quick", "--out", str(out)]) == 0
     capsys.readouterr()
-    for rel in ("SUMMARY.md", "calibration/model_comparison.csv", "calibration/calibrated_parameters.toml",
-                "calibration/report.md", "validate/validation.csv", "validate/validation.md",
+    for rel in ("SUMMARY.md", "report.html", "calibration/model_comparison.csv",
+                "calibration/calibrated_parameters.toml", "calibration/report.md", "validate/validation.csv",
+                "validate/validation.md",
                 "fit/fitted_parameters.toml", "fit/fit_report.txt", "fit/fit.png",
                 "reference/trajectory.csv", "reference/trajectory.png", "sensitivity/sensitivity_local.csv",
                 "scenarios/comparison.csv", "scenarios/comparison.md", "scenarios/dose_response.png"):
@@ -31,6 +32,8 @@ def test_main_job_quick(tmp_path, capsys):
     sim = simulate(params, reference_regimen(24), t_out=[0.0, 168.0], model=chosen)
     assert float(wk24.iloc[0]) == pytest.approx(sim.at("treg", 168.0)[0], rel=1e-5)
     summary = (out / "SUMMARY.md").read_text()
+    page = (out / "report.html").read_text()       # the report's own tests: tests/test_report*.py
+    assert "shanxi_reference" in page and page.count('src="data:image/png;base64,') >= 10
     assert "shanxi_reference" in summary
     assert "Model comparison" in summary and f"Chosen: `{chosen}`" in summary
     assert "numbers in tolerance" in summary and "Validation, study by study" in summary

@@ -176,6 +176,7 @@ def test_every_section_is_present_in_order_with_its_nav_link(outdir):
     for _, title in R.SECTIONS:
         assert f"<h2>{html.escape(title)}</h2>" in page
     for heading in ("Parameters", "Joint calibration: model comparison", "Fit of the SAT0261 cohort medians",
+                    "Validation, study by study",
                     "Qualitative checks", "Validation figures", "Comparison figures",
                     "Assumptions of each scenario", "Parameters fixed at their priors",
                     "Local sensitivity of the outcomes to each parameter"):
@@ -243,10 +244,12 @@ def test_tables_equal_their_files(outdir):
     # the model comparison without its long "hypotheses" column
     assert tables[("model", "chi2", "aic", "chosen")] == [["v2_lean", "20.85", "38.85", "True"],
                                                          ["v1_waning", "20.08", "42.08", "False"]]
-    # the validation table: one row per CSV row, NaN shown as a dash
+    # the validation table: one row per CSV row, NaN shown as a dash; the chosen columns first (those present,
+    # in VALIDATION_COLUMNS order), every column in the folded table
     val = tables[("study", "observable", "predicted", "predicted_p5", "z", "in_tolerance")]
     assert [r[0] for r in val] == ["sat0261", "koreth", "he2020"]
     assert val[2][2:5] == ["–", "–", "–"]
+    assert tables[("study", "criterion", "pass")] == [["lai", "ratio falls", "True"]]
     # 4 significant digits
     assert tables[("week", "observable", "value")] == [["24", "treg", "0.1235"]]
     # the comparison as the runner wrote it, band headers as named there
@@ -395,3 +398,27 @@ def test_summary_and_report_list_the_same_assumptions(outdir):
     assert len(ASSUMPTIONS) >= 3
     for a in ASSUMPTIONS:
         assert R._md_inline(a) in page
+
+
+def test_validation_shows_the_chosen_columns_then_all(outdir):
+    p = outdir / "validate" / "validation.csv"
+    write_csv(p, ["id", "study", "weight_class", "z", "observable", "extra"],
+              [["s-1", "sat0261", "calibration", "0.5", "treg", "x"]])
+    tables = {tuple(t[0]): t[1:] for t in Parsed(build(outdir)).tables if t}
+    assert tables[("study", "observable", "z")] == [["sat0261", "treg", "0.5"]]
+    assert tables[("id", "study", "weight_class", "z", "observable", "extra")] == [
+        ["s-1", "sat0261", "calibration", "0.5", "treg", "x"]]
+
+
+def test_calibration_studies_are_listed_once():
+    tail = "SAT0261 (Shanxi, SLE), Feng 2019 (Shanxi course)"
+    rows = [{"source": f"lit A | BOUNDED ONLY by the joint fit (v2_lean, typical mode) to: {tail}"},
+            {"source": f"lit B | CALIBRATED by the joint fit (v2_lean) to: {tail}"},
+            {"source": "Smith 2020: cells to: nothing"}]
+    assert R._factor_studies(rows) == tail
+    assert rows[0]["source"] == ("lit A | BOUNDED ONLY by the joint fit (v2_lean, typical mode) to: "
+                                 "the calibration studies")
+    assert rows[1]["source"].endswith("to: the calibration studies")
+    assert rows[2]["source"] == "Smith 2020: cells to: nothing"
+    single = [{"source": f"lit A | by the joint fit to: {tail}"}]
+    assert R._factor_studies(single) == "" and single[0]["source"].endswith(tail)

@@ -35,11 +35,11 @@ CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
                   "--disable-dev-shm-usage")
 SCENARIOS = ("shanxi_reference", "charite_1p5miu_x5", "sirolimus_alone")
 
-pytestmark = pytest.mark.slow
 
 
-def _browser_missing() -> str | None:
-    for path in (CHROMIUM, CHROMEDRIVER):
+def browser_missing(paths=(CHROMIUM, CHROMEDRIVER)) -> str | None:
+    """Why the browser test cannot run here (None: it can)."""
+    for path in paths:
         if not (os.path.isfile(path) and os.access(path, os.X_OK)):
             return f"{path} not installed (apt-get install chromium chromium-driver)"
     try:
@@ -49,13 +49,42 @@ def _browser_missing() -> str | None:
     return None
 
 
+def browser_verdict(why: str | None, environ) -> str | None:
+    """"fail" or "skip" when the browser is missing (fail when TREGPD_REQUIRE_BROWSER is set, as in CI), else
+    None."""
+    if why is None:
+        return None
+    return "fail" if environ.get("TREGPD_REQUIRE_BROWSER", "") not in ("", "0") else "skip"
+
+
 @pytest.fixture(scope="module")
 def browser_or_skip():
-    why = _browser_missing()
-    if why:
-        if os.environ.get("TREGPD_REQUIRE_BROWSER", "") not in ("", "0"):
-            pytest.fail(f"TREGPD_REQUIRE_BROWSER is set but {why}")
+    why = browser_missing()
+    verdict = browser_verdict(why, os.environ)
+    if verdict == "fail":
+        pytest.fail(f"TREGPD_REQUIRE_BROWSER is set but {why}")
+    if verdict == "skip":
         pytest.skip(why)
+
+
+def test_missing_browser_skips_locally_fails_in_ci(tmp_path):
+    why = browser_missing((str(tmp_path / "no-chromium"),))
+    assert why == f"{tmp_path / 'no-chromium'} not installed (apt-get install chromium chromium-driver)"
+    assert browser_verdict(why, {}) == "skip"
+    assert browser_verdict(why, {"TREGPD_REQUIRE_BROWSER": "0"}) == "skip"
+    assert browser_verdict(why, {"TREGPD_REQUIRE_BROWSER": "1"}) == "fail"
+    assert browser_verdict(None, {"TREGPD_REQUIRE_BROWSER": "1"}) is None
+
+
+def test_ci_requires_and_installs_the_browser():
+    """.ci/run installs chromium + chromium-driver when missing and sets TREGPD_REQUIRE_BROWSER=1 before the
+    tests (checked on the script text: running it would run the whole suite)."""
+    text = (Path(__file__).resolve().parents[1] / ".ci" / "run").read_text()
+    install = text.index("apt-get install -y -qq chromium chromium-driver")
+    require = text.index("export TREGPD_REQUIRE_BROWSER=1")
+    assert install < require < text.index("make test")
+    for path in (CHROMIUM, CHROMEDRIVER):
+        assert f"[ -x {path} ]" in text
 
 
 @pytest.fixture(scope="module")
@@ -114,6 +143,7 @@ def _full_page_png(driver) -> bytes:
     return base64.b64decode(shot["data"])
 
 
+@pytest.mark.slow
 def test_report_renders_in_headless_chromium(small_run, artifacts, tmp_path, capsys):
     page = small_run / "report.html"
     text = page.read_text()
