@@ -429,11 +429,13 @@ def _scenario_assumptions(page: _Page, folder: Path) -> list[dict]:
         prov = page.json(prov_path, "scenario provenance")
         if prov is None:
             continue
-        sc = prov.get("scenario") or {}
-        reg = sc.get("regimen") or {}
-        assumption = sc.get("assumption") or (reg.get("assumption") if isinstance(reg, dict) else "") or ""
+        # the scenario as Scenario.to_dict() writes it: {"scenario": {...}, "regimen": {...}} like the TOML file
+        both = prov.get("scenario") if isinstance(prov.get("scenario"), dict) else {}
+        sc = both.get("scenario") if isinstance(both.get("scenario"), dict) else both
+        reg = both.get("regimen") if isinstance(both.get("regimen"), dict) else {}
+        said = [str(a) for a in (sc.get("assumption"), reg.get("assumption")) if a]
         rows.append({"scenario": sc.get("name", prov_path.parent.name), "question": sc.get("question", ""),
-                     "source": sc.get("source", ""), "assumption": assumption})
+                     "source": sc.get("source", ""), "assumption": " / ".join(dict.fromkeys(said))})
     return rows
 
 
@@ -445,9 +447,9 @@ def _pipeline_assumptions() -> tuple[str, ...]:
     return tuple(ASSUMPTIONS)
 
 
-def _section_provenance(page: _Page, created: str) -> str:
+def _section_provenance(page: _Page, created: str, git: str) -> str:
     from tregpd import __version__
-    rows = [("tregpd version", __version__), ("code (git commit)", git_revision()),
+    rows = [("tregpd version", __version__), ("code (git commit)", git),
             ("report created (UTC)", created), ("output folder", str(page.out.resolve()))]
     cal = page.out / "calibration" / "calibrated_parameters.toml"
     if cal.is_file():
@@ -759,13 +761,14 @@ def build_report(out: str | Path, created: str | None = None) -> str:
     # content sections first (they fill page.files and the model records the provenance section shows)
     body = {"fit": _section_fit(page), "validation": _section_validation(page),
             "scenarios": _section_scenarios(page), "assumptions": _section_assumptions(page)}
-    body["provenance"] = _section_provenance(page, created)
+    git = git_revision()
+    body["provenance"] = _section_provenance(page, created, git)
     body["files"] = _section_files(page)
     from tregpd import __version__
     nav = "".join(f'<a href="#{sid}">{esc(title)}</a>' for sid, title in SECTIONS)
     sections = "\n".join(f'<section id="{sid}"><h2>{esc(title)}</h2>\n{body[sid]}\n</section>'
                          for sid, title in SECTIONS)
-    prov_json = json.dumps({"tregpd_version": __version__, "created_utc": created, "git": git_revision(),
+    prov_json = json.dumps({"tregpd_version": __version__, "created_utc": created, "git": git,
                             "models": {k: sorted(v) for k, v in page.model_records.items()}})
     return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
             f"<meta name=\"generator\" content=\"tregpd {esc(__version__)}\">\n"

@@ -144,13 +144,16 @@ def outdir(tmp_path) -> Path:
                                                                       "16.0"]], prov)
     (sc / "comparison.png").write_bytes(tiny_png(8, 4))
     (sc / "answers.md").write_text("# Answers\n\n* **IL-2 dose**: more is *not* better\n")
-    for name, assumption in (("shanxi_reference", EVIL), ("sirolimus_alone", "")):
+    for name, assumption, regimen_assumption in (("shanxi_reference", EVIL, EVIL), ("sirolimus_alone", "", ""),
+                                                 ("dense", "", "every 2 weeks")):
         (sc / name).mkdir()
         (sc / name / "trajectories.png").write_bytes(tiny_png(3, 3))
+        # laid out as Scenario.to_dict() writes it (tests/test_report_browser.py reads the runner's own files)
         (sc / name / "provenance.json").write_text(json.dumps(
             {"tregpd_version": "0.1.0", "created_utc": "2026-12-02T07:01:00+00:00", "model": model,
-             "scenario": {"name": name, "question": "reference", "source": "SAT0261", "assumption": assumption,
-                          "regimen": {"assumption": ""}}}))
+             "scenario": {"scenario": {"name": name, "question": "reference", "source": "SAT0261",
+                                       "assumption": assumption},
+                          "regimen": {"assumption": regimen_assumption, "schedules": []}}}))
     (out / "hypotheses").mkdir()
     (out / "hypotheses" / "hypotheses.md").write_text(
         "# SAT0261 regimen uncertainty\n\nEvery hypothesis is an ASSUMPTION.\n\n## Fits\n\n"
@@ -187,7 +190,7 @@ def test_every_figure_is_embedded_byte_for_byte(outdir):
     page = build(outdir)
     srcs = [a["src"] for t, a in Parsed(page).tags if t == "img"]
     pngs = sorted(outdir.rglob("*.png"))
-    assert len(srcs) == len(pngs) == 8
+    assert len(srcs) == len(pngs) == 9
     embedded = sorted(base64.b64decode(s.removeprefix("data:image/png;base64,")) for s in srcs)
     assert all(s.startswith("data:image/png;base64,") for s in srcs)
     assert embedded == sorted(p.read_bytes() for p in pngs)
@@ -263,7 +266,8 @@ def test_tables_equal_their_files(outdir):
     assert [r[0] for r in priors] == ["beta", "gamma"]
     # scenario assumptions: only the scenario that states one
     assumptions = tables[("scenario", "question", "assumption", "source")]
-    assert assumptions == [["shanxi_reference", "reference", EVIL, "SAT0261"]]
+    assert assumptions == [["dense", "reference", "every 2 weeks", "SAT0261"],
+                           ["shanxi_reference", "reference", EVIL, "SAT0261"]]
 
 
 def test_every_table_has_rows_and_band_columns_are_named(outdir):
@@ -338,7 +342,7 @@ def test_unreadable_inputs_become_notes(outdir):
 def test_embedding_budget_lists_the_rest(outdir, monkeypatch):
     monkeypatch.setattr(R, "MAX_EMBED_BYTES", 1)
     page = build(outdir)
-    assert "2 scenario figures not embedded" in page
+    assert "3 scenario figures not embedded" in page
     assert "shanxi_reference/trajectories.png" in page
 
 

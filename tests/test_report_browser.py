@@ -1,7 +1,7 @@
 """report.html in a real headless browser (Debian's chromium + chromium-driver, driven by selenium).
 
 The output folder is made by a small real run (module fixture, ~40 s): the joint calibration of the default
-structure alone without profiles, validation with 8 virtual patients per study, the seed-cohort fit (typical
+structure alone without profiles, validation of four studies with 8 virtual patients each, the seed-cohort fit (typical
 mode), two SAT0261 regimen hypotheses with a small evaluation budget, three library scenarios with 8 patients,
 the local sensitivities; then ``tregpd report`` builds the page. The browser opens it from disk and checks that
 every image has loaded (naturalWidth > 0) and is drawn once its folded section is opened, that every table has
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import html
 import os
 import shutil
 from pathlib import Path
@@ -34,6 +35,8 @@ CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
                   "--disable-dev-shm-usage")
 SCENARIOS = ("shanxi_reference", "charite_1p5miu_x5", "sirolimus_alone")
+#: the studies validated in the small run (their rows of the calibration dataset)
+VALIDATED_STUDIES = ("sat0261", "koreth_2011", "lai_2018", "kirchner_1998")
 
 
 
@@ -93,7 +96,7 @@ def small_run(tmp_path_factory, browser_or_skip) -> Path:
     from tregpd.fitting import run_fit
     from tregpd.fitting.calibrate import run_calibration
     from tregpd.fitting.hypotheses_cli import run as run_hypotheses
-    from tregpd.fitting.validate import validate
+    from tregpd.fitting.validate import load_calibration, validate
     from tregpd.model.parameters import load_parameters
     from tregpd.scenarios import library_paths, run_library
     from tregpd.scenarios.scale_cli import write_sensitivity
@@ -101,7 +104,9 @@ def small_run(tmp_path_factory, browser_or_skip) -> Path:
     out = tmp_path_factory.mktemp("report_run") / "out"
     cal = run_calibration(out / "calibration", models=["v2_lean"], do_profiles=False, progress=lambda m: None)
     params = load_parameters(cal["files"]["parameters"])
-    validate(params, population=8, seed=3, out=out / "validate", model="v2_lean")
+    calibration = load_calibration()
+    calibration = calibration[calibration["study_slug"].isin(VALIDATED_STUDIES)]
+    validate(params, population=8, seed=3, out=out / "validate", model="v2_lean", calibration=calibration)
     run_fit(None, out / "fit", mode="typical", seed=3, accept_poor_fit=True)
     run_hypotheses(argparse.Namespace(out=out / "hypotheses", model="v2_lean", only=["q4w_trough", "q2w_trough"],
                                       max_nfev=30, workers=1))
@@ -147,6 +152,12 @@ def _full_page_png(driver) -> bytes:
 def test_report_renders_in_headless_chromium(small_run, artifacts, tmp_path, capsys):
     page = small_run / "report.html"
     text = page.read_text()
+    # the assumption of a library scenario file, as the runner recorded it, is in the assumptions table
+    from tregpd.scenarios import library_paths, load_scenario
+    charite = load_scenario(next(p for p in library_paths() if p.stem == "charite_1p5miu_x5"))
+    assert charite.assumption.startswith("ASSUMPTION")
+    assert (f"<td>charite_1p5miu_x5</td><td>trial_regimens</td><td>{html.escape(charite.assumption)}</td>"
+            in text)
     n_embedded = text.count('src="data:image/png;base64,')
     n_png = len(list(small_run.rglob("*.png")))
     assert n_embedded == n_png >= 10        # every figure the run wrote is in the page
