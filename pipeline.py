@@ -127,7 +127,8 @@ def run(args: argparse.Namespace) -> int:
     vqual = val.qualitative[["study", "criterion", "predicted", "pass"]]
     summary = [
         "# tregpd main job", "",
-        f"Total run time {time.perf_counter() - t0:.0f} s; seed {args.seed}.", "",
+        f"Total run time {time.perf_counter() - t0:.0f} s; seed {args.seed}. The same results as one page with "
+        "every figure: `report.html` (re-made by `tregpd report`).", "",
         "## Model comparison (joint calibration on all public evidence)", "",
         cal["markdown"].split("\n", 1)[1].strip(), "",
         f"Calibrated parameter file: `{cal['files']['parameters']}`; report: `{cal['files']['report']}`.", "",

@@ -329,9 +329,9 @@ class _Page:
         self.notes.append(text)
         return f'<p class="note">{esc(text)}</p>'
 
-    def missing(self, rel: str, command: str) -> str:
+    def missing(self, rel: str, command: str, why: str = "") -> str:
         return f'<p class="note">Not available: <code>{esc(rel)}</code> is absent (written by ' \
-               f'<code>{esc(command)}</code>).</p>'
+               f'<code>{esc(command)}</code>{", " + esc(why) if why else ""}).</p>'
 
     def figure(self, path: Path, caption: str, what: str = "figure") -> str:
         try:
@@ -685,7 +685,8 @@ def _section_assumptions(page: _Page) -> str:
             parts.append("<details><summary>Every column (hypotheses/hypotheses.csv)</summary>"
                          + page.csv_table(hcsv, "regimen hypotheses table") + "</details>")
     else:
-        parts.append(page.missing("hypotheses/hypotheses.md", "tregpd hypotheses (skipped by tregpd all --quick)"))
+        parts.append(page.missing("hypotheses/hypotheses.md", "tregpd hypotheses",
+                                  "skipped by tregpd all --quick"))
     var = out / "variability" / "variability.md"
     if var.is_file():
         parts.append("<h3>Between-patient variability, residual error, responders</h3>"
