@@ -16,7 +16,8 @@ Per scenario, into ``out_dir/<name>/``:
 * with a ``[tdm]`` table (trough titration, :mod:`tregpd.scenarios.tdm`): ``tdm_doses.csv`` (every patient's
   titration: patient, day, dose before, true and measured trough, in window, action, dose after, effective day),
   ``tdm_summary.csv`` (per sampling day: trough and dose percentiles, fraction in the window, below, above,
-  changed; successful patients) and ``tdm_final_doses.csv`` (distribution of the final dose).
+  changed; successful patients) and ``tdm_final_doses.csv`` (distribution of the final dose); with figures,
+  ``tdm.png`` (:func:`tregpd.scenarios.tdm_plots.plot_titration`).
 
 Across scenarios (:func:`run_library`): ``comparison.csv`` and ``comparison.md`` (one row per scenario),
 ``answers.md`` (one short answer per study question present, see :mod:`tregpd.scenarios.questions`),
@@ -285,6 +286,13 @@ def write_outputs(outcome: ScenarioOutcome, folder: Path, figure_writer=None) ->
         writer = figure_writer if figure_writer is not None else FigureWriter()
         files.append(writer.submit(plots.plot_scenario, folder / "trajectories.png", Curves.of(outcome.result),
                                    title=title, ratio_target=sc.ratio_target, save={"bbox_inches": None}))
+        if outcome.titration is not None:
+            from .tdm_plots import plot_titration
+            tit, ok = outcome.titration, outcome.result.ok
+            files.append(writer.submit(plot_titration, folder / "tdm.png", tit.summary_frame(sc.name, ok),
+                                       tit.final_dose_frame(sc.name, ok), tit.rule.window_ng_ml,
+                                       title=f"{sc.name}: sirolimus titrated to a trough window, each patient on "
+                                             f"his own PK"))
     files.append(atomic_write_json(folder / "provenance.json", prov))
     return files
 

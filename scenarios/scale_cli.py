@@ -99,6 +99,10 @@ def resolve_regimen(spec: str, weeks: float, with_tdm: bool = False):
     if reg.name != sc.name:
         from dataclasses import replace
         reg = replace(reg, name=sc.name)
+    if sc.tdm is not None and not with_tdm:
+        raise TregpdError(f"regimen {spec!r} titrates sirolimus to a trough window ([tdm] table), which this "
+                          f"command does not simulate (it would give every patient the starting dose); use a "
+                          f"fixed-dose regimen, or `tregpd trial` / `tregpd scenarios run`, which titrate")
     return (reg, sc.tdm) if with_tdm else reg
 
 

@@ -23,6 +23,8 @@ from tregpd.model.simulate import simulate_population
 from tregpd.model.structures import get_model
 from tregpd.scenarios import library_paths, load_scenario, run_scenario
 from tregpd.scenarios.schema import parse_scenario
+from tregpd.scenarios.comparison import comparison_row
+from tregpd.scenarios.tdm_plots import plot_titration
 from tregpd.scenarios.tdm import (TdmRule, assay_factors, next_dose, parse_tdm, round_to_tablet,
                                   simulate_titrated, titrate)
 from tregpd.scenarios.trial import make_plan, run_trial, trial_theta
@@ -271,6 +273,25 @@ def test_scenario_outputs_hold_every_patients_titrated_doses(tmp_path):
     assert json.loads((folder / "provenance.json").read_text())["scenario"]["tdm"]["assay_cv"] == 0.15
     cum = out.value("sirolimus_cumulative_dose", statistic="value")
     assert cum == pytest.approx(np.median(tit.cumulative_dose()))
+    # the comparison row reports the titrated mean daily dose, not the starting dose
+    assert comparison_row(out)["sirolimus_mg_per_day"] == pytest.approx(np.median(tit.cumulative_dose()) / 70.0)
+
+
+def test_titration_figure(tmp_path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    sc = parse_scenario(_scenario({**LAI, "sampling_every_day": 14}, weeks=10, population=5, figures=True,
+                                  outputs=["csv", "png"]), "t.toml")
+    out = run_scenario(sc, tmp_path, progress=False)
+    png = tmp_path / "t" / "tdm.png"
+    assert png in out.files and png.stat().st_size > 10_000
+    tit = out.titration
+    fig, axes = plt.subplots(1, 4)
+    assert plot_titration(tit.summary_frame("t"), tit.final_dose_frame("t"), (6, 15), axes=axes) is fig
+    line = axes[0].get_lines()[0]
+    np.testing.assert_allclose(line.get_ydata(), np.median(tit.trough_true, axis=0))
+    plt.close(fig)
 
 
 def test_non_dose_events_are_never_titrated_or_counted_as_doses(params):
@@ -352,3 +373,10 @@ def test_library_tdm_files_and_the_fixed_lai_file():
     assert "ASSUMPTION" in tdm.tdm.assumption and "Lai" in tdm.source
     low = load_scenario(lib["sirolimus_low_trough_tdm"])
     assert low.tdm.high <= 5.0 and "ASSUMPTION" in low.tdm.assumption
+
+
+def test_sensitivity_refuses_a_titrated_regimen_it_would_not_titrate(tmp_path, capsys):
+    assert cli_main(["sensitivity", "--method", "local", "--regimen", "lai2018_sirolimus_tdm",
+                     "--out", str(tmp_path / "s")]) == 2
+    err = capsys.readouterr().err
+    assert "titrates sirolimus to a trough window" in err and "lai2018_sirolimus_tdm" in err
