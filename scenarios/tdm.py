@@ -41,6 +41,7 @@ sampling schedule, the rule, the tablet strength, the delay, the limits and the 
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, fields
 from typing import Mapping
@@ -491,13 +492,19 @@ class Titration:
     def events_for(self, segment_doses: np.ndarray):
         """The regimen's event table (within the simulation) with the sirolimus amounts of one dose history
         (``segment_doses``: (S + 1,) mg per administration); other events (IL-2, prednisone levels) unchanged."""
-        from tregpd.model.dosing import CMT_RAPA_GUT, EventTable
-        ev = self.regimen.events(until_day=self.t_end_day)
+        from tregpd.model.dosing import EventTable
+        ev, rapa, seg = self._base_events
         amount = np.array(ev.amount)
-        rapa = np.flatnonzero(ev.cmt == CMT_RAPA_GUT)
-        seg = np.searchsorted(self.effective_day, ev.time_day[rapa], side="right")
         amount[rapa] = np.asarray(segment_doses, dtype=float)[seg]
         return EventTable(ev.time_day, ev.cmt, amount)
+
+    @functools.cached_property
+    def _base_events(self):
+        """(regimen events within the simulation, rows of the sirolimus doses, their segment index)."""
+        from tregpd.model.dosing import CMT_RAPA_GUT
+        ev = self.regimen.events(until_day=self.t_end_day)
+        rapa = np.flatnonzero(ev.cmt == CMT_RAPA_GUT)
+        return ev, rapa, np.searchsorted(self.effective_day, ev.time_day[rapa], side="right")
 
     def records_frame(self, scenario: str = ""):
         """Tidy per-patient titration records: one row per patient and sampling day.
@@ -656,13 +663,6 @@ def simulate_titrated(theta: np.ndarray, titration: Titration, t_out, *, paralle
 def n_histories(titration: Titration) -> int:
     """Number of distinct dose histories (= kernel calls of :func:`simulate_titrated`)."""
     return int(np.unique(titration.segment_doses(), axis=0).shape[0])
-
-
-def regimen_with_tdm_label(regimen, rule: TdmRule) -> str:
-    """One line describing the titration, for tables and figure titles."""
-    lo, hi = rule.window_ng_ml
-    return (f"{regimen.name}: sirolimus titrated to a {lo:g}-{hi:g} ng/mL trough ({rule.rule} rule, "
-            f"{rule.tablet_mg:g} mg tablets, {rule.min_dose:g}-{rule.max_dose_mg:g} mg)")
 
 
 __all__ = ["TdmRule", "Titration", "parse_tdm", "next_dose", "round_to_tablet", "assay_factors",
