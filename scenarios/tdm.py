@@ -60,6 +60,8 @@ ASSAY_BLOCK = 1024
 DRUG = "sirolimus"
 PK_BLOCK = "c_rapa"
 
+#: most sampling days a titration may have (each is a (patients,) column of several arrays)
+MAX_SAMPLES = 10_000
 #: keys of the ``[tdm]`` table
 TDM_KEYS = ("window_ng_ml", "target_ng_ml", "rule", "sampling_days", "sampling_every_day", "sampling_start_day",
             "sampling_until_day", "sampling_then_every_day", "tablet_mg", "step_mg", "min_dose_mg",
@@ -162,10 +164,12 @@ def _err(origin: str, key: str, msg: str) -> ScenarioError:
 
 
 def _num(table: Mapping, key: str, origin: str, default=None, minimum: float | None = 0.0,
-         strict: bool = True) -> float | None:
-    v = table.get(key, default)
-    if v is None:
-        return None
+         strict: bool = True, required: bool = False) -> float | None:
+    v = table.get(key)
+    if v is None:          # absent (or None from a Python dict): the default
+        if required:
+            raise _err(origin, key, "is required (a number)")
+        return None if default is None else float(default)
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         raise _err(origin, key, f"must be a number, got {shorten(v)}")
     try:
@@ -198,8 +202,8 @@ def parse_tdm(table, origin: str = "<scenario>") -> TdmRule:
     win = table["window_ng_ml"]
     if not isinstance(win, list) or len(win) != 2:
         raise _err(origin, "window_ng_ml", f"must be a list [low, high] in ng/mL, got {shorten(win)}")
-    low = _num({"window_ng_ml": win[0]}, "window_ng_ml", origin)
-    high = _num({"window_ng_ml": win[1]}, "window_ng_ml", origin)
+    low = _num({"window_ng_ml": win[0]}, "window_ng_ml", origin, required=True)
+    high = _num({"window_ng_ml": win[1]}, "window_ng_ml", origin, required=True)
     if not low < high:
         raise _err(origin, "window_ng_ml", f"low must be below high, got {shorten(win)}")
     target = _num(table, "target_ng_ml", origin)
@@ -219,18 +223,18 @@ def parse_tdm(table, origin: str = "<scenario>") -> TdmRule:
     if days is not None:
         if not isinstance(days, list) or not days:
             raise _err(origin, "sampling_days", f"must be a non-empty list of days, got {shorten(days)}")
-        vals = [_num({"sampling_days": d}, "sampling_days", origin) for d in days]
+        vals = [_num({"sampling_days": d}, "sampling_days", origin, required=True) for d in days]
         if any(b <= a for a, b in zip(vals, vals[1:])):
             raise _err(origin, "sampling_days", f"must be strictly increasing, got {shorten(days)}")
-        if len(vals) > 10_000:
-            raise _err(origin, "sampling_days", f"at most 10000 sampling days, got {len(vals)}")
+        if len(vals) > MAX_SAMPLES:
+            raise _err(origin, "sampling_days", f"at most {MAX_SAMPLES} sampling days, got {len(vals)}")
         days = tuple(vals)
     else:
         if "sampling_every_day" not in table:
             raise ScenarioError(f"{origin}: [tdm] missing the sampling schedule: give sampling_days = [...] or "
                                 f"sampling_every_day (with optional sampling_start_day, sampling_until_day, "
                                 f"sampling_then_every_day)")
-        every = _num(table, "sampling_every_day", origin)
+        every = _num(table, "sampling_every_day", origin, required=True)
         start = _num(table, "sampling_start_day", origin, minimum=0.0, strict=False)
         until = _num(table, "sampling_until_day", origin)
         then = _num(table, "sampling_then_every_day", origin)
@@ -244,15 +248,17 @@ def parse_tdm(table, origin: str = "<scenario>") -> TdmRule:
                                       f"got {v!r}")
     tablet = _num(table, "tablet_mg", origin, 0.5)
     step = _num(table, "step_mg", origin, tablet)
-    max_dose = _num(table, "max_dose_mg", origin)
+    max_dose = _num(table, "max_dose_mg", origin, required=True)
     min_dose = _num(table, "min_dose_mg", origin, tablet)
     if max_dose < min_dose:
         raise _err(origin, "max_dose_mg", f"must be >= min_dose_mg ({min_dose:g}), got {max_dose!r}")
+    if max_dose / tablet > 1_000_000:
+        raise _err(origin, "max_dose_mg", f"more than 1e6 tablets of {tablet:g} mg, got {max_dose!r}")
+    if step > max_dose:
+        raise _err(origin, "step_mg", f"must be <= max_dose_mg ({max_dose:g}), got {step!r}")
     for k, v in (("min_dose_mg", min_dose), ("max_dose_mg", max_dose), ("step_mg", step)):
         if abs(v / tablet - round(v / tablet)) > 1e-9:
             raise _err(origin, k, f"must be a multiple of tablet_mg ({tablet:g} mg), got {v!r}")
-    if max_dose / tablet > 1_000_000:
-        raise _err(origin, "max_dose_mg", f"more than 1e6 tablets of {tablet:g} mg, got {max_dose!r}")
     delay = _num(table, "result_delay_day", origin, 0.0, strict=False)
     cv = _num(table, "assay_cv", origin, 0.0, strict=False)
     if cv > 2.0:
@@ -298,7 +304,11 @@ def check_rule_for_regimen(rule: TdmRule, regimen, t_end_day: float, origin: str
                             f"tablet_mg ({rule.tablet_mg:g} mg)")
     times = sched.dose_times()
     end = min(t_end_day, float(sched.stop_day) if sched.stop_day is not None else math.inf)
-    if not rule.sampling_schedule(float(times[0]), end).size:
+    n_samples = rule.sampling_schedule(float(times[0]), end).size
+    if n_samples > MAX_SAMPLES:
+        raise ScenarioError(f"{origin}: [tdm] {n_samples} sampling days until day {end:g}, more than the limit of "
+                            f"{MAX_SAMPLES}; sample less often")
+    if not n_samples:
         raise ScenarioError(f"{origin}: [tdm] no sampling day falls after the first sirolimus dose (day "
                             f"{times[0]:g}) and before the end of dosing (day {end:g}); nothing would be titrated")
 

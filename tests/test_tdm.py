@@ -12,6 +12,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings, strategies as st
 from scipy.linalg import expm
 
 from tregpd.cli import main as cli_main
@@ -25,7 +26,7 @@ from tregpd.scenarios import library_paths, load_scenario, run_scenario
 from tregpd.scenarios.schema import parse_scenario
 from tregpd.scenarios.comparison import comparison_row
 from tregpd.scenarios.tdm_plots import plot_titration
-from tregpd.scenarios.tdm import (TdmRule, assay_factors, next_dose, parse_tdm, round_to_tablet,
+from tregpd.scenarios.tdm import (TDM_KEYS, TdmRule, assay_factors, next_dose, parse_tdm, round_to_tablet,
                                   simulate_titrated, titrate)
 from tregpd.scenarios.trial import make_plan, run_trial, trial_theta
 
@@ -348,6 +349,13 @@ def test_trial_titrates_each_patient_whatever_the_chunking(params):
         assert got == pytest.approx(np.mean(last == dose))
 
 
+def test_trial_refuses_more_sampling_days_than_the_limit(params):
+    r = parse_tdm({**LAI, "sampling_every_day": 1})
+    with pytest.raises(ScenarioError, match="trial regimen 'r': \\[tdm\\] 13999 sampling days until day 14000, "
+                                            "more than the limit of 10000"):
+        make_plan(params, [daily(2.0, 14000)], 10, weeks=[0, 2000], tdm=[r])
+
+
 def test_trial_cli_runs_a_titrated_library_regimen(tmp_path, capsys):
     out = tmp_path / "trial"
     code = cli_main(["trial", "--patients", "40", "--chunk", "64", "--block", "64", "--regimen",
@@ -380,3 +388,23 @@ def test_sensitivity_refuses_a_titrated_regimen_it_would_not_titrate(tmp_path, c
                      "--out", str(tmp_path / "s")]) == 2
     err = capsys.readouterr().err
     assert "titrates sirolimus to a trough window" in err and "lai2018_sirolimus_tdm" in err
+
+
+_VALUES = st.one_of(st.none(), st.booleans(), st.integers(-10**30, 10**30), st.floats(allow_nan=True),
+                    st.text(max_size=5), st.lists(st.floats(-5, 400), max_size=4),
+                    st.lists(st.integers(-3, 400), max_size=4), st.dictionaries(st.text(max_size=3), st.integers()))
+
+
+@settings(max_examples=300)
+@given(st.dictionaries(st.sampled_from(sorted(TDM_KEYS) + ["bogus"]), _VALUES, max_size=8), st.booleans())
+def test_fuzzed_tdm_tables_give_a_rule_or_a_scenario_error(table, with_required):
+    if with_required:
+        table = {**LAI, "sampling_every_day": 7, **table}
+    try:
+        r = parse_tdm(table, "f.toml")
+    except ScenarioError as exc:
+        assert str(exc).startswith("f.toml: [tdm]") and len(str(exc)) <= 800
+        return
+    assert r.low < r.high and r.tablet_mg > 0 and r.min_dose <= r.max_dose_mg
+    assert parse_tdm(r.to_dict(), "again") == r
+    r.sampling_schedule(0.0, 364.0)
