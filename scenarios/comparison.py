@@ -34,6 +34,17 @@ def mean_daily_dose(scenario: Scenario, drug: str) -> float:
     return total / (last - first) if total > 0 else 0.0
 
 
+def _titrated_daily_dose(outcome) -> float:
+    """Median over the successful patients of their own mean daily sirolimus dose (mg/day) under trough
+    titration (first dose to last dose + one interval, as :func:`mean_daily_dose`)."""
+    tit = outcome.titration
+    s = outcome.scenario.regimen.schedules[tit.schedule_index]
+    t = tit.dose_times
+    span = float(t[-1]) + s.interval_day - float(t[0])
+    ok = outcome.result.ok
+    return float(np.median(tit.cumulative_dose()[ok])) / span if ok.any() else float("nan")
+
+
 def comparison_row(outcome) -> dict:
     """One row of the cross-scenario comparison (numbers, unformatted)."""
     sc = outcome.scenario
@@ -48,7 +59,8 @@ def comparison_row(outcome) -> dict:
         "sirolimus_mg_total": L(s, "sirolimus_cumulative_dose", statistic="value"),
         "il2_dose_miu": max([x.amount_model_units / 1e6 for x in sc.regimen.schedules if x.drug == "il2"],
                             default=0.0),
-        "sirolimus_mg_per_day": mean_daily_dose(sc, "sirolimus"),
+        "sirolimus_mg_per_day": _titrated_daily_dose(outcome) if getattr(outcome, "titration", None) is not None
+        else mean_daily_dose(sc, "sirolimus"),
         **{f"{v}_{stat}_w24": L(s, v, w, stat) for v in ("treg", "th17", "ratio") for stat in ("median", "p05", "p95")},
         "treg_change_pct_w24": L(s, "treg_change_pct", w),
         "ratio_change_pct_w24": L(s, "ratio_change_pct", w),

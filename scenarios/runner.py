@@ -13,6 +13,11 @@ Per scenario, into ``out_dir/<name>/``:
 * ``trajectories.png``: median and 90 % band of Treg, Th17 and ratio, with the healthy ranges (when ``outputs``
   contains "png" and the scenario's ``figures`` is true).
 * ``provenance.json``.
+* with a ``[tdm]`` table (trough titration, :mod:`tregpd.scenarios.tdm`): ``tdm_doses.csv`` (every patient's
+  titration: patient, day, dose before, true and measured trough, in window, action, dose after, effective day),
+  ``tdm_summary.csv`` (per sampling day: trough and dose percentiles, fraction in the window, below, above,
+  changed; successful patients) and ``tdm_final_doses.csv`` (distribution of the final dose); with figures,
+  ``tdm.png`` (:func:`tregpd.scenarios.tdm_plots.plot_titration`).
 
 Across scenarios (:func:`run_library`): ``comparison.csv`` and ``comparison.md`` (one row per scenario),
 ``answers.md`` (one short answer per study question present, see :mod:`tregpd.scenarios.questions`),
@@ -59,6 +64,7 @@ class ScenarioOutcome:
     files : list of Path written
     parameters : ParameterSet used
     seconds : wall time
+    titration : :class:`tregpd.scenarios.tdm.Titration` or None (scenarios with a ``[tdm]`` table)
     """
 
     scenario: Scenario
@@ -68,6 +74,7 @@ class ScenarioOutcome:
     files: list = field(default_factory=list)
     parameters: ParameterSet | None = None
     seconds: float = 0.0
+    titration: object = None
 
     def value(self, metric: str, week: float | None = None, statistic: str = "median") -> float:
         return M.lookup_index(self._index(), metric, week, statistic)
@@ -120,18 +127,28 @@ def cumulative_doses(scenario: Scenario) -> dict[str, float]:
 
 
 def simulate_scenario(scenario: Scenario, parameters: ParameterSet, progress: bool = False,
-                      parallel: bool = True):
-    """Simulate a scenario's population; returns (trajectory result, exposure dict, theta).
+                      parallel: bool = True, return_titration: bool = False):
+    """Simulate a scenario's population; returns (trajectory result, exposure dict, theta), and the
+    :class:`tregpd.scenarios.tdm.Titration` (None without a ``[tdm]`` table) with ``return_titration``.
 
     Exposure arrays cover the successful patients of the trajectory run (a patient failing in either pass is
-    excluded from both and counted as failed).
+    excluded from both and counted as failed). With a ``[tdm]`` table every patient is simulated on his own
+    titrated sirolimus doses.
     """
     theta = _population(scenario, parameters)
     n = theta.shape[0]
-    chunk = max(25, math.ceil(n / 20)) if progress else None
-    res = simulate_population(theta, scenario.regimen, t_out=_trajectory_grid(scenario), parallel=parallel,
-                              on_failure="keep", parameters=parameters, seed=scenario.seed,
-                              chunk_size=chunk, progress=progress, model=scenario.model)
+    titration = None
+    if scenario.tdm is not None:
+        from .tdm import simulate_titrated, titrate
+        titration = titrate(theta, scenario.regimen, scenario.tdm, scenario.t_end_day, seed=scenario.seed,
+                            model=scenario.model)
+        res = simulate_titrated(theta, titration, _trajectory_grid(scenario), parallel=parallel,
+                                model=scenario.model, parameters=parameters, seed=scenario.seed)
+    else:
+        chunk = max(25, math.ceil(n / 20)) if progress else None
+        res = simulate_population(theta, scenario.regimen, t_out=_trajectory_grid(scenario), parallel=parallel,
+                                  on_failure="keep", parameters=parameters, seed=scenario.seed,
+                                  chunk_size=chunk, progress=progress, model=scenario.model)
     exposure = {}
     t_peak = M.peak_grid(scenario.regimen, scenario.t_end_day)
     if t_peak.size:
@@ -140,8 +157,12 @@ def simulate_scenario(scenario: Scenario, parameters: ParameterSet, progress: bo
         c_rapa = np.zeros((n, t_peak.size))
         status = np.zeros(n, dtype=np.int64)
         for s in range(0, n, chunk):
-            part = simulate_population(theta[s:s + chunk], scenario.regimen, t_out=t_peak, parallel=parallel,
-                                       on_failure="keep", model=scenario.model)
+            if titration is not None:
+                part = simulate_titrated(theta[s:s + chunk], titration.subset(slice(s, s + chunk)), t_peak,
+                                         parallel=parallel, model=scenario.model)
+            else:
+                part = simulate_population(theta[s:s + chunk], scenario.regimen, t_out=t_peak, parallel=parallel,
+                                           on_failure="keep", model=scenario.model)
             c_il2[s:s + chunk] = part.get("c_il2", only_ok=False)
             c_rapa[s:s + chunk] = part.get("c_rapa", only_ok=False)
             status[s:s + chunk] = part.status
@@ -155,15 +176,21 @@ def simulate_scenario(scenario: Scenario, parameters: ParameterSet, progress: bo
         if not np.any(np.isin(ev.cmt, IL2_CMTS)):
             exposure.pop("il2_peak", None)
             exposure.pop("selectivity_margin", None)
+    if return_titration:
+        return res, exposure, theta, titration
     return res, exposure, theta
 
 
-def summarise_result(scenario: Scenario, res: SimulationResult, exposure: dict):
-    """Tidy summary of a simulated scenario (see :func:`tregpd.scenarios.metrics.summarise`)."""
+def summarise_result(scenario: Scenario, res: SimulationResult, exposure: dict, titration=None):
+    """Tidy summary of a simulated scenario (see :func:`tregpd.scenarios.metrics.summarise`). With a
+    ``titration`` the sirolimus cumulative dose is the median over the successful patients of their own
+    titrated totals."""
     values = {v: res.get(v) for v in ("treg", "th17", "ratio", "auc_il2", "auc_rapa")}
+    doses = cumulative_doses(scenario)
+    if titration is not None and res.ok.any():
+        doses["sirolimus_cumulative_dose"] = float(np.median(titration.cumulative_dose()[res.ok]))
     return M.summarise(scenario.name, res.time_day, values, scenario.report_weeks(), scenario.ratio_target,
-                       n_patients=res.n_patients, n_failed=res.n_failed, exposure=exposure,
-                       doses=cumulative_doses(scenario))
+                       n_patients=res.n_patients, n_failed=res.n_failed, exposure=exposure, doses=doses)
 
 
 def percentile_frame(res: SimulationResult, variables: Sequence[str] = TRAJECTORY_VARIABLES):
@@ -208,13 +235,14 @@ def run_scenario(scenario: Scenario | str | Path, out_dir: str | Path | None, pa
     if model is not None and model != scenario.model:
         scenario = scenario.with_overrides(model=model)
     params = resolve_parameters(scenario, parameters)
-    res, exposure, _ = simulate_scenario(scenario, params, progress=progress, parallel=parallel)
+    res, exposure, _, titration = simulate_scenario(scenario, params, progress=progress, parallel=parallel,
+                                                    return_titration=True)
     if res.n_failed == res.n_patients:
         f = res.failures()[0]
         raise TregpdError(f"scenario {scenario.name!r}: integration failed for all {res.n_patients} patients "
                           f"(e.g. patient {f[0]}: {f[1]} at t = {f[2]:.4g} d)")
-    summary = summarise_result(scenario, res, exposure)
-    outcome = ScenarioOutcome(scenario, res, summary, exposure, parameters=params)
+    summary = summarise_result(scenario, res, exposure, titration)
+    outcome = ScenarioOutcome(scenario, res, summary, exposure, parameters=params, titration=titration)
     if out_dir is not None:
         outcome.files = write_outputs(outcome, Path(out_dir) / scenario.name, figure_writer=figure_writer)
     outcome.seconds = time.perf_counter() - t0
@@ -245,6 +273,11 @@ def write_outputs(outcome: ScenarioOutcome, folder: Path, figure_writer=None) ->
         files.append(atomic_write_frame(folder / "patients.parquet",
                                         outcome.result.to_frame(["naive", "treg", "th17", "ratio"]), prov))
     files.append(atomic_write_frame(folder / "summary.csv", outcome.summary, prov))
+    if outcome.titration is not None:        # trough titration: every patient's doses, and their summary
+        tit, ok = outcome.titration, outcome.result.ok
+        files.append(atomic_write_frame(folder / "tdm_doses.csv", tit.records_frame(sc.name), prov))
+        files.append(atomic_write_frame(folder / "tdm_summary.csv", tit.summary_frame(sc.name, ok), prov))
+        files.append(atomic_write_frame(folder / "tdm_final_doses.csv", tit.final_dose_frame(sc.name, ok), prov))
     if "png" in sc.outputs and sc.figures:
         from . import plots
         from tregpd.plotting import Curves, FigureWriter
@@ -253,6 +286,13 @@ def write_outputs(outcome: ScenarioOutcome, folder: Path, figure_writer=None) ->
         writer = figure_writer if figure_writer is not None else FigureWriter()
         files.append(writer.submit(plots.plot_scenario, folder / "trajectories.png", Curves.of(outcome.result),
                                    title=title, ratio_target=sc.ratio_target, save={"bbox_inches": None}))
+        if outcome.titration is not None:
+            from .tdm_plots import plot_titration
+            tit, ok = outcome.titration, outcome.result.ok
+            files.append(writer.submit(plot_titration, folder / "tdm.png", tit.summary_frame(sc.name, ok),
+                                       tit.final_dose_frame(sc.name, ok), tit.rule.window_ng_ml,
+                                       title=f"{sc.name}: sirolimus titrated to a trough window, each patient on "
+                                             f"his own PK"))
     files.append(atomic_write_json(folder / "provenance.json", prov))
     return files
 

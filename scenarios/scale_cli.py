@@ -78,14 +78,14 @@ def register(sub) -> None:
 
 
 # ---------------------------------------------------------------------------------------- helpers
-def resolve_regimen(spec: str, weeks: float):
-    """A Regimen from 'reference', 'untreated', a bundled scenario name or a scenario TOML path."""
+def resolve_regimen(spec: str, weeks: float, with_tdm: bool = False):
+    """A Regimen from 'reference', 'untreated', a bundled scenario name or a scenario TOML path; with
+    ``with_tdm``, the pair (Regimen, the scenario's trough-titration rule or None)."""
     from tregpd.model.dosing import no_treatment, reference_regimen
     from tregpd.errors import TregpdError
-    if spec == "reference":
-        return reference_regimen(weeks=weeks)
-    if spec == "untreated":
-        return no_treatment()
+    if spec in ("reference", "untreated"):
+        reg = reference_regimen(weeks=weeks) if spec == "reference" else no_treatment()
+        return (reg, None) if with_tdm else reg
     from .schema import library_dir, load_scenario
     path = Path(spec)
     if not path.suffix and not path.exists():
@@ -99,7 +99,11 @@ def resolve_regimen(spec: str, weeks: float):
     if reg.name != sc.name:
         from dataclasses import replace
         reg = replace(reg, name=sc.name)
-    return reg
+    if sc.tdm is not None and not with_tdm:
+        raise TregpdError(f"regimen {spec!r} titrates sirolimus to a trough window ([tdm] table), which this "
+                          f"command does not simulate (it would give every patient the starting dose); use a "
+                          f"fixed-dose regimen, or `tregpd trial` / `tregpd scenarios run`, which titrate")
+    return (reg, sc.tdm) if with_tdm else reg
 
 
 def _check_positive(value, flag):
@@ -127,11 +131,12 @@ def run_trial_command(args: argparse.Namespace) -> int:
     check_backend_options(args.workers, args.scheduler)   # conflicting options and the process limit, first
     params = load_parameters(args.params)
     weeks = max(args.weeks)
-    regimens = [resolve_regimen(r, weeks) for r in args.regimen]
+    pairs = [resolve_regimen(r, weeks, with_tdm=True) for r in args.regimen]
+    regimens = [reg for reg, _ in pairs]
     plan = make_plan(params, regimens, args.patients, seed=args.seed, weeks=args.weeks,
                      block=args.block if args.block is not None else DEFAULT_BLOCK,
                      ratio_target=args.ratio_target if args.ratio_target is not None else DEFAULT_RATIO_TARGET,
-                     model=check_model(getattr(args, "model", None)).name)
+                     model=check_model(getattr(args, "model", None)).name, tdm=[t for _, t in pairs])
     check_trial_memory(plan, args.chunk)   # before a cluster is started or anything simulated
     with make_backend(workers=args.workers, scheduler=args.scheduler) as backend:
         desc = backend.describe()
@@ -156,6 +161,10 @@ def run_trial_command(args: argparse.Namespace) -> int:
         if reg.assumption:
             _print(f"{reg.name}: {reg.assumption}")
     _print(summary_table(res.summary).to_string(index=False))
+    if plan.tdm:
+        from .trial import tdm_table
+        _print("sirolimus trough titration (each patient on his own PK):")
+        _print(tdm_table(res.summary).to_string(index=False))
     failed = sum(res.n_failed.values())
     if failed:
         _print(f"WARNING: {failed} patient simulation(s) failed and are excluded: {res.failure_counts}")

@@ -41,6 +41,29 @@ drug schedule). Every key is checked; an unknown key anywhere is an error naming
     stop_day = 168                   # optional; doses at or after this day are dropped (washout after it)
     route = "sc"                     # optional; "sc"/"iv" (IL-2), "oral" (sirolimus)
 
+    [tdm]                            # optional: titrate the sirolimus schedule to a trough window
+    window_ng_ml = [6.0, 15.0]       # required; target trough window, ng/mL whole blood
+    max_dose_mg = 6.0                # required; highest dose per administration (mg/day if once daily)
+    min_dose_mg = 0.5                # optional; default one tablet
+    target_ng_ml = 10.5              # optional; trough the proportional rule aims at (default: midpoint)
+    rule = "proportional"            # "proportional" (new = old x target / measured, rounded to tablets)
+                                     # or "step" (old +/- step_mg); inside the window the dose is kept
+    tablet_mg = 0.5                  # optional; doses are multiples of it (default 0.5)
+    step_mg = 0.5                    # optional; the step rule's step (default one tablet)
+    sampling_every_day = 14          # sampling: every N days from sampling_start_day (default: first dose
+    sampling_until_day = 28          #   + N) to sampling_until_day, then every sampling_then_every_day to
+    sampling_then_every_day = 28     #   the end; or instead an explicit list: sampling_days = [14, 28, 56]
+    result_delay_day = 1             # optional; days from the blood draw to the first changed dose (default 0)
+    assay_cv = 0.1                   # optional; log-normal assay error with this CV, seeded (default 0)
+    assay_seed = 1                   # optional; default the scenario's seed
+    assumption = "..."               # optional; what about the rule is assumed
+    source = "..."                   # optional
+
+The ``[tdm]`` table is validated by :func:`tregpd.scenarios.tdm.parse_tdm` (every key, with errors naming the key
+and the value); the regimen must then have exactly one sirolimus schedule (its times and starting dose), the
+starting dose must be a whole number of tablets within the limits, and at least one sampling day must fall while
+it is given. Each virtual patient is titrated on his own PK (:mod:`tregpd.scenarios.tdm`).
+
 The regimen part is validated by :meth:`tregpd.model.Regimen.from_dict` (unknown keys, doses <= 0, overlapping
 courses); this module adds the checks that need the scenario's duration: a schedule that starts after the end of
 the simulation is an error ("impossible schedule"), one whose courses run past the end is a warning (the doses
@@ -108,6 +131,8 @@ class Scenario:
         Name of the model structure simulated (``tregpd models --brief``).
     path : Path or None
         The file it was read from.
+    tdm : :class:`tregpd.scenarios.tdm.TdmRule` or None
+        Trough titration of the sirolimus schedule (the ``[tdm]`` table), or None for fixed doses.
     """
 
     name: str
@@ -127,6 +152,7 @@ class Scenario:
     figures: bool = True
     model: str = DEFAULT_MODEL
     path: Path | None = None
+    tdm: "TdmRule | None" = None
 
     @property
     def t_end_day(self) -> float:
@@ -170,7 +196,10 @@ class Scenario:
         reg = self.regimen.to_dict()
         reg.pop("name", None)
         reg.pop("description", None)
-        return {"scenario": sc, "regimen": reg}
+        out = {"scenario": sc, "regimen": reg}
+        if self.tdm is not None:
+            out["tdm"] = self.tdm.to_dict()
+        return out
 
 
 def _err(origin: str, key: str, msg: str) -> ScenarioError:
@@ -228,10 +257,10 @@ def parse_scenario(data: Mapping[str, Any], origin: str = "<scenario>", base_dir
     if not isinstance(data, Mapping):
         raise ScenarioError(f"{origin}: a scenario must be a table, got {type(data).__name__}")
     check_nesting(data, origin, error=ScenarioError)
-    unknown = sorted(map(str, set(data) - {"scenario", "regimen"}))
+    unknown = sorted(map(str, set(data) - {"scenario", "regimen", "tdm"}))
     if unknown:
         raise ScenarioError(f"{origin}: unknown top-level tables/keys {shorten(unknown)}; allowed: "
-                            f"['regimen', 'scenario']")
+                            f"['regimen', 'scenario', 'tdm']")
     if "scenario" not in data:
         raise ScenarioError(f"{origin}: missing the [scenario] table")
     sc = data["scenario"]
@@ -351,7 +380,13 @@ def parse_scenario(data: Mapping[str, Any], origin: str = "<scenario>", base_dir
                           f"(day {t_end:g}) and are ignored; set n_courses or stop_day", ScenarioWarning,
                           stacklevel=2)
 
-    return Scenario(name=name, description=description, weeks=weeks, regimen=regimen,
+    tdm = None
+    if "tdm" in data:
+        from .tdm import check_rule_for_regimen, parse_tdm
+        tdm = parse_tdm(data["tdm"], origin)
+        check_rule_for_regimen(tdm, regimen, t_end, origin)
+
+    return Scenario(name=name, description=description, weeks=weeks, regimen=regimen, tdm=tdm,
                     source=_string(sc, "source", origin), assumption=assumption, question=question,
                     parameters=params, population=population, seed=seed, iiv=iiv, outputs=tuple(outputs),
                     output_step_day=step, ratio_target=target, figures=figures, model=model.name,

@@ -93,6 +93,9 @@ class TrialPlan:
     ratio_target : float
     model : str
         Name of the model structure simulated.
+    tdm : tuple of (TdmRule or None), one per regimen, or () for none
+        Trough titration of a regimen's sirolimus schedule (:mod:`tregpd.scenarios.tdm`): each patient is
+        titrated on his own PK, and the summary gains the trough and dose at each sampling day.
     """
 
     parameters_toml: str
@@ -106,6 +109,12 @@ class TrialPlan:
     options: SolverOptions
     ratio_target: float = DEFAULT_RATIO_TARGET
     model: str = DEFAULT_MODEL
+    tdm: tuple = ()
+    regimens: tuple = ()          # the Regimen objects, kept only when a regimen is titrated
+
+    def tdm_rule(self, r: int):
+        """The titration rule of regimen ``r``, or None."""
+        return self.tdm[r] if self.tdm else None
 
 
 @functools.lru_cache(maxsize=4)
@@ -157,9 +166,46 @@ class ChunkSummary:
     below_ratio_target: np.ndarray  # (R, T)
     elapsed_s: float = 0.0        # wall-clock time of this chunk in the process that ran it
     cpu_s: float = 0.0            # CPU time of that process (all its threads) for this chunk
+    tdm: dict | None = None       # regimen index -> exact counts of a titrated regimen (see _tdm_counts)
 
 
 N_STATUS = 5
+
+
+def _tdm_counts(tit, ok) -> dict:
+    """Exact, mergeable counts of a titration over the successful patients ``ok``: per sampling day the number
+    of patients, measured/true troughs in the window, below and above it, a log histogram of the true trough
+    (:data:`HIST_EDGES`) and the number of patients on each dose level (multiples of the tablet) after it."""
+    lo, hi = tit.rule.low, tit.rule.high
+    tr, me = tit.trough_true[ok], tit.trough_measured[ok]
+    n_levels = int(round(tit.rule.max_dose_mg / tit.rule.tablet_mg)) + 1
+    level = np.rint(tit.dose_after[ok] / tit.rule.tablet_mg).astype(np.int64)
+    S = tit.sample_day.size
+    idx = np.searchsorted(HIST_EDGES, tr, side="right")
+    return {"n": np.full(S, tr.shape[0], np.int64),
+            "in_window": ((me >= lo) & (me <= hi)).sum(axis=0).astype(np.int64),
+            "in_window_true": ((tr >= lo) & (tr <= hi)).sum(axis=0).astype(np.int64),
+            "below_window": (me < lo).sum(axis=0).astype(np.int64),
+            "above_window": (me > hi).sum(axis=0).astype(np.int64),
+            "trough_hist": np.stack([np.bincount(idx[:, k], minlength=HIST_BINS + 2) for k in range(S)])
+            if S else np.zeros((0, HIST_BINS + 2), np.int64),
+            "dose_levels": np.stack([np.bincount(level[:, k], minlength=n_levels) for k in range(S)])
+            if S else np.zeros((0, n_levels), np.int64),
+            "sample_day": tit.sample_day.copy()}
+
+
+def _hist_quantile(h: np.ndarray, q: float) -> float:
+    """Quantile ``q`` of a :data:`HIST_EDGES` histogram (log-interpolated within the bin; the under/overflow
+    bins are reported at the range's edge)."""
+    n = int(h.sum())
+    rank = max(1, math.ceil(q * n - 1e-9))
+    cum = np.cumsum(h)
+    j = int(np.searchsorted(cum, rank, side="left"))
+    if j == 0 or j > HIST_BINS:
+        return float(HIST_EDGES[0] if j == 0 else HIST_EDGES[-1])
+    before = int(cum[j - 1])
+    lo, hi = HIST_EDGES[j - 1], HIST_EDGES[j]
+    return float(lo * (hi / lo) ** ((rank - before - 0.5) / h[j]))
 
 
 def run_trial_chunk(task) -> ChunkSummary:
@@ -183,9 +229,19 @@ def run_trial_chunk(task) -> ChunkSummary:
         below_week0=np.zeros(shape, np.int64), above_week0=np.zeros(shape, np.int64),
         below_ratio_target=np.zeros((n_reg, n_t), np.int64))
     block_of = (np.arange(start, stop) // plan.block) - first_block
+    s.tdm = {}
     for r, events in enumerate(plan.events):
-        res = simulate_population(theta, events=events, t_out=plan.t_out, options=plan.options,
-                                  parallel=parallel, on_failure="keep", model=plan.model)
+        rule = plan.tdm_rule(r)
+        if rule is None:
+            res = simulate_population(theta, events=events, t_out=plan.t_out, options=plan.options,
+                                      parallel=parallel, on_failure="keep", model=plan.model)
+        else:   # each patient titrated on his own PK (assay errors keyed by the global patient index)
+            from .tdm import simulate_titrated, titrate
+            tit = titrate(theta, plan.regimens[r], rule, float(plan.t_out[-1]), seed=plan.seed,
+                          patient_ids=np.arange(start, stop), model=plan.model)
+            res = simulate_titrated(theta, tit, plan.t_out, parallel=parallel, model=plan.model,
+                                    options=plan.options)
+            s.tdm[r] = _tdm_counts(tit, res.ok)
         ok = res.ok
         s.n_failed[r] = n - int(ok.sum())
         s.failure_status[r] = np.bincount(res.status, minlength=N_STATUS)[:N_STATUS]
@@ -240,7 +296,8 @@ class TrialAccumulator:
         self.compute_s += c.elapsed_s
         self.cpu_s += c.cpu_s
         if self.total is None:
-            self.total = ChunkSummary(**{k: (np.copy(v) if isinstance(v, np.ndarray) else v)
+            self.total = ChunkSummary(**{k: (np.copy(v) if isinstance(v, np.ndarray) else
+                                             {r: dict(d) for r, d in v.items()} if isinstance(v, dict) else v)
                                          for k, v in c.__dict__.items()})
             R = c.block_n.shape[1]
             self.n = np.zeros(R, np.int64)
@@ -254,6 +311,10 @@ class TrialAccumulator:
                 getattr(t, name).__iadd__(getattr(c, name))
             np.minimum(t.minimum, c.minimum, out=t.minimum)
             np.maximum(t.maximum, c.maximum, out=t.maximum)
+            for r, counts in (c.tdm or {}).items():
+                for key, arr in counts.items():
+                    if key != "sample_day":
+                        t.tdm[r][key] = t.tdm[r][key] + arr
         # Chan et al. (1979) pairwise update, one block at a time in block order
         for b in range(c.block_n.shape[0]):
             for r in range(c.block_n.shape[1]):
@@ -314,6 +375,32 @@ class TrialAccumulator:
                         add("frac_above_week0", tot.above_week0[r, o, t] / n_ok, "1")
                     if var == "ratio":
                         add("frac_below_target", tot.below_ratio_target[r, t] / n_ok, "1")
+            counts = (tot.tdm or {}).get(r)
+            rule = plan.tdm_rule(r)
+            if counts is None or rule is None:
+                continue
+            for k, day in enumerate(counts["sample_day"]):     # titration: trough and dose at each sampling day
+                n_k = int(counts["n"][k])
+                def add_t(var, stat, value, u):
+                    rows.append({"regimen": reg, "week": float(day) / 7.0, "variable": var, "unit": u,
+                                 "statistic": stat, "value": float(value)})
+                add_t("sirolimus_trough", "n", n_k, "patients")
+                if n_k == 0:
+                    continue
+                for q in (0.05, 0.5, 0.95):
+                    add_t("sirolimus_trough", "median" if q == 0.5 else f"q{round(q * 100):02d}",
+                          _hist_quantile(counts["trough_hist"][k], q), "ng/mL")
+                for key in ("in_window", "in_window_true", "below_window", "above_window"):
+                    add_t("sirolimus_trough", f"frac_{key}", counts[key][k] / n_k, "1")
+                lv = counts["dose_levels"][k]
+                doses = np.arange(lv.size) * rule.tablet_mg
+                add_t("sirolimus_dose", "mean", float((lv * doses).sum()) / n_k, "mg")
+                cum = np.cumsum(lv)
+                for q in (0.05, 0.5, 0.95):
+                    j = int(np.searchsorted(cum, max(1, math.ceil(q * n_k - 1e-9)), side="left"))
+                    add_t("sirolimus_dose", "median" if q == 0.5 else f"q{round(q * 100):02d}", doses[j], "mg")
+                for j in np.flatnonzero(lv):
+                    add_t("sirolimus_dose", f"frac_at_{doses[j]:g}mg", lv[j] / n_k, "1")
         return pd.DataFrame(rows)
 
 
@@ -369,6 +456,8 @@ class TrialResult:
                 "elapsed_s": round(self.elapsed_s, 3), "patients_per_second": round(self.patients_per_second, 1),
                 "cpu_s": round(self.cpu_s, 3),
                 "healthy_range": HEALTHY_RANGE, "quantile_relative_error": QUANTILE_RELATIVE_ERROR,
+                **({"tdm": {reg: rule.to_dict() for reg, rule in zip(self.plan.regimen_names, self.plan.tdm)
+                            if rule is not None}} if self.plan.tdm else {}),
                 "model": {"name": self.plan.model, "declaration": get_model(self.plan.model).content_hash},
                 "solver": {"method": self.plan.options.method, "pk": self.plan.options.pk,
                            "rtol": self.plan.options.rtol, "atol": self.plan.options.atol}}
@@ -383,9 +472,10 @@ def _positive_int(value, name: str) -> int:
 def make_plan(parameters: ParameterSet, regimens: Sequence[Regimen], n_patients: int, *, seed: int = 0,
               iiv: Mapping[str, float] | None = None, weeks: Sequence[float] = DEFAULT_WEEKS,
               block: int = DEFAULT_BLOCK, options: SolverOptions | None = None,
-              ratio_target: float = DEFAULT_RATIO_TARGET, model: str | None = None) -> TrialPlan:
+              ratio_target: float = DEFAULT_RATIO_TARGET, model: str | None = None,
+              tdm: Sequence | None = None) -> TrialPlan:
     """Validate the trial settings and build a :class:`TrialPlan` (``model``: the model structure, default the
-    default structure)."""
+    default structure; ``tdm``: one :class:`tregpd.scenarios.tdm.TdmRule` or None per regimen)."""
     structure = get_model(model)
     names_m = structure.parameter_names
     n_patients = _positive_int(n_patients, "number of patients")
@@ -423,10 +513,23 @@ def make_plan(parameters: ParameterSet, regimens: Sequence[Regimen], n_patients:
         raise TrialError(f"ratio target must be a positive number, got {ratio_target!r}")
     t_out = w * 7.0
     events = tuple(reg.events() for reg in regimens)
+    rules = ()
+    if tdm is not None and any(r is not None for r in tdm):
+        from .tdm import TdmRule, check_rule_for_regimen
+        rules = tuple(tdm)
+        if len(rules) != len(regimens):
+            raise TrialError(f"tdm: one rule (or None) per regimen is needed, got {len(rules)} for "
+                             f"{len(regimens)} regimens")
+        for reg, rule in zip(regimens, rules):
+            if rule is not None:
+                if not isinstance(rule, TdmRule):
+                    raise TrialError(f"tdm: rules must be TdmRule objects, got {type(rule).__name__}")
+                check_rule_for_regimen(rule, reg, float(t_out[-1]), f"trial regimen {reg.name!r}")
     return TrialPlan(parameters_toml=parameters.to_toml(), iiv=iiv_items, seed=int(seed), block=block,
                      n_patients=n_patients, regimen_names=tuple(names), events=events, t_out=t_out,
                      options=options if options is not None else SolverOptions(),
-                     ratio_target=float(ratio_target), model=structure.name)
+                     ratio_target=float(ratio_target), model=structure.name, tdm=rules,
+                     regimens=tuple(regimens) if rules else ())
 
 
 def chunk_bounds(n_patients: int, chunk_patients: int, block: int) -> list[tuple[int, int]]:
@@ -497,6 +600,7 @@ def summary_table(summary, regimen: str | None = None):
     """A compact wide table for printing: rows (regimen, week), columns like ``treg median [q05, q95]``."""
     import pandas as pd
     df = summary if regimen is None else summary[summary["regimen"] == regimen]
+    df = df[df["variable"].isin(list(OBSERVABLES))]     # titration rows: see tdm_table
     rows = []
     for (reg, week), g in df.groupby(["regimen", "week"], sort=False):
         st = {(v, s): val for v, s, val in zip(g["variable"], g["statistic"], g["value"])}
@@ -512,4 +616,25 @@ def summary_table(summary, regimen: str | None = None):
         if ("ratio", "frac_below_target") in st:
             row["ratio<target"] = f"{100 * st[('ratio', 'frac_below_target')]:.1f}%"
         rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def tdm_table(summary):
+    """A compact table of the titrated regimens for printing: rows (regimen, sampling day), the median [q05-q95]
+    true trough, the fraction of measured (and true) troughs in the window, and the median [q05-q95] dose after
+    the sample. Empty when no regimen is titrated."""
+    import pandas as pd
+    df = summary[summary["variable"].isin(["sirolimus_trough", "sirolimus_dose"])]
+    rows = []
+    for (reg, week), g in df.groupby(["regimen", "week"], sort=False):
+        st = {(v, s): val for v, s, val in zip(g["variable"], g["statistic"], g["value"])}
+        if ("sirolimus_trough", "median") not in st:
+            continue
+        tr = [st[("sirolimus_trough", k)] for k in ("median", "q05", "q95")]
+        do = [st[("sirolimus_dose", k)] for k in ("median", "q05", "q95")]
+        rows.append({"regimen": reg, "day": f"{7 * week:g}",
+                     "trough ng/mL median [q05-q95]": f"{tr[0]:.3g} [{tr[1]:.3g}-{tr[2]:.3g}]",
+                     "in window (measured)": f"{100 * st[('sirolimus_trough', 'frac_in_window')]:.1f}%",
+                     "in window (true)": f"{100 * st[('sirolimus_trough', 'frac_in_window_true')]:.1f}%",
+                     "dose after, mg median [q05-q95]": f"{do[0]:g} [{do[1]:g}-{do[2]:g}]"})
     return pd.DataFrame(rows)
