@@ -31,6 +31,7 @@ COMMAND_MODULES = (
     "tregpd.scenarios.cli",
     "tregpd.scenarios.scale_cli",
     "tregpd.pipeline",
+    "tregpd.rundir",
 )
 
 
@@ -98,6 +99,8 @@ def main(argv=None) -> int:
         parser.print_help()
         return 1
     previous = _handle_sigterm()
+    from tregpd import rundir
+    rundir.reset_events()
     try:
         _check_outputs(args)
         return int(args.func(args) or 0)
@@ -113,7 +116,7 @@ def main(argv=None) -> int:
         print(f"tregpd {args.command}: error: {describe_memory_error(exc, args.command)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"tregpd {args.command}: interrupted; no partial output was written", file=sys.stderr)
+        print(f"tregpd {args.command}: interrupted; {rundir.interrupt_message()}", file=sys.stderr)
         return 130
     finally:
         if previous is not None:

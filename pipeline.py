@@ -23,6 +23,9 @@ import time
 from pathlib import Path
 
 DEFAULT_SEED = 20170614
+#: the files of a ``tregpd all`` run under out/ (an earlier run's that this one does not write are removed)
+ALL_FILES = ("SUMMARY.md", "report.html", "calibration/*", "validate/*", "hypotheses/*", "variability/*",
+             "fit/*", "reference/*", "sensitivity/*", "scenarios/*")
 
 
 def register(sub) -> None:
@@ -56,6 +59,10 @@ def run(args: argparse.Namespace) -> int:
         raise TregpdError(f"--population must be >= 1, got {args.population}")
     out = Path(args.out)
     t0 = time.perf_counter()
+    from tregpd.rundir import InPlaceRun
+    # out/ reads as incomplete (no MANIFEST.json) until the end; the previous run's files not written again
+    # are removed then, and the manifest of the whole out/ is written last
+    whole = InPlaceRun(out, "tregpd all", owns=ALL_FILES).begin()
     population = args.population if args.population is not None else (20 if args.quick else None)
     n_steps = 7 if args.quick else 9
     step = iter(range(1, n_steps + 1))
@@ -152,7 +159,9 @@ def run(args: argparse.Namespace) -> int:
         "- Qualitative facts enter the calibration as soft constraints (hinge residuals on a stated scale).",
     ]
     path = atomic_write_text(out / "SUMMARY.md", "\n".join(summary) + "\n")
-    print(f"wrote {path} ({time.perf_counter() - t0:.0f} s in all)")
+    manifest = whole.finish()
+    print(f"wrote {path} ({time.perf_counter() - t0:.0f} s in all); {manifest} lists every file of the run "
+          f"(check with `tregpd verify {out}`)")
     return 0
 
 

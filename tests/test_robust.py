@@ -519,7 +519,8 @@ def test_disk_full_is_one_line_naming_the_file(tmp_path, monkeypatch):
     monkeypatch.setattr(tio, "atomic_write_bytes", full)
     code, _, err = _cli(["simulate", "--weeks", "1", "--out", str(tmp_path / "sim")])
     assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
-    assert "No space left on device" in err and "trajectory.png" in err and "incomplete" in err
+    assert "No space left on device" in err and str(tmp_path / "sim" / "trajectory.png") in err
+    assert "nothing of this run was kept" in err and not (tmp_path / "sim").exists()
 
 
 def test_write_failure_without_a_filename_gets_one(tmp_path, monkeypatch):
