@@ -72,7 +72,7 @@ def check_scheduler_address(address) -> str:
     return address
 
 
-def probe_scheduler(address: str, deadline_s: float = SCHEDULER_DEADLINE_S) -> dict:
+def probe_scheduler(address: str, deadline_s: float | None = None) -> dict:
     """Connect to a Dask scheduler, complete the comm handshake and ask for its identity, all within
     ``deadline_s`` seconds (one ``asyncio`` deadline over the whole exchange). Returns the identity dict.
 
@@ -82,6 +82,7 @@ def probe_scheduler(address: str, deadline_s: float = SCHEDULER_DEADLINE_S) -> d
     """
     import asyncio
     from tregpd.safeio import shorten
+    deadline_s = SCHEDULER_DEADLINE_S if deadline_s is None else float(deadline_s)
 
     async def exchange():
         from distributed.comm import connect
@@ -182,6 +183,12 @@ class DaskBackend(Backend):
     parallel_kernel : bool
         Use the numba prange kernel inside each worker (default False: serial kernel, one core per worker
         process; see benchmarks/scale.py for the measurement behind the default).
+    local_directory : str or Path, optional
+        Dask's temporary directory (worker folders, spill and lock files); the command line passes the run's
+        staging area, so that nothing is written under the system temporary folder.
+    connect_deadline_s : float, optional
+        With ``scheduler``: seconds for the whole connection (TCP, handshake, first answer; default
+        :data:`SCHEDULER_DEADLINE_S`), see :func:`probe_scheduler`.
     """
 
     name = "dask"
@@ -189,8 +196,7 @@ class DaskBackend(Backend):
 
     def __init__(self, scheduler: str | None = None, n_workers: int | None = None,
                  max_in_flight: int | None = None, dashboard: bool = False, parallel_kernel: bool = False,
-                 local_directory: str | os.PathLike | None = None,
-                 connect_deadline_s: float = SCHEDULER_DEADLINE_S):
+                 local_directory: str | os.PathLike | None = None, connect_deadline_s: float | None = None):
         try:
             import dask
             from distributed import Client, LocalCluster
@@ -212,6 +218,8 @@ class DaskBackend(Backend):
         try:
             if scheduler is not None:
                 check_scheduler_address(scheduler)
+                if connect_deadline_s is None:
+                    connect_deadline_s = SCHEDULER_DEADLINE_S
                 probe_scheduler(scheduler, connect_deadline_s)   # the whole handshake, within the deadline
                 try:
                     self._client = Client(scheduler, timeout=f"{connect_deadline_s}s")
