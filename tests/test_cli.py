@@ -29,7 +29,8 @@ def test_simulate_end_to_end(tmp_path, capsys, params):
     assert code == 0, err
     for name in ("trajectory.csv", "trajectory.png", "provenance.json"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
-    assert sorted(p.name for p in out.iterdir()) == ["provenance.json", "trajectory.csv", "trajectory.png"]
+    assert sorted(p.name for p in out.iterdir()) == ["MANIFEST.json", "provenance.json", "trajectory.csv",
+                                                    "trajectory.png"]
     text = (out / "trajectory.csv").read_text()
     assert text.startswith("# tregpd_version: ")
     assert "# seed: " in text and "# regimen: " in text and "# parameters: " in text
