@@ -101,6 +101,13 @@ def main(argv=None) -> int:
     previous = _handle_sigterm()
     from tregpd import rundir
     rundir.reset_events()
+    import warnings
+    shown = warnings.showwarning
+
+    def one_line(message, category, filename, lineno, file=None, line=None):
+        print(f"tregpd {args.command}: warning: {message}", file=sys.stderr)
+
+    warnings.showwarning = one_line
     try:
         _check_outputs(args)
         return int(args.func(args) or 0)
@@ -119,6 +126,7 @@ def main(argv=None) -> int:
         print(f"tregpd {args.command}: interrupted; {rundir.interrupt_message()}", file=sys.stderr)
         return 130
     finally:
+        warnings.showwarning = shown
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
 

@@ -568,6 +568,35 @@ def verify_run(folder, check_hashes: bool = True) -> RunCheck:
     return RunCheck(folder, status, man, missing, changed, extra, notes)
 
 
+class RunWarning(UserWarning):
+    """An input file comes from a run folder that is not whole (see :func:`input_note`)."""
+
+
+def input_note(path, data: bytes | None = None) -> str | None:
+    """What tregpd knows about an input file from the run that wrote it, or None when nothing is wrong:
+    its folder holds an interrupted commit (a mix of two runs), or the file differs from its entry in the
+    folder's ``MANIFEST.json`` (edited after the run). Files not listed in a manifest get no note."""
+    from tregpd.safeio import shorten
+    p = Path(path)
+    folder = p.parent
+    where = shorten(str(p))
+    if (folder / JOURNAL).exists():
+        return (f"{where} comes from a folder whose last run was interrupted while its files were moved into "
+                f"place (it may mix two runs; `tregpd verify {shorten(str(folder), 80)}`); rerun the command "
+                f"that wrote it")
+    man = read_manifest(folder)
+    if man is None:
+        return None
+    entry = next((e for e in man["files"] if isinstance(e, dict) and e.get("path") == p.name), None)
+    if entry is None:
+        return None
+    digest = hashlib.sha256(data).hexdigest() if data is not None else sha256_file(p)
+    if digest != entry.get("sha256"):
+        return (f"{where} differs from its entry in {MANIFEST} of run {man.get('run_id')} (edited after "
+                f"{man.get('command')} wrote it)")
+    return None
+
+
 def interrupt_message() -> str:
     """What an interrupt left behind, as one true line (for ``tregpd``'s exit message)."""
     from tregpd.safeio import shorten

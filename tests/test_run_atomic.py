@@ -280,3 +280,23 @@ def test_trial_and_fit_write_complete_runs(tmp_path):
     assert check.ok and [e["path"] for e in check.manifest["files"]] == ["trial_summary.csv",
                                                                          "trial_summary.json"]
     assert check.manifest["command"] == "tregpd trial"
+
+
+def test_tregpd_tells_an_input_from_an_incomplete_or_edited_run(tmp_path):
+    """A parameter file read from a run folder: no note when whole; a one-line warning when the folder's
+    commit was interrupted, or when the file was edited after the run."""
+    from tregpd.model.parameters import default_parameters
+    text = default_parameters().to_toml().encode()
+    out = tmp_path / "fit"
+    _write_run(out, {"fitted_parameters.toml": text})
+    argv = ["simulate", "--weeks", 1, "--step-day", 7, "--params", out / "fitted_parameters.toml",
+            "--out", tmp_path / "sim"]
+    code, _, err = _cli(argv)
+    assert code == 0 and "warning" not in err
+    (out / "fitted_parameters.toml").write_bytes(text.replace(b"# ", b"#  ", 1) + b"\n")
+    code, _, err = _cli(argv)
+    assert code == 0 and err.count("\n") == 1
+    assert err.startswith("tregpd simulate: warning: ") and "differs from its entry in MANIFEST.json" in err
+    (out / JOURNAL).write_text(json.dumps({"old": [], "new": []}))
+    code, _, err = _cli(argv)
+    assert code == 0 and "was interrupted while its files were moved" in err
