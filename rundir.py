@@ -32,6 +32,7 @@ import json
 import os
 import shutil
 import signal
+import stat
 import sys
 import threading
 import uuid
@@ -45,6 +46,8 @@ JOURNAL = ".tregpd-commit.json"
 STAGE_PREFIX = ".tregpd-stage-"
 SCRATCH = ".scratch"
 FORMAT = "tregpd-run-manifest/1"
+#: a manifest larger than this is not read as one (a run lists at most a few thousand files)
+MAX_MANIFEST_BYTES = 32 * 1024 * 1024
 
 #: what happened to the runs of this process, newest last: (out folder, "active" | "committed" | "discarded",
 #: whether ``out`` existed before); read by :func:`interrupt_message`
@@ -103,9 +106,13 @@ def read_manifest(folder: Path) -> dict | None:
     """The manifest of ``folder`` (None when there is none or it cannot be read as one)."""
     p = Path(folder) / MANIFEST
     try:
+        if not os.path.isfile(p) or os.path.getsize(p) > MAX_MANIFEST_BYTES:
+            return None
         with open(p, "rb") as fh:
-            data = json.loads(fh.read(64 * 1024 * 1024).decode("utf-8"))
-    except (OSError, ValueError):
+            raw = fh.read(MAX_MANIFEST_BYTES + 1)
+        from tregpd.safeio import decode_text
+        data = json.loads(decode_text(raw, str(p), ValueError))
+    except (OSError, ValueError, RecursionError):  # unreadable, not UTF-8 / JSON, nested too deeply
         return None
     if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(data.get("files"), list):
         return None
@@ -119,17 +126,22 @@ def _manifest_paths(man: dict | None) -> set[str]:
 
 
 def _read_journal(folder: Path) -> set[str]:
+    p = Path(folder) / JOURNAL
     try:
-        data = json.loads((Path(folder) / JOURNAL).read_text())
-        return {p for p in data.get("old", []) + data.get("new", []) if isinstance(p, str)}
-    except (OSError, ValueError, AttributeError, TypeError):
+        if not os.path.isfile(p) or os.path.getsize(p) > MAX_MANIFEST_BYTES:
+            return set()
+        data = json.loads(p.read_bytes().decode("utf-8"))
+        return {r for r in list(data.get("old", [])) + list(data.get("new", [])) if isinstance(r, str)}
+    except (OSError, ValueError, AttributeError, TypeError, RecursionError):
         return set()
 
 
 def _safe_rel(rel: str) -> bool:
-    """A relative path that stays inside the folder (no absolute path, no ``..``)."""
+    """A relative path that stays inside the folder (no absolute path, no ``..``, no NUL, not too long)."""
+    if not isinstance(rel, str) or not rel or len(rel) > 4096 or "\x00" in rel or "\\" in rel:
+        return False
     parts = rel.split("/")
-    return bool(rel) and not rel.startswith("/") and ".." not in parts and "" not in parts
+    return not rel.startswith("/") and ".." not in parts and "" not in parts and "." not in parts
 
 
 def manifest_record(root: Path, files: list[str], run_id: str, command: str) -> dict:
@@ -233,11 +245,31 @@ def _prune_empty_dirs(out: Path, rels) -> None:
             p = p.parent
 
 
+def _inside(out: Path, p: Path) -> bool:
+    """Whether ``p``'s folder is ``out`` or below it with no symlink on the way (a manifest naming
+    ``link/file``, ``link`` pointing elsewhere, must not make tregpd delete files outside ``out``)."""
+    try:
+        real_out = os.path.realpath(out)
+        real_parent = os.path.realpath(p.parent)
+    except (OSError, ValueError):
+        return False
+    if real_parent != real_out and not real_parent.startswith(real_out + os.sep):
+        return False
+    q = p.parent
+    while q != out and q != q.parent:
+        if q.is_symlink():
+            return False
+        q = q.parent
+    return True
+
+
 def _remove_files(out: Path, rels) -> None:
     for rel in sorted(rels):
-        if not _safe_rel(rel):
+        if not _safe_rel(rel) or "\x00" in rel:
             continue
         p = out / rel
+        if not _inside(out, p):
+            continue
         try:
             if p.is_symlink() or p.is_file():
                 p.unlink()
@@ -550,11 +582,13 @@ def verify_run(folder, check_hashes: bool = True) -> RunCheck:
         listed.add(rel)
         p = folder / rel
         try:
-            size = os.lstat(p).st_size
-        except OSError:
+            st = os.lstat(p)
+        except (OSError, ValueError):
             missing.append(rel)
             continue
-        if size != e.get("bytes") or (check_hashes and sha256_file(p) != e.get("sha256")):
+        if not stat.S_ISREG(st.st_mode):  # a folder, fifo, device or symlink where a file was written
+            changed.append(rel)
+        elif st.st_size != e.get("bytes") or (check_hashes and sha256_file(p) != e.get("sha256")):
             changed.append(rel)
     extra = [r for r in _walk_files(folder) if r != MANIFEST and r not in listed]
     if missing or journal:

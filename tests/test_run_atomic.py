@@ -300,3 +300,60 @@ def test_tregpd_tells_an_input_from_an_incomplete_or_edited_run(tmp_path):
     (out / JOURNAL).write_text(json.dumps({"old": [], "new": []}))
     code, _, err = _cli(argv)
     assert code == 0 and "was interrupted while its files were moved" in err
+
+
+# ------------------------------------------------------------------------------------------- fuzz
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+                     lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=8), c, max_size=4),
+                     max_leaves=20)
+_PATHS = st.sampled_from(["a.csv", "../escape", "/etc/passwd", "sub/../../x", "", ".", "link/victim",
+                          "a\x00b", "sub\\x", "x" * 5000, "sub/b.csv"])
+
+
+@settings(max_examples=60, deadline=None)
+@given(raw=st.one_of(
+    st.binary(max_size=300),
+    _JSON.map(lambda v: json.dumps(v).encode()),
+    st.lists(st.fixed_dictionaries({"path": _PATHS | st.text(max_size=10), "bytes": st.integers() | st.text(),
+                                    "sha256": st.text(max_size=5)}), max_size=5).map(
+        lambda files: json.dumps({"format": rundir.FORMAT, "run_id": "x", "files": files}).encode()),
+    st.integers(100, 3000).map(lambda d: b"[" * d + b"]" * d),
+    st.just("\ufeff{}".encode()),
+))
+def test_manifest_and_journal_readers_survive_any_content(tmp_path_factory, raw):
+    """Whatever MANIFEST.json and the journal hold (garbage, deep nesting, paths escaping the folder or
+    going through a symlink), verify answers with a status and a rerun deletes nothing outside the folder."""
+    base = tmp_path_factory.mktemp("fz")
+    outside = base / "outside"
+    outside.mkdir()
+    (outside / "victim").write_text("keep")
+    (base / "passwd").write_text("keep")
+    out = base / "run"
+    out.mkdir()
+    (out / "link").symlink_to(outside, target_is_directory=True)
+    (out / "a.csv").write_text("a")
+    (out / MANIFEST).write_bytes(raw)
+    (out / JOURNAL).write_bytes(raw)
+    check = verify_run(out)
+    assert check.status in ("complete", "mixed", "modified", "incomplete", "no-manifest")
+    assert "\n" not in check.summary()
+    _write_run(out, {"b.csv": b"b"}, owns=("*.csv",))
+    assert (outside / "victim").read_text() == "keep" and (base / "passwd").read_text() == "keep"
+    assert (out / "link").is_symlink() and verify_run(out).status in ("complete", "mixed")
+
+
+@settings(max_examples=200, deadline=None)
+@given(address=st.one_of(st.text(max_size=60),
+                         st.builds(lambda s, h, p: f"{s}://{h}:{p}",
+                                   st.sampled_from(["tcp", "tls", "foo", "", "TCP", "ws"]),
+                                   st.sampled_from(["localhost", "[::1]", "[::1", "::1", "", "h h", "1.2.3.4"]),
+                                   st.one_of(st.integers(-5, 70000).map(str), st.text(max_size=6)))))
+def test_scheduler_address_check_fuzz(address):
+    from tregpd.scenarios.backends import BackendError, check_scheduler_address
+    try:
+        assert check_scheduler_address(address) == address
+    except BackendError as exc:
+        assert "\n" not in str(exc) and len(str(exc)) < 800
