@@ -357,3 +357,35 @@ def test_scheduler_address_check_fuzz(address):
         assert check_scheduler_address(address) == address
     except BackendError as exc:
         assert "\n" not in str(exc) and len(str(exc)) < 800
+
+
+def test_real_sigint_during_a_scenario_batch_leaves_one_whole_run(tmp_path):
+    """A real SIGINT to `tregpd scenarios run` in a subprocess: the folder holds the old complete run or the
+    new complete run, never a mix, and the message says which."""
+    import subprocess
+    import sys
+    import time
+    files = [str(LIB / f) for f in ("shanxi_reference.toml", "il2_alone.toml", "duration_12wk.toml")]
+    out = tmp_path / "batch"
+    assert _cli(["scenarios", "run", *files, "--population", 2, "--step-day", 7, "--no-progress",
+                 "--no-figures", "--out", out])[0] == 0
+    before = _snapshot(out)
+    proc = subprocess.Popen([sys.executable, "-m", "tregpd.cli", "scenarios", "run", *files, "--population",
+                             "1000", "--step-day", "1", "--no-progress", "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(4.0)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert "Traceback" not in err
+    check = verify_run(out)
+    assert check.ok, check.summary()
+    if proc.returncode == 130 and "is as it was before" in err:
+        assert _snapshot(out) == before
+    else:  # finished (or was interrupted after the commit): the new run, whole
+        assert proc.returncode == 0 or "complete before the interrupt" in err, (proc.returncode, err)
+        assert check.manifest["argv"][-1] == str(out) and "1000" in check.manifest["argv"]
