@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import deque
+from contextlib import contextmanager
 from typing import Any, Callable, Iterable, Iterator
 
 from tregpd.errors import TregpdError
@@ -341,6 +342,27 @@ def reap_children(grace_s: float = 5.0, keep: set = frozenset()) -> int:
             p.kill()
             p.join(2.0)
     return len(children)
+
+
+@contextmanager
+def process_pool(max_workers: int, mp_context=None, **kwargs):
+    """A ``concurrent.futures.ProcessPoolExecutor`` that never outlives an error or an interrupt.
+
+    On normal exit the pool is shut down as usual (waiting for its jobs). On an exception, Ctrl-C or SIGTERM
+    (KeyboardInterrupt, see :func:`tregpd.cli.main`) pending jobs are cancelled and the pool's processes are
+    terminated and reaped at once (:func:`reap_children`), instead of waiting for the running jobs to end
+    (``with ProcessPoolExecutor()`` would wait, minutes for a profile likelihood)."""
+    from concurrent.futures import ProcessPoolExecutor
+    before = _child_pids()
+    ex = ProcessPoolExecutor(max_workers=max_workers, mp_context=mp_context, **kwargs)
+    try:
+        yield ex
+    except BaseException:
+        ex.shutdown(wait=False, cancel_futures=True)
+        reap_children(grace_s=2.0, keep=before)
+        raise
+    else:
+        ex.shutdown(wait=True)
 
 
 def available_cpus() -> int:

@@ -213,3 +213,34 @@ def test_dask_run_writes_nothing_under_the_system_temporary_folder(tmp_path):
     assert res.returncode == 0, res.stderr
     assert os.listdir(tmp) == []
     assert sorted(os.listdir(out)) == ["MANIFEST.json", "trial_summary.csv", "trial_summary.json"]
+
+
+def _sleep(seconds):
+    time.sleep(seconds)
+    return seconds
+
+
+@pytest.mark.parametrize("failure", [KeyboardInterrupt, RuntimeError])
+def test_process_pool_reaps_its_workers_at_once_on_error_or_interrupt(failure):
+    """`with ProcessPoolExecutor()` waits for running jobs when the body fails (minutes for a profile);
+    backends.process_pool cancels, terminates and reaps its workers at once, and leaves other children be."""
+    import multiprocessing
+    other = multiprocessing.get_context("spawn").Process(target=time.sleep, args=(30,))
+    other.start()
+    try:
+        time.sleep(0.3)
+        pre = _descendants(os.getpid())               # `other` and helpers (e.g. the resource tracker)
+        t0 = time.monotonic()
+        with pytest.raises(failure):
+            with backends.process_pool(2) as ex:
+                futures = [ex.submit(_sleep, 60) for _ in range(4)]
+                time.sleep(0.5)
+                workers = _descendants(os.getpid()) - pre
+                raise failure()
+        assert time.monotonic() - t0 < 20
+        assert workers and not [p for p in workers if _alive(p)]
+        assert other.is_alive()                       # not ours to end
+        assert all(f.cancelled() or f.done() for f in futures[2:])
+    finally:
+        other.terminate()
+        other.join(5)
