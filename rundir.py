@@ -263,7 +263,10 @@ def _inside(out: Path, p: Path) -> bool:
     return True
 
 
-def _remove_files(out: Path, rels) -> None:
+def _remove_files(out: Path, rels) -> set:
+    """Remove the listed files (regular files and symlinks only, never through a symlinked folder) and the
+    folders left empty; returns the folders touched (to fsync)."""
+    touched = set()
     for rel in sorted(rels):
         if not _safe_rel(rel) or "\x00" in rel:
             continue
@@ -273,9 +276,11 @@ def _remove_files(out: Path, rels) -> None:
         try:
             if p.is_symlink() or p.is_file():
                 p.unlink()
+                touched.add(p.parent)
         except FileNotFoundError:
             pass
     _prune_empty_dirs(out, rels)
+    return {d for d in touched if d.exists()} | {out}
 
 
 def _owned_files(out: Path, patterns) -> set[str]:
@@ -424,8 +429,7 @@ class RunDir:
                     (self.out / MANIFEST).unlink()
                 except FileNotFoundError:
                     pass
-                _remove_files(self.out, old - set(new))
-                touched = {self.out}
+                touched = _remove_files(self.out, old - set(new))
                 for rel in new:
                     target = self.out / rel
                     target.parent.mkdir(parents=True, exist_ok=True)
@@ -493,7 +497,8 @@ class InPlaceRun:
         with _HoldSignals():
             stale = [rel for rel, ident in self.old.items()
                      if ident is not None and _identity(out / rel) == ident]
-            _remove_files(out, stale)
+            for d in _remove_files(out, stale):
+                _fsync_dir(d)
             files = sorted(set(_walk_files(out)) - {MANIFEST})
             path = write_manifest(out, manifest_record(out, files, self.run_id, self.command))
             try:
