@@ -112,15 +112,17 @@ def main(argv=None) -> int:
         _check_outputs(args)
         return int(args.func(args) or 0)
     except TregpdError as exc:
-        print(f"tregpd {args.command}: error: {exc}", file=sys.stderr)
+        print(f"tregpd {args.command}: error: {exc}{rundir.incomplete_note()}", file=sys.stderr)
         return 2
     except OSError as exc:  # unwritable/occupied output path, disk full, ...: one line naming what and where
         from tregpd.safeio import describe_os_error
-        print(f"tregpd {args.command}: error: {describe_os_error(exc)}", file=sys.stderr)
+        print(f"tregpd {args.command}: error: {describe_os_error(exc)}{rundir.incomplete_note()}",
+              file=sys.stderr)
         return 2
     except MemoryError as exc:
         from tregpd.safeio import describe_memory_error
-        print(f"tregpd {args.command}: error: {describe_memory_error(exc, args.command)}", file=sys.stderr)
+        print(f"tregpd {args.command}: error: {describe_memory_error(exc, args.command)}"
+              f"{rundir.incomplete_note()}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"tregpd {args.command}: interrupted; {rundir.interrupt_message()}", file=sys.stderr)

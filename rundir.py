@@ -658,6 +658,16 @@ def interrupt_message() -> str:
     return "; ".join(parts)
 
 
+def incomplete_note() -> str:
+    """``"; 'out' is marked incomplete ..."`` when an in-place run (``tregpd all``) was started and not
+    finished in this process, else ``""``; appended to error messages."""
+    from tregpd.safeio import shorten
+    open_runs = [e for e in _EVENTS if e[1] == "in-place"]
+    if not open_runs:
+        return ""
+    return f"; {shorten(str(open_runs[-1][0]))} is marked incomplete (no {MANIFEST}); rerun to complete it"
+
+
 def reset_events() -> None:
     _EVENTS.clear()
 

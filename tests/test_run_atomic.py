@@ -389,3 +389,21 @@ def test_real_sigint_during_a_scenario_batch_leaves_one_whole_run(tmp_path):
     else:  # finished (or was interrupted after the commit): the new run, whole
         assert proc.returncode == 0 or "complete before the interrupt" in err, (proc.returncode, err)
         assert check.manifest["argv"][-1] == str(out) and "1000" in check.manifest["argv"]
+
+
+def test_main_job_failing_midway_leaves_out_marked_incomplete(tmp_path, monkeypatch):
+    """`tregpd all` failing in a step (here: a full disk on the reference figure): the step keeps nothing,
+    out/ has no MANIFEST.json (verify: incomplete), and the one-line message says both."""
+    import tregpd.fitting.calibrate as cal
+    out = tmp_path / "out"
+    InPlaceRun(out, "tregpd all").begin().finish()            # a previous complete (empty) main job
+    assert verify_run(out).ok
+
+    def stop(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device", str(out / "calibration" / "report.md"))
+
+    monkeypatch.setattr(cal, "run_calibration", stop)
+    code, _, err = _cli(["all", "--quick", "--out", out])
+    assert code == 2 and err.count("\n") == 1 and "report.md" in err
+    assert f"{str(out)!r} is marked incomplete" in err
+    assert verify_run(out).status == "incomplete"
