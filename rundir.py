@@ -283,6 +283,18 @@ def _remove_files(out: Path, rels) -> set:
     return {d for d in touched if d.exists()} | {out}
 
 
+def _real_folders(out: Path, folder: Path) -> None:
+    """Create ``folder`` (below ``out``) as real folders: a symlink planted where a folder of the run goes is
+    replaced by a folder, never followed (so a run never writes outside ``out``)."""
+    q = out
+    for part in folder.relative_to(out).parts:
+        q = q / part
+        if q.is_symlink():
+            q.unlink()
+        if not q.is_dir():
+            q.mkdir()
+
+
 def _owned_files(out: Path, patterns) -> set[str]:
     if not patterns:
         return set()
@@ -432,7 +444,7 @@ class RunDir:
                 touched = _remove_files(self.out, old - set(new))
                 for rel in new:
                     target = self.out / rel
-                    target.parent.mkdir(parents=True, exist_ok=True)
+                    _real_folders(self.out, target.parent)
                     os.replace(self.path / rel, target)
                     touched.add(target.parent)
                 for d in sorted(touched, key=lambda p: -len(p.parts)):

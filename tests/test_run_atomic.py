@@ -407,3 +407,15 @@ def test_main_job_failing_midway_leaves_out_marked_incomplete(tmp_path, monkeypa
     assert code == 2 and err.count("\n") == 1 and "report.md" in err
     assert f"{str(out)!r} is marked incomplete" in err
     assert verify_run(out).status == "incomplete"
+
+
+def test_a_symlink_planted_where_a_run_folder_goes_is_replaced_not_followed(tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "scenario").symlink_to(elsewhere, target_is_directory=True)
+    _write_run(out, {"scenario/summary.csv": b"s"})
+    assert list(elsewhere.iterdir()) == []
+    assert not (out / "scenario").is_symlink() and (out / "scenario" / "summary.csv").read_bytes() == b"s"
+    assert verify_run(out).ok
