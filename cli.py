@@ -32,6 +32,7 @@ COMMAND_MODULES = (
     "tregpd.scenarios.scale_cli",
     "tregpd.pipeline",
     "tregpd.report",
+    "tregpd.rundir",
 )
 
 
@@ -99,24 +100,36 @@ def main(argv=None) -> int:
         parser.print_help()
         return 1
     previous = _handle_sigterm()
+    from tregpd import rundir
+    rundir.reset_events()
+    import warnings
+    shown = warnings.showwarning
+
+    def one_line(message, category, filename, lineno, file=None, line=None):
+        print(f"tregpd {args.command}: warning: {message}", file=sys.stderr)
+
+    warnings.showwarning = one_line
     try:
         _check_outputs(args)
         return int(args.func(args) or 0)
     except TregpdError as exc:
-        print(f"tregpd {args.command}: error: {exc}", file=sys.stderr)
+        print(f"tregpd {args.command}: error: {exc}{rundir.incomplete_note()}", file=sys.stderr)
         return 2
     except OSError as exc:  # unwritable/occupied output path, disk full, ...: one line naming what and where
         from tregpd.safeio import describe_os_error
-        print(f"tregpd {args.command}: error: {describe_os_error(exc)}", file=sys.stderr)
+        print(f"tregpd {args.command}: error: {describe_os_error(exc)}{rundir.incomplete_note()}",
+              file=sys.stderr)
         return 2
     except MemoryError as exc:
         from tregpd.safeio import describe_memory_error
-        print(f"tregpd {args.command}: error: {describe_memory_error(exc, args.command)}", file=sys.stderr)
+        print(f"tregpd {args.command}: error: {describe_memory_error(exc, args.command)}"
+              f"{rundir.incomplete_note()}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"tregpd {args.command}: interrupted; no partial output was written", file=sys.stderr)
+        print(f"tregpd {args.command}: interrupted; {rundir.interrupt_message()}", file=sys.stderr)
         return 130
     finally:
+        warnings.showwarning = shown
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
 

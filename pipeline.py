@@ -24,6 +24,9 @@ import time
 from pathlib import Path
 
 DEFAULT_SEED = 20170614
+#: the files of a ``tregpd all`` run under out/ (an earlier run's that this one does not write are removed)
+ALL_FILES = ("SUMMARY.md", "report.html", "calibration/*", "validate/*", "hypotheses/*", "variability/*",
+             "fit/*", "reference/*", "sensitivity/*", "scenarios/*")
 
 #: assumptions of the main job as a whole (Markdown; SUMMARY.md and report.html list them)
 ASSUMPTIONS = (
@@ -66,6 +69,10 @@ def run(args: argparse.Namespace) -> int:
         raise TregpdError(f"--population must be >= 1, got {args.population}")
     out = Path(args.out)
     t0 = time.perf_counter()
+    from tregpd.rundir import InPlaceRun
+    # out/ reads as incomplete (no MANIFEST.json) until the end; the previous run's files not written again
+    # are removed then, and the manifest of the whole out/ is written last
+    whole = InPlaceRun(out, "tregpd all", owns=ALL_FILES).begin()
     population = args.population if args.population is not None else (20 if args.quick else None)
     n_steps = 7 if args.quick else 9
     step = iter(range(1, n_steps + 1))
@@ -162,7 +169,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {path}")
     from tregpd.report import write_report
     report = write_report(out)
-    print(f"wrote {report} (self-contained HTML report; re-make it with `tregpd report --out {out}`) "
+    print(f"wrote {report} (self-contained HTML report; re-make it with `tregpd report --out {out}`)")
+    manifest = whole.finish()
+    print(f"{manifest} lists every file of the run (check with `tregpd verify {out}`) "
           f"({time.perf_counter() - t0:.0f} s in all)")
     return 0
 

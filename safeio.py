@@ -119,7 +119,22 @@ def read_text_file(path, what: str, max_bytes: int = MAX_INPUT_BYTES, error: typ
         raise error(f"{where} cannot be read: {shorten(exc.strerror or str(exc))}") from None
     if len(data) > max_bytes:  # grew while we looked
         raise error(f"{where} is larger than the limit of {max_bytes} bytes for a {what}")
-    return decode_text(data, where, error)
+    text = decode_text(data, where, error)
+    _note_run(p, data)
+    return text
+
+
+def _note_run(path: Path, data: bytes) -> None:
+    """Warn (:class:`tregpd.rundir.RunWarning`) when an input file comes from a run folder that is not whole
+    or was edited after the run (a manifest check; cheap when the folder has no manifest)."""
+    folder = path.parent
+    if not (os.path.exists(folder / "MANIFEST.json") or os.path.exists(folder / ".tregpd-commit.json")):
+        return
+    from tregpd.rundir import RunWarning, input_note
+    note = input_note(path, data)
+    if note:
+        import warnings
+        warnings.warn(note, RunWarning, stacklevel=3)
 
 
 def decode_text(data: bytes, where: str, error: type = TregpdError) -> str:

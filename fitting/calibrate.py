@@ -64,12 +64,12 @@ def _profile_job(args):
 
 def profiles(fit, n_points: int = 5, workers: int = 2):
     import pandas as pd
-    from concurrent.futures import ProcessPoolExecutor
+    from tregpd.scenarios.backends import process_pool
     from .joint import profile
     names = list(fit.problem.parameter_names)
     jobs = [(fit.problem.model, fit.values, n, n_points) for n in names]
     if workers > 1:
-        with ProcessPoolExecutor(max_workers=min(workers, len(jobs))) as ex:
+        with process_pool(max_workers=min(workers, len(jobs))) as ex:  # workers reaped on error/interrupt
             frames = list(ex.map(_profile_job, jobs))
     else:
         frames = [profile(fit, n, n_points=n_points, max_nfev=60) for n in names]

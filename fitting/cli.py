@@ -32,6 +32,12 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
+#: the files of a ``tregpd fit`` run (an earlier run's are replaced together; a fitted parameter file left
+#: from an earlier run would be taken for this run's result)
+FIT_FILES = ("fitted_parameters.toml", "fitted_parameters_typical.toml", "fit_report.txt", "residuals.csv",
+             "fit.png", "profiles.png", "provenance.json", "posterior*")
+
+
 def run(args: argparse.Namespace) -> int:
     from tregpd.errors import TregpdError
     from tregpd.model.models_cli import check_model
@@ -49,9 +55,21 @@ def run(args: argparse.Namespace) -> int:
     free = None
     if args.free:
         free = tuple(s.strip() for s in args.free.split(",") if s.strip())
-    outcome = run_fit(args.cohort, out_dir=args.out, mode=args.mode, seed=seed, parameters=args.params,
-                      free=free, n_patients=n, emcee_steps=args.emcee, accept_poor_fit=args.accept_poor_fit,
-                      model=structure.name)
+    from tregpd.rundir import RunDir
+    from .workflow import PoorFitError
+    poor = None
+    # one run: staged under --out, moved into place as a whole with MANIFEST.json last; a poor fit is a
+    # complete run too (report, residuals, figures; no parameter file), committed before the error is raised
+    with RunDir(args.out, "tregpd fit", owns=FIT_FILES) as run:
+        try:
+            outcome = run_fit(args.cohort, out_dir=run.path, mode=args.mode, seed=seed, parameters=args.params,
+                              free=free, n_patients=n, emcee_steps=args.emcee,
+                              accept_poor_fit=args.accept_poor_fit, model=structure.name)
+        except PoorFitError as exc:
+            poor = exc
+    if poor is not None:
+        raise PoorFitError(run.final_text(str(poor)), poor.outcome)
+    outcome.files = {k: run.final(p) for k, p in outcome.files.items()}
     res = outcome.residuals
     fit_rows = res[res["role"] == "fitted"]
     print(f"cohort: {outcome.typical.problem.cohort.origin}; model: {structure.name}")

@@ -291,8 +291,8 @@ def fit_under_hypotheses(model: str = "v2_lean", hypotheses: Sequence[RegimenHyp
     jobs = [(h, model, max_nfev, tuple(free) if free is not None else None) for h in hyps]
     rows = []
     if workers > 1 and len(jobs) > 1:
-        from concurrent.futures import ProcessPoolExecutor
-        with ProcessPoolExecutor(max_workers=min(workers, len(jobs))) as ex:
+        from tregpd.scenarios.backends import process_pool
+        with process_pool(max_workers=min(workers, len(jobs))) as ex:  # workers reaped on error/interrupt
             for row in ex.map(_job, jobs):
                 rows.append(row)
                 if progress:

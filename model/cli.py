@@ -45,6 +45,10 @@ def run_sbml(args: argparse.Namespace) -> int:
     return 0
 
 
+#: the files of a ``tregpd simulate`` run (an earlier run's are replaced together)
+SIMULATE_FILES = ("trajectory.csv", "trajectory.png", "provenance.json")
+
+
 def run(args: argparse.Namespace) -> int:
     from .dosing import read_nonmem, reference_regimen, Regimen
     from tregpd.errors import TregpdError
@@ -73,13 +77,16 @@ def run(args: argparse.Namespace) -> int:
                        method=args.method, rtol=args.rtol, model=structure)
     prov = res.provenance(command="tregpd simulate")
     out = Path(args.out)
-    # written without pandas (importing it is a quarter of a small run); same bytes as
-    # atomic_write_frame(res.to_frame()), see tests/test_cli.py::test_trajectory_csv_matches_the_frame_writer
-    atomic_write_text(out / "trajectory.csv", trajectory_csv(res, prov))
-    atomic_write_json(out / "provenance.json", prov)
-    fig = plotting.plot_trajectory(res)
-    # constrained layout already fits the figure: no second ("tight") drawing pass
-    atomic_save_figure(out / "trajectory.png", fig, bbox_inches=None)
+    from tregpd.rundir import RunDir
+    # the three files are one run: staged, moved into place together, MANIFEST.json written last
+    with RunDir(out, "tregpd simulate", owns=SIMULATE_FILES) as run:
+        # written without pandas (importing it is a quarter of a small run); same bytes as
+        # atomic_write_frame(res.to_frame()), see tests/test_cli.py::test_trajectory_csv_matches_the_frame_writer
+        atomic_write_text(run.path / "trajectory.csv", trajectory_csv(res, prov))
+        atomic_write_json(run.path / "provenance.json", prov)
+        fig = plotting.plot_trajectory(res)
+        # constrained layout already fits the figure: no second ("tight") drawing pass
+        atomic_save_figure(run.path / "trajectory.png", fig, bbox_inches=None)
     print(f"Model: {res.model}")
     print(f"Regimen: {res.regimen.name if res.regimen else '?'}")
     if res.regimen is not None and res.regimen.assumption:

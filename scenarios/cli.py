@@ -108,19 +108,38 @@ def _model_name(name):
     return check_model(name).name
 
 
+#: files a scenario batch writes at the top of --out (an earlier run's are replaced together)
+LIBRARY_FILES = ("comparison.*", "comparison_*.png", "answers.md", "answer.md", "summary_all.csv",
+                 "dose_response.png")
+
+
 def run_command(args: argparse.Namespace) -> int:
     from tregpd.errors import ScenarioError
     from .runner import run_library
     from .schema import library_paths
     _warnings_to_stderr()
+    from .schema import load_scenario
+    from tregpd.rundir import RunDir
     files = list(args.files)
     if args.library:
         files += library_paths()
     if not files:
         raise ScenarioError("give scenario files (e.g. scenarios/library/*.toml) or --library")
-    run = run_library(files, args.out, parameters=_load_params(args.params), progress=not args.no_progress,
-                      population=args.population, output_step_day=args.step_day, ratio_target=args.ratio_target,
-                      figures=not args.no_figures, figure_workers=None, model=_model_name(getattr(args, "model", None)))
+    # every file, name and option checked before any work (a bad second scenario leaves nothing behind)
+    scenarios = [load_scenario(f) for f in files]
+    names = [s.name for s in scenarios]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ScenarioError(f"scenario names must be unique (they name the output folders); repeated: {dup}")
+    params = _load_params(args.params)
+    model = _model_name(getattr(args, "model", None))
+    # one run: staged under --out and moved into place as a whole, MANIFEST.json last
+    with RunDir(args.out, "tregpd scenarios run", owns=LIBRARY_FILES + tuple(f"{n}/*" for n in names)) as rd:
+        run = run_library(scenarios, rd.path, parameters=params, progress=not args.no_progress,
+                          population=args.population, output_step_day=args.step_day,
+                          ratio_target=args.ratio_target, figures=not args.no_figures, figure_workers=None,
+                          model=model)
+    run.files = [rd.final(f) for f in run.files]
     print(run.markdown)
     failed = int(run.table["n_failed"].sum())
     if failed:
@@ -169,13 +188,16 @@ def question_command(args: argparse.Namespace) -> int:
     names = list(QUESTIONS) if args.question == "all" else [normalise_question(args.question)]
     model = _model_name(getattr(args, "model", None))
     params = _load_params(args.params)
+    from tregpd.rundir import RunDir
     for q in names:
         if q == "reference" and len(names) > 1:
             continue
-        run = run_question(q, args.out, parameters=params, progress=not args.no_progress,
-                           population=args.population, output_step_day=args.step_day,
-                           ratio_target=args.ratio_target, figures=not args.no_figures, figure_workers=None,
-                           model=model)
+        # each question's folder is one run (staged, MANIFEST.json last)
+        with RunDir(args.out / q, f"tregpd scenarios question {q}", owns=LIBRARY_FILES + ("*/*",)) as rd:
+            run = run_question(q, None, parameters=params, progress=not args.no_progress,
+                               population=args.population, output_step_day=args.step_day,
+                               ratio_target=args.ratio_target, figures=not args.no_figures, figure_workers=None,
+                               model=model, folder=rd.path)
         print(run.answer)
         print(f"wrote {args.out / q}/")
     return 0
@@ -205,12 +227,14 @@ def dosefind_command(args: argparse.Namespace) -> int:
                       model=model_record(res.settings["model"]))
     out = Path(args.out)
     report = res.report()
-    atomic_write_frame(out / "dosefind_grid.csv", res.grid, prov)
-    atomic_write_text(out / "dosefind.md", report)
-    atomic_write_json(out / "provenance.json", {**prov, "best": res.best, "reference": res.reference})
-    fig = plots.plot_dosefind(res.grid, res.best, res.reference, args.max_selectivity)
-    atomic_save_figure(out / "dosefind.png", fig)
-    plots.close(fig)
+    from tregpd.rundir import RunDir
+    with RunDir(out, "tregpd dosefind", owns=("dosefind*", "provenance.json")) as rd:
+        atomic_write_frame(rd.path / "dosefind_grid.csv", res.grid, prov)
+        atomic_write_text(rd.path / "dosefind.md", report)
+        atomic_write_json(rd.path / "provenance.json", {**prov, "best": res.best, "reference": res.reference})
+        fig = plots.plot_dosefind(res.grid, res.best, res.reference, args.max_selectivity)
+        atomic_save_figure(rd.path / "dosefind.png", fig)
+        plots.close(fig)
     print(report)
     print(f"wrote {out}/ (dosefind_grid.csv, dosefind.md, dosefind.png, provenance.json)")
     return 0

@@ -44,11 +44,15 @@ def question_scenarios(question: str, paths: Sequence[str | Path] | None = None)
 def run_question(question: str, out_dir: str | Path | None, parameters=None, paths=None, progress: bool = True,
                  population: int | None = None, output_step_day: float | None = None,
                  ratio_target: float | None = None, figures: bool = True,
-                 figure_workers: int | None = 0, model: str | None = None) -> LibraryRun:
-    """Run one study question; writes ``out_dir/<question>/`` (answer.md, comparison.*, figures)."""
+                 figure_workers: int | None = 0, model: str | None = None, folder=None) -> LibraryRun:
+    """Run one study question; writes ``out_dir/<question>/`` (answer.md, comparison.*, figures), or
+    ``folder`` itself when given (the command line passes a staging folder, see :mod:`tregpd.rundir`)."""
     question = normalise_question(question)
     scenarios = question_scenarios(question, paths)
-    folder = None if out_dir is None else Path(out_dir) / question
+    if folder is not None:
+        folder = Path(folder)
+    elif out_dir is not None:
+        folder = Path(out_dir) / question
     run = run_library(scenarios, folder, parameters=parameters, progress=progress, population=population,
                       output_step_day=output_step_day, ratio_target=ratio_target, figures=figures,
                       figure_workers=figure_workers, model=model)

@@ -138,25 +138,30 @@ def run_trial_command(args: argparse.Namespace) -> int:
                      ratio_target=args.ratio_target if args.ratio_target is not None else DEFAULT_RATIO_TARGET,
                      model=check_model(getattr(args, "model", None)).name, tdm=[t for _, t in pairs])
     check_trial_memory(plan, args.chunk)   # before a cluster is started or anything simulated
-    with make_backend(workers=args.workers, scheduler=args.scheduler) as backend:
-        desc = backend.describe()
-        _print(f"trial: {plan.n_patients} patients x {len(regimens)} regimen(s) on {desc['backend']}"
-               + (f" ({desc['n_workers']} workers, {desc['scheduler']})" if desc["backend"] == "dask" else ""))
-        res = run_trial(plan, args.chunk, backend, progress=not args.no_progress and sys.stderr.isatty())
-    prov = provenance(params, regimens[0] if len(regimens) == 1 else [r.to_dict() for r in regimens],
-                      args.seed, command="tregpd trial", **res.provenance_extra())
     out = Path(args.out)
-    atomic_write_frame(out / "trial_summary.csv", res.summary, prov)
-    atomic_write_json(out / "trial_summary.json",
-                      {"provenance": prov, "summary": res.summary.to_dict(orient="records")})
-    written = [out / "trial_summary.csv", out / "trial_summary.json"]
-    if not args.no_plot:
-        from .scale_plots import plot_trial_summary
-        fig = plot_trial_summary(res.summary)
-        atomic_save_figure(out / "trial_summary.png", fig)
-        import matplotlib.pyplot as plt
-        plt.close(fig)
-        written.append(out / "trial_summary.png")
+    from tregpd.rundir import RunDir
+    # one run: staged under out/, moved into place with MANIFEST.json last; Dask's scratch space inside it
+    with RunDir(out, "tregpd trial", owns=("trial_summary.*",)) as run:
+        with make_backend(workers=args.workers, scheduler=args.scheduler,
+                          local_directory=run.scratch if (args.workers or args.scheduler) else None) as backend:
+            desc = backend.describe()
+            _print(f"trial: {plan.n_patients} patients x {len(regimens)} regimen(s) on {desc['backend']}"
+                   + (f" ({desc['n_workers']} workers, {desc['scheduler']})" if desc["backend"] == "dask"
+                      else ""))
+            res = run_trial(plan, args.chunk, backend, progress=not args.no_progress and sys.stderr.isatty())
+        prov = provenance(params, regimens[0] if len(regimens) == 1 else [r.to_dict() for r in regimens],
+                          args.seed, command="tregpd trial", **res.provenance_extra())
+        atomic_write_frame(run.path / "trial_summary.csv", res.summary, prov)
+        atomic_write_json(run.path / "trial_summary.json",
+                          {"provenance": prov, "summary": res.summary.to_dict(orient="records")})
+        written = [out / "trial_summary.csv", out / "trial_summary.json"]
+        if not args.no_plot:
+            from .scale_plots import plot_trial_summary
+            fig = plot_trial_summary(res.summary)
+            atomic_save_figure(run.path / "trial_summary.png", fig)
+            import matplotlib.pyplot as plt
+            plt.close(fig)
+            written.append(out / "trial_summary.png")
     for reg in regimens:
         if reg.assumption:
             _print(f"{reg.name}: {reg.assumption}")
@@ -187,12 +192,16 @@ def run_sensitivity_command(args: argparse.Namespace) -> int:
     structure = check_model(getattr(args, "model", None))
     params = load_parameters(args.params)
     regimen = resolve_regimen(args.regimen, 24.0)
-    with make_backend(workers=args.workers, scheduler=args.scheduler) as backend:
-        written = write_sensitivity(params, args.out, methods=args.method, n=args.n, regimen=regimen,
-                                    seed=args.seed, backend=backend, chunk=args.chunk, top=args.top,
-                                    plot=not args.no_plot, progress=not args.no_progress and sys.stderr.isatty(),
-                                    model=structure.name)
-    _print("wrote " + ", ".join(str(p) for p in written))
+    from tregpd.rundir import RunDir
+    with RunDir(args.out, "tregpd sensitivity", owns=("sensitivity_*",)) as run:
+        with make_backend(workers=args.workers, scheduler=args.scheduler,
+                          local_directory=run.scratch if (args.workers or args.scheduler) else None) as backend:
+            written = write_sensitivity(params, run.path, methods=args.method, n=args.n, regimen=regimen,
+                                        seed=args.seed, backend=backend, chunk=args.chunk, top=args.top,
+                                        plot=not args.no_plot,
+                                        progress=not args.no_progress and sys.stderr.isatty(),
+                                        model=structure.name, echo=lambda msg: _print(run.final_text(msg)))
+    _print("wrote " + ", ".join(str(run.final(p)) for p in written))
     return 0
 
 

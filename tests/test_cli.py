@@ -29,7 +29,8 @@ def test_simulate_end_to_end(tmp_path, capsys, params):
     assert code == 0, err
     for name in ("trajectory.csv", "trajectory.png", "provenance.json"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
-    assert sorted(p.name for p in out.iterdir()) == ["provenance.json", "trajectory.csv", "trajectory.png"]
+    assert sorted(p.name for p in out.iterdir()) == ["MANIFEST.json", "provenance.json", "trajectory.csv",
+                                                    "trajectory.png"]
     text = (out / "trajectory.csv").read_text()
     assert text.startswith("# tregpd_version: ")
     assert "# seed: " in text and "# regimen: " in text and "# parameters: " in text
@@ -150,8 +151,8 @@ def test_help_and_no_command(capsys):
 
 
 def test_interrupt_exits_130_and_leaves_no_partial_file(tmp_path, capsys, monkeypatch):
-    """Ctrl-C while the figure is being written: exit 130, one line, and no temporary or half-written file
-    (the files already written are complete)."""
+    """Ctrl-C while the figure is being written: exit 130, one line that says what is left, and nothing of
+    the run (the run is staged as a whole, see tests/test_run_atomic.py)."""
     import tregpd.io as tio
 
     def interrupted_figure(path, fig, **kw):
@@ -166,11 +167,9 @@ def test_interrupt_exits_130_and_leaves_no_partial_file(tmp_path, capsys, monkey
     code, _, err = run_cli(["simulate", "--weeks", 1, "--step-day", 7, "--out", out], capsys)
     monkeypatch.undo()
     assert code == 130
-    assert err.strip() == "tregpd simulate: interrupted; no partial output was written"
-    names = sorted(p.name for p in out.iterdir())
-    assert names == ["provenance.json", "trajectory.csv"]  # complete files only; no .tmp left behind
-    json.loads((out / "provenance.json").read_text())
-    assert len(pd.read_csv(out / "trajectory.csv", comment="#")) > 0
+    assert err.strip() == (f"tregpd simulate: interrupted; {str(out)!r} was not created (nothing of the "
+                           f"interrupted run was kept there)")
+    assert not out.exists()  # no CSV without its figure, no .tmp left behind
 
 
 HEAVY = ("numba", "numpy", "pandas", "matplotlib", "scipy", "lmfit", "dask", "pyarrow")

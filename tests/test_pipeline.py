@@ -12,11 +12,19 @@ from tregpd.cli import main
 @pytest.mark.slow
 def test_main_job_quick(tmp_path, capsys):
     out = tmp_path / "out"
+    (out / "fit").mkdir(parents=True)
+    (out / "fit" / "old_figure.png").write_bytes(b"from an earlier run")   # must not stay beside the new run
     assert main(["all", "--quick", "--out", str(out)]) == 0
     capsys.readouterr()
-    for rel in ("SUMMARY.md", "report.html", "calibration/model_comparison.csv",
-                "calibration/calibrated_parameters.toml", "calibration/report.md", "validate/validation.csv",
-                "validate/validation.md",
+    # the whole out/ is one run: MANIFEST.json lists every file (the steps' own manifests too), nothing else
+    from tregpd.rundir import verify_run
+    check = verify_run(out)
+    assert check.ok, check.summary()
+    listed = {e["path"] for e in check.manifest["files"]}
+    assert {"SUMMARY.md", "reference/MANIFEST.json", "reference/trajectory.csv"} <= listed
+    assert not (out / "fit" / "old_figure.png").exists()
+    for rel in ("SUMMARY.md", "report.html", "calibration/model_comparison.csv", "calibration/calibrated_parameters.toml",
+                "calibration/report.md", "validate/validation.csv", "validate/validation.md",
                 "fit/fitted_parameters.toml", "fit/fit_report.txt", "fit/fit.png",
                 "reference/trajectory.csv", "reference/trajectory.png", "sensitivity/sensitivity_local.csv",
                 "scenarios/comparison.csv", "scenarios/comparison.md", "scenarios/dose_response.png"):

@@ -283,9 +283,15 @@ def test_fit_that_does_not_fit_exits_nonzero_unless_accepted(tmp_path):
     report = (out / "fit_report.txt").read_text()
     assert re.search(r"POOR FIT: [12] of 2 fitted statistics are more than 3 SE", report)
     assert "il2_emax_treg" in report and "lower bound 0" in report
+    # a poor fit is still one complete run (report, residuals, figures), and the message names the real folder
+    from tregpd.rundir import verify_run
+    check = verify_run(out)
+    assert check.ok and "fitted_parameters.toml" not in {e["path"] for e in check.manifest["files"]}
+    assert str(out / "fit_report.txt") in err and ".tregpd-stage" not in err
     code, stdout, err = _cli(argv + ["--accept-poor-fit"])
     assert code == 0, err
     assert (out / "fitted_parameters.toml").is_file() and "verdict: POOR FIT" in stdout
+    assert verify_run(out).ok and f"wrote {out / 'fitted_parameters.toml'}" in stdout
 
 
 def test_fit_verdict_rules():
@@ -519,7 +525,8 @@ def test_disk_full_is_one_line_naming_the_file(tmp_path, monkeypatch):
     monkeypatch.setattr(tio, "atomic_write_bytes", full)
     code, _, err = _cli(["simulate", "--weeks", "1", "--out", str(tmp_path / "sim")])
     assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
-    assert "No space left on device" in err and "trajectory.png" in err and "incomplete" in err
+    assert "No space left on device" in err and str(tmp_path / "sim" / "trajectory.png") in err
+    assert "nothing of this run was kept" in err and not (tmp_path / "sim").exists()
 
 
 def test_write_failure_without_a_filename_gets_one(tmp_path, monkeypatch):
