@@ -206,6 +206,15 @@ def patient_metrics(time_day: np.ndarray, values: Mapping[str, np.ndarray], repo
         tw = float(t_treat_end) / 7.0
         units = {"time_to_peak": "week", "time_to_nadir": "week", "weeks_to_baseline": "week"}
         per = treatment_outcomes(t, values, float(t_treat_end), outcome_weeks)
+        if t_treat_end > t[0] and "th17" in values:
+            at = {v: value_at(t, values[v], float(t_treat_end)) for v in ("treg", "ratio")}
+            out.append(("fraction_healthy_end_of_treatment", tw, "fraction",
+                        in_range(at["treg"], "treg") & in_range(at["ratio"], "ratio"), "1"))
+            out.append(("fraction_healthy_treg_end_of_treatment", tw, "fraction", in_range(at["treg"], "treg"), "1"))
+            out.append(("fraction_healthy_ratio_end_of_treatment", tw, "fraction",
+                        in_range(at["ratio"], "ratio"), "1"))
+            out.append(("fraction_treg_above_healthy_end_of_treatment", tw, "fraction",
+                        at["treg"] > HEALTHY_RANGE["treg"][1], "1"))
         for key, x in per.items():
             var = key.split("_", 1)[0]
             unit = next((u for suffix, u in units.items() if key.endswith(suffix)), UNITS[var])
@@ -346,7 +355,7 @@ def _order_percentiles(x: np.ndarray, q: tuple[float, float]) -> tuple[float, fl
         lo, hi = np.percentile(x, q)
         return float(lo), float(hi)
     big = np.max(np.abs(x[finite]), initial=0.0) * 4 + 1e12
-    y = np.percentile(np.where(finite, x, np.sign(x) * big), q)
+    y = np.percentile(np.where(finite, x, np.sign(x) * big), q, method="inverted_cdf")
     return tuple(float(np.sign(v) * np.inf) if abs(v) > big / 2 else float(v) for v in y)
 
 
@@ -489,8 +498,9 @@ def return_time(time_day: np.ndarray, values: np.ndarray, baseline: np.ndarray, 
 
 
 def percentile_stats_inf(x: np.ndarray) -> dict[str, float]:
-    """:func:`percentile_stats` for data that may hold ``inf`` ("not within follow-up"): the order statistic
-    is ``inf`` where it falls among the infinite values (no ``inf - inf`` interpolation)."""
+    """:func:`percentile_stats` for data that may hold ``inf`` ("not within follow-up"). Finite data: as
+    :func:`percentile_stats`. With infinite values: order statistics (numpy's "inverted_cdf", no interpolation
+    between a finite value and ``inf``), ``inf`` where the statistic falls among the infinite values."""
     x = np.asarray(x, dtype=float)
     if x.size == 0:
         return {k: float("nan") for k, _ in PERCENTILES}
@@ -498,7 +508,8 @@ def percentile_stats_inf(x: np.ndarray) -> dict[str, float]:
     if finite.all():
         return percentile_stats(x)
     big = np.nanmax(np.where(finite, np.abs(x), 0.0)) * 4 + 1e12
-    q = percentile_stats(np.where(finite, x, big))
+    y = np.where(finite, x, big)
+    q = {k: float(np.percentile(y, p, method="inverted_cdf")) for k, p in PERCENTILES}
     return {k: (float("inf") if v > big / 2 else v) for k, v in q.items()}
 
 

@@ -10,13 +10,15 @@ Per scenario, into ``out_dir/<name>/``:
   header comments and the Parquet metadata.
 * ``patients.parquet`` (``outputs`` contains "patients"): every patient's trajectory, tidy.
 * ``summary.csv``: the tidy summary (see :mod:`tregpd.scenarios.metrics`).
-* ``trajectories.png``: median and 90 % band of Treg, Th17 and ratio, with the healthy ranges (when ``outputs``
-  contains "png" and the scenario's ``figures`` is true).
+* ``trajectories.png``: median of Treg, Th17 and ratio with the between-patient range (5-95 % of virtual patients)
+  and the uncertainty of the median (parameter draws), with the healthy ranges (when ``outputs`` contains "png"
+  and the scenario's ``figures`` is true).
 * ``provenance.json``.
 
 Across scenarios (:func:`run_library`): ``comparison.csv`` and ``comparison.md`` (one row per scenario),
 ``answers.md`` (one short answer per study question present, see :mod:`tregpd.scenarios.questions`),
-``summary_all.csv``, ``comparison.png`` (trajectories for up to 8 scenarios, else week-24 bar charts),
+``summary_all.csv``, ``comparison.png`` (trajectories for up to 8 scenarios, else bar charts at the comparison
+week), ``bands.png`` (both bands for the reference, the best-ranked and the best-ranked flagged regimen),
 ``comparison_<question>.png`` (trajectories of the reference and each study question's scenarios, for larger
 runs) and ``dose_response.png`` (unless ``figures=False``).
 """
@@ -358,7 +360,7 @@ def run_library(paths: Sequence[str | Path | Scenario], out_dir: str | Path | No
         import pandas as pd
         if not Path(hypotheses).is_file():
             raise ScenarioError(f"--hypotheses: {hypotheses} does not exist (run `tregpd hypotheses` first)")
-        hypotheses = pd.read_csv(hypotheses, comment="#")
+        hypotheses = pd.read_csv(hypotheses)
     if isinstance(parameters, (str, Path)):
         parameters = load_parameters(parameters)
     from tregpd.plotting import FigureWriter, figure_workers as auto_workers
@@ -370,6 +372,29 @@ def run_library(paths: Sequence[str | Path | Scenario], out_dir: str | Path | No
         run = _run_library(scenarios, out_dir, parameters, progress, parallel, figures, writer, hypotheses)
     run.seconds = time.perf_counter() - t0
     return run
+
+
+def bands_figure_scenarios(table, outcomes) -> list[str]:
+    """The scenarios of ``bands.png``: the reference, the best-ranked unflagged regimen and the best-ranked
+    flagged one with other cumulative doses than those already shown (at most three, among those that carry
+    the median band)."""
+    with_band = {o.scenario.name for o in outcomes if o.band is not None}
+    if not with_band:
+        return []
+    t = table[table["scenario"].isin(with_band)].sort_values("rank") if "rank" in table else table
+    picks = list(t.loc[t["question"] == "reference", "scenario"][:1])
+    if "flagged" not in t:
+        return picks
+    doses = {r["scenario"]: (round(r["il2_miu_total"], 6), round(r["sirolimus_mg_total"], 6))
+             for r in t.to_dict("records")}
+    used = {doses[n] for n in picks}
+    for flagged in (False, True):       # a different regimen (other doses), not the same one run longer
+        for n in t.loc[t["flagged"] == flagged, "scenario"]:
+            if n not in picks and doses[n] not in used:
+                picks.append(n)
+                used.add(doses[n])
+                break
+    return picks
 
 
 def _run_library(scenarios, out_dir, parameters, progress, parallel, figures, writer, hypotheses=None) -> LibraryRun:
@@ -416,6 +441,10 @@ def _run_library(scenarios, out_dir, parameters, progress, parallel, figures, wr
                     files.append(writer.submit(plots.comparison_figure, out / f"comparison_{q}.png", group,
                                                title=f"{q}: {QUESTIONS[q]}", max_trajectories=max(8, len(group)),
                                                save=save))
+            shown = bands_figure_scenarios(table, outcomes)
+            if shown:
+                files.append(writer.submit(plots.plot_bands, out / "bands.png",
+                                           [v for v in views if v.scenario.name in shown], save=save))
             if plots.dose_response_series(table):
                 files.append(writer.submit(plots.plot_dose_response, out / "dose_response.png", table, save=save))
     return LibraryRun(outcomes, table, md, files, 0.0)

@@ -150,7 +150,7 @@ def hypothesis_parameter_sets(table, params: ParameterSet) -> list[tuple[str, Pa
         path = Path(table)
         if not path.is_file():
             raise ScenarioError(f"regimen hypotheses: {path} does not exist (run `tregpd hypotheses` first)")
-        table = pd.read_csv(path, comment="#")
+        table = pd.read_csv(path)
     cols = [c for c in table.columns if c.startswith("param_") and c[6:] in params.parameters]
     if "hypothesis" not in table.columns or not cols:
         raise ScenarioError("regimen hypotheses: the table needs a 'hypothesis' column and param_<name> columns "
