@@ -3,7 +3,9 @@
 Definitions (every statistic over the successfully integrated patients; failed patients are counted and
 reported, never averaged in):
 
-* **Treg, Th17, ratio at week w**: median and the 5th/95th percentiles (a 90 % interval) across patients. The
+* **Treg, Th17, ratio at week w**: median and the 5th/95th percentiles across patients (the between-patient
+  range, band ``between_patients_5_95``; the uncertainty of the median is another band, ``median_uncertainty_90``,
+  from :mod:`tregpd.scenarios.uncertainty`, added by the runner as ``median_lower``/``median_upper``). The
   ratio is Th17/Treg computed per patient, then summarised (as the study reports it).
 * **Change from baseline**: per patient, ``x(w) - x(0)`` (absolute) and ``100 (x(w) - x(0)) / x(0)`` (percent);
   then median and 5/95 % across patients. (The change of the medians is not the median of the changes.)
@@ -19,6 +21,11 @@ reported, never averaged in):
   day after every IL-2 dose (:func:`peak_grid`); s.c. IL-2 peaks a few hours after each dose and is gone within
   a day (t1/2 ~ 1-3 h), so this grid contains the true peak up to the grid's resolution. A margin of 0.03 means
   the peak reaches 3 % of EC50_E, i.e. about 3 % occupancy of the intermediate receptor on effector cells.
+* **Outcomes over time** (:func:`treatment_outcomes`), over each regimen's own treatment window ``[0, t_end]``
+  (last dose + one interval): Treg peak and time to peak, ratio nadir and time to it, time averages, the value
+  at ``t_end``, durability (weeks until back within :data:`RETURN_TOLERANCE` of the patient's baseline, ``inf``
+  when not within follow-up, counted in ``*_not_back_within_followup``), and fractions in the healthy range /
+  above the healthy Treg maximum at ``t_end``. Reported at week ``t_end / 7``.
 * **Drug exposure**: AUC of IL-2 (pM·day) and sirolimus (ng/mL·day, whole blood) from day 0 to week w (the
   model's ``auc_*`` outputs); cumulative amount given (MIU, mg); sirolimus trough (the concentration at the
   time of the last sirolimus dose) and peak over the day after it.

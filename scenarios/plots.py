@@ -114,8 +114,9 @@ def plot_bands(outcomes, axes=None, variables=(("treg", "Treg (cells/µL)"), ("r
     outcomes = list(outcomes)
     fig, axes = _axes(axes, len(variables), (5.2 * len(variables), 3.9))
     cmap = colormap("tab10")
+    palette = ("tab:blue", "tab:orange", "tab:purple", "tab:red", "tab:brown")   # not the healthy range's green
     for k, o in enumerate(outcomes):
-        color = cmap(k % 10)
+        color = palette[k] if k < len(palette) else cmap(k % 10)
         res = o.result
         weeks = res.time_day / 7.0
         mb = getattr(o, "median_band", None)
@@ -143,9 +144,10 @@ def plot_bands(outcomes, axes=None, variables=(("treg", "Treg (cells/µL)"), ("r
 def plot_comparison(outcomes, axes=None, max_trajectories: int = 8, max_bands: int = 4):
     """Compare scenarios.
 
-    With at most ``max_trajectories`` scenarios: median trajectories of Treg, Th17 and ratio (with 90 % bands
-    when there are at most ``max_bands``),
-    and a bar chart of the week-24 (or last) median ratio with 90 % intervals. With more: bar charts of
+    With at most ``max_trajectories`` scenarios: median trajectories of Treg, Th17 and ratio (with both bands,
+    between patients and uncertainty of the median, when there are at most ``max_bands``),
+    and a bar chart of the median ratio at each scenario's comparison week with both bands (thin bar: between
+    patients 5-95 %; thick: uncertainty of the median). With more: bar charts of
     week-24 Treg and ratio only (one bar per scenario, coloured by study question), since dozens of
     overlaid trajectories cannot be read; use per-question figures for trajectories.
 
