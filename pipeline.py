@@ -106,8 +106,12 @@ def run(args: argparse.Namespace) -> int:
 
     print(f"== {next(step)}/{n_steps} scenario library with the calibrated parameters", flush=True)
     hyp_csv = out / "hypotheses" / "hypotheses.csv"
+    from tregpd.scenarios.uncertainty import calibrated_names
+    # the median band draws the parameters the profiles identify; without profiles (--quick) there are none
+    band_kinds = None if calibrated_names(params, chosen) else ["patients"]
     lib = run_library(library_paths(), out / "scenarios", parameters=params, progress=True,
-                      population=population, hypotheses=hyp_csv if hyp_md and hyp_csv.is_file() else None)
+                      population=population, hypotheses=hyp_csv if hyp_md and hyp_csv.is_file() else None,
+                      bands=band_kinds)
     print(lib.markdown)
 
     keep = ["week", "observable", "statistic", "value", "role", "model_typical", "relative_error",
@@ -175,7 +179,8 @@ def _bands_note(lib, with_hypotheses: bool) -> str:
         text += (". The parameters the calibration only bounds (role `bounded`) and the priors are held fixed "
                  "(an assumption: the band is a lower bound on the parameter uncertainty).")
     else:
-        text += "not computed in this run."
+        text += ("not computed in this run: no parameter has role `calibrated` (the profiles that identify them "
+                 "are skipped with --quick).")
     return text
 
 

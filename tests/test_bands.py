@@ -290,3 +290,23 @@ def test_cli_outputs_carry_both_bands_and_the_new_outcomes(tmp_path, capsys):
     assert rc == 0
     traj = pd.read_csv(tmp_path / "p" / "shanxi_reference" / "trajectories.csv", comment="#")
     assert set(traj["band"].dropna()) == {"between_patients_5_95"}
+
+
+def test_dosefind_flags_over_expansion_with_the_same_rule(tmp_path, capsys):
+    """3 MIU every day continuously over-expands Treg: flagged by the comparison's rule, never the best."""
+    from tregpd.scenarios.dosefind import dose_find
+    res = dose_find(doses=(0.5, 3.0), intervals=(1.0,), course_days=(5.0, 28.0), population=6, progress=False,
+                    max_selectivity=1.0)
+    g = res.grid.set_index("regimen")
+    assert g.loc["3MIU_q1d_continuous", "treg_peak_on_treatment"] > M.HEALTHY_RANGE["treg"][1]
+    assert "treg_above_healthy" in g.loc["3MIU_q1d_continuous", "flags"]
+    assert not g.loc["3MIU_q1d_continuous", "feasible"] and res.best["regimen"] != "3MIU_q1d_continuous"
+    assert res.settings["rule"] == ranking_rule(max_treg=M.HEALTHY_RANGE["treg"][1], max_selectivity=1.0)
+    assert res.settings["rule"] in res.report()
+
+
+def test_compare_week_option_is_checked(tmp_path, capsys):
+    rc = cli_main(["scenarios", "run", str(LIB["untreated"]), "--compare-week", "-3", "--out", str(tmp_path),
+                   "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc != 0 and "--compare-week must be a number of weeks > 0, got -3.0" in err

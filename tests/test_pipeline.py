@@ -32,6 +32,8 @@ def test_main_job_quick(tmp_path, capsys):
     assert float(wk24.iloc[0]) == pytest.approx(sim.at("treg", 168.0)[0], rel=1e-5)
     summary = (out / "SUMMARY.md").read_text()
     assert "shanxi_reference" in summary
+    assert "**Between patients**: 5–95 % of the virtual patients" in summary and "Ranking rule" in summary
+    assert "90% PI" not in summary
     assert "Model comparison" in summary and f"Chosen: `{chosen}`" in summary
     assert "numbers in tolerance" in summary and "Validation, study by study" in summary
     validation = pd.read_csv(out / "validate" / "validation.csv", comment="#")
