@@ -49,9 +49,10 @@ def ranking_rule(max_treg: float | None = M.HEALTHY_RANGE["treg"][1], max_select
     """The ranking rule of :func:`rank_regimens`, in words (printed with every ranking)."""
     flags = []
     if max_treg is not None:
-        flags.append(f"median Treg above {max_treg:g} cells/uL (healthy maximum, Niu) at the end of treatment, at "
-                     f"its on-treatment peak or at the comparison week, or at least {100 * over_fraction:g} % of "
-                     "patients above it at the end of treatment (`treg_above_healthy`)")
+        flags.append(f"the median Treg is above {max_treg:g} cells/uL (healthy maximum, Niu) at the end of "
+                     "treatment, at its on-treatment peak or at the comparison week (`median_treg_above_healthy`)")
+        flags.append(f"at least {100 * over_fraction:g} % of patients have Treg above it at the end of treatment "
+                     "(`patients_treg_above_healthy`)")
     if max_selectivity is not None:
         flags.append(f"95th-percentile selectivity margin (peak IL-2 / EC50_E) above {max_selectivity:g} "
                      "(`selectivity`)")
@@ -79,9 +80,11 @@ def ranking_flags(frame, max_treg: float | None = M.HEALTHY_RANGE["treg"][1],
         over = np.zeros(n, dtype=bool)
         for c in ("treg_median_eot", "treg_peak_on_treatment", "treg_median_cmp"):
             over |= np.nan_to_num(col(c), nan=-np.inf) > max_treg
-        over |= np.nan_to_num(col("fraction_treg_above_healthy_eot"), nan=0.0) >= over_fraction
         for i in np.flatnonzero(over):
-            out[i].append("treg_above_healthy")
+            out[i].append("median_treg_above_healthy")
+        many = np.nan_to_num(col("fraction_treg_above_healthy_eot"), nan=0.0) >= over_fraction
+        for i in np.flatnonzero(many):
+            out[i].append("patients_treg_above_healthy")
     if max_selectivity is not None:
         for i in np.flatnonzero(np.nan_to_num(col("selectivity_margin_p95"), nan=0.0) > max_selectivity):
             out[i].append("selectivity")
@@ -322,8 +325,9 @@ def answer_text(question: str, run: LibraryRun) -> str:
     lines += [ranking_rule(), "", "Ranking (median [between-patient 5–95 %] {uncertainty of the median}):", ""]
     for r in t.to_dict("records"):
         flag = f" — FLAGGED: {r['flags']}" if r["flags"] else ""
-        lines.append(f"{r['rank']}. **{r['scenario']}**{flag}: at the end of treatment (week "
-                     f"{_fmt(r['treatment_end_week'], 1)}) {100 * r['fraction_healthy_eot']:.0f} % of patients in "
+        when = (f"at the end of treatment (week {_fmt(r['treatment_end_week'], 1)})" if r["treatment_end_week"] > 0
+                else f"untreated, at week {r['compare_week']:g}")
+        lines.append(f"{r['rank']}. **{r['scenario']}**{flag}: {when} {100 * r['fraction_healthy_eot']:.0f} % of patients in "
                      f"the healthy range, Treg {_bands(r, 'treg', 1, 'eot')} cells/µL, Th17/Treg "
                      f"{_bands(r, 'ratio', 2, 'eot')}; mean Th17/Treg on treatment "
                      f"{_fmt(r['ratio_mean_on_treatment'])}; Treg peak {_fmt(r['treg_peak_on_treatment'], 1)} "

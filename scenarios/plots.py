@@ -101,6 +101,15 @@ def _week24(o):
     return float(w) if w is not None else (24.0 if o.scenario.weeks >= 24 else float(o.scenario.weeks))
 
 
+def _end_of_treatment(o, var):
+    """(metric, week) of ``var`` at the end of the outcome's own treatment window; untreated: the comparison
+    week."""
+    t_end = o.value("treatment_end_week", None, "value")
+    if np.isfinite(t_end) and t_end > 0:
+        return f"{var}_end_of_treatment", float(t_end)
+    return var, _week24(o)
+
+
 def plot_bands(outcomes, axes=None, variables=(("treg", "Treg (cells/µL)"), ("ratio", "Th17/Treg"))):
     """Treg and ratio of a few scenarios (2-3 read well), each with both bands: the between-patient range
     (5-95 % of virtual patients, light) and the uncertainty of the median (5-95 % over parameter draws, dark).
@@ -146,9 +155,10 @@ def plot_comparison(outcomes, axes=None, max_trajectories: int = 8, max_bands: i
 
     With at most ``max_trajectories`` scenarios: median trajectories of Treg, Th17 and ratio (with both bands,
     between patients and uncertainty of the median, when there are at most ``max_bands``),
-    and a bar chart of the median ratio at each scenario's comparison week with both bands (thin bar: between
-    patients 5-95 %; thick: uncertainty of the median). With more: bar charts of
-    week-24 Treg and ratio only (one bar per scenario, coloured by study question), since dozens of
+    and a bar chart of the median ratio at the end of each regimen's own treatment window (untreated: the
+    comparison week) with both bands (thin bar: between patients 5-95 %; thick: uncertainty of the median).
+    With more: bar charts of
+    Treg and ratio at the end of treatment only (one bar per scenario, coloured by study question), since dozens of
     overlaid trajectories cannot be read; use per-question figures for trajectories.
 
     Parameters
@@ -199,14 +209,15 @@ def plot_comparison(outcomes, axes=None, max_trajectories: int = 8, max_bands: i
         colors = [qcmap(qs.index(o.scenario.question) % 10) if o.scenario.question in qs else "grey"
                   for o in outcomes]
         bar_axes = [(axes[0], "treg", "Treg (cells/µL)"), (axes[1], "ratio", "Th17/Treg")]
-    names = [o.scenario.name + f" (wk{_week24(o):g})" for o in outcomes]
+    names = [o.scenario.name + f" (wk{_end_of_treatment(o, 'ratio')[1]:.3g})" for o in outcomes]
     x = np.arange(len(outcomes))
     for ax, var, ylabel in bar_axes:
-        med = np.array([o.value(var, _week24(o), "median") for o in outcomes])
-        lo = np.array([o.value(var, _week24(o), "p05") for o in outcomes])
-        hi = np.array([o.value(var, _week24(o), "p95") for o in outcomes])
-        mlo = np.array([o.value(var, _week24(o), "median_lower") for o in outcomes])
-        mhi = np.array([o.value(var, _week24(o), "median_upper") for o in outcomes])
+        at = [_end_of_treatment(o, var) for o in outcomes]
+        med = np.array([o.value(m, w, "median") for o, (m, w) in zip(outcomes, at)])
+        lo = np.array([o.value(m, w, "p05") for o, (m, w) in zip(outcomes, at)])
+        hi = np.array([o.value(m, w, "p95") for o, (m, w) in zip(outcomes, at)])
+        mlo = np.array([o.value(m, w, "median_lower") for o, (m, w) in zip(outcomes, at)])
+        mhi = np.array([o.value(m, w, "median_upper") for o, (m, w) in zip(outcomes, at)])
         _shade_healthy(ax, var)
         ax.bar(x, med, color=colors, alpha=0.85)
         ax.errorbar(x, med, yerr=[med - lo, hi - med], fmt="none", ecolor="k", lw=0.8, capsize=2,
@@ -219,7 +230,7 @@ def plot_comparison(outcomes, axes=None, max_trajectories: int = 8, max_bands: i
             target = outcomes[0].value("ratio_target", None, "value")
             if np.isfinite(target):
                 ax.axhline(target, color="k", ls="--", lw=0.8, label=f"target {target:g}")
-        ax.set_ylabel(f"{ylabel} at the comparison week\nmedian, thin bar: between patients 5–95 %,\n"
+        ax.set_ylabel(f"{ylabel} at the end of treatment\nmedian, thin bar: between patients 5–95 %,\n"
                       "thick: uncertainty of the median", fontsize=8)
         ax.grid(alpha=0.3, axis="y")
         ax.set_xticks(x)

@@ -84,9 +84,10 @@ def calibration_covariance(params: ParameterSet, model: str, max_nfev: int = 40)
     """
     names = calibrated_names(params, model)
     if not names:
-        raise ScenarioError("the 'median' band needs a calibrated parameter file (entries with role = "
-                            "\"calibrated\", as written by `tregpd calibrate`); this one has none: use bands = "
-                            "[\"patients\"] or pass --params with a calibrated file")
+        raise ScenarioError(f"the 'median' band needs a calibrated parameter file (entries with role = "
+                            f"\"calibrated\", as written by `tregpd calibrate`, that model {model!r} reads); "
+                            f"{params.name!r} has none: use bands = [\"patients\"] (--bands patients) or pass "
+                            "--params with a calibrated file")
     key = (model, tuple(sorted((n, float(p.value)) for n, p in params.parameters.items())))
     if key in _COV_CACHE:
         return _COV_CACHE[key]

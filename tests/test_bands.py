@@ -156,8 +156,9 @@ def test_over_expanding_regimen_is_flagged_and_never_first():
     ])
     r = rank_regimens(t).set_index("scenario")
     assert list(rank_regimens(t)["scenario"][:3]) == ["course_cheaper", "course", "untreated"]
-    for name in ("daily", "peak_only", "many_above"):
-        assert r.loc[name, "flags"] == "treg_above_healthy" and r.loc[name, "rank"] > 3
+    assert r.loc["daily", "flags"] == r.loc["peak_only", "flags"] == "median_treg_above_healthy"
+    assert r.loc["many_above", "flags"] == "patients_treg_above_healthy"
+    assert (r.loc[["daily", "peak_only", "many_above"], "rank"] > 3).all()
     assert "FLAGGED" in ranking_rule() and "64.58" in ranking_rule()
 
 
@@ -169,7 +170,7 @@ def test_real_daily_il2_is_flagged_and_ranked_after_the_reference(tmp_path):
                       output_step_day=7.0, bands=["patients"])
     t = run.table.set_index("scenario")
     assert t.loc["il2_freq_daily", "treg_peak_on_treatment"] > M.HEALTHY_RANGE["treg"][1]
-    assert "treg_above_healthy" in t.loc["il2_freq_daily", "flags"]
+    assert "median_treg_above_healthy" in t.loc["il2_freq_daily", "flags"]
     assert t.loc["shanxi_reference", "rank"] < t.loc["il2_freq_daily", "rank"]
     md = comparison_markdown(run.table)
     assert "Ranking rule" in md and "between-patient range" in md and "90% PI" not in md
@@ -299,7 +300,7 @@ def test_dosefind_flags_over_expansion_with_the_same_rule(tmp_path, capsys):
                     max_selectivity=1.0)
     g = res.grid.set_index("regimen")
     assert g.loc["3MIU_q1d_continuous", "treg_peak_on_treatment"] > M.HEALTHY_RANGE["treg"][1]
-    assert "treg_above_healthy" in g.loc["3MIU_q1d_continuous", "flags"]
+    assert "median_treg_above_healthy" in g.loc["3MIU_q1d_continuous", "flags"]
     assert not g.loc["3MIU_q1d_continuous", "feasible"] and res.best["regimen"] != "3MIU_q1d_continuous"
     assert res.settings["rule"] == ranking_rule(max_treg=M.HEALTHY_RANGE["treg"][1], max_selectivity=1.0)
     assert res.settings["rule"] in res.report()
