@@ -242,6 +242,15 @@ def run_scenario(scenario: Scenario | str | Path, out_dir: str | Path | None, pa
         raise TregpdError(f"scenario {scenario.name!r}: integration failed for all {res.n_patients} patients "
                           f"(e.g. patient {f[0]}: {f[1]} at t = {f[2]:.4g} d)")
     band = None
+    if "median" in scenario.bands and not scenario.bands_requested:
+        from .uncertainty import calibrated_names
+        if not calibrated_names(params, scenario.model):
+            import warnings
+            from .schema import ScenarioWarning
+            warnings.warn(f"scenario {scenario.name!r}: no uncertainty-of-the-median band: parameter set "
+                          f"{params.name!r} has no parameter with role 'calibrated' for model {scenario.model!r} "
+                          "(only the between-patient range is reported)", ScenarioWarning, stacklevel=2)
+            scenario = scenario.with_overrides(bands=[b for b in scenario.bands if b != "median"])
     if "median" in scenario.bands:
         from .uncertainty import hypothesis_parameter_sets, median_uncertainty
         if hypotheses is not None and not isinstance(hypotheses, list):

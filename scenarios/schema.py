@@ -128,6 +128,10 @@ class Scenario:
         The file it was read from.
     bands : tuple of "patients" / "median"
         Which bands the outputs carry (see the module docstring).
+    bands_requested : bool
+        True when the file (or ``--bands``) names the bands. The default asks for both, and the runner then
+        leaves out the "median" band, with a warning, for a parameter file with no calibrated parameter; a
+        requested "median" band is an error there.
     uncertainty_draws, uncertainty_population : int
         Parameter draws and virtual patients per draw of the "median" band.
     compare_week : float or None
@@ -154,6 +158,7 @@ class Scenario:
     model: str = DEFAULT_MODEL
     path: Path | None = None
     bands: tuple[str, ...] = BAND_KINDS
+    bands_requested: bool = False
     uncertainty_draws: int = 30
     uncertainty_population: int = 50
     compare_week: float | None = None
@@ -202,10 +207,12 @@ class Scenario:
               "parameters": self.parameters, "population": self.population, "seed": self.seed,
               "outputs": list(self.outputs), "output_step_day": self.output_step_day,
               "ratio_target": self.ratio_target, "figures": self.figures, "model": self.model,
-              "bands": list(self.bands), "uncertainty_draws": self.uncertainty_draws,
+              "uncertainty_draws": self.uncertainty_draws,
               "uncertainty_population": self.uncertainty_population, "report_weeks": list(self.extra_weeks)}
         if self.compare_week is not None:
             sc["compare_week"] = self.compare_week
+        if self.bands_requested:
+            sc["bands"] = list(self.bands)
         if self.iiv is not None:
             sc["iiv"] = dict(self.iiv)
         reg = self.regimen.to_dict()
@@ -425,7 +432,8 @@ def parse_band_keys(sc: Mapping[str, Any], origin: str, weeks: float) -> dict:
                                               and _finite(w) and 0 < w <= weeks + 1e-9 for w in extra):
         raise _err(origin, "report_weeks", f"must be a list of weeks in (0, weeks = {weeks:g}], got "
                                            f"{shorten(extra)}")
-    return {"bands": tuple(dict.fromkeys(bands)), "uncertainty_draws": draws, "uncertainty_population": upop,
+    return {"bands": tuple(dict.fromkeys(bands)), "bands_requested": "bands" in sc,
+            "uncertainty_draws": draws, "uncertainty_population": upop,
             "compare_week": cw, "extra_weeks": tuple(sorted({float(w) for w in extra}))}
 
 

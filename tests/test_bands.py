@@ -261,6 +261,16 @@ def test_uncalibrated_parameter_file_asks_for_patients_band_only():
     prior = replace(params, parameters={n: replace(p, role="prior") for n, p in params.parameters.items()})
     with pytest.raises(ScenarioError, match='bands = \\["patients"\\]'):
         calibration_covariance(prior, "v2_lean")
+    # the default (bands not named) leaves the median band out with a warning; a requested one is an error
+    from tregpd.scenarios.schema import ScenarioWarning
+    sc = load_scenario(LIB["untreated"]).with_overrides(population=3, output_step_day=7.0)
+    assert not sc.bands_requested
+    with pytest.warns(ScenarioWarning, match="no uncertainty-of-the-median band"):
+        out = run_scenario(sc, None, parameters=prior, progress=False)
+    assert out.band is None and out.scenario.bands == ("patients",)
+    assert "median_lower" not in set(out.summary["statistic"])
+    with pytest.raises(ScenarioError, match="role"):
+        run_scenario(sc.with_overrides(bands=["median"]), None, parameters=prior, progress=False)
 
 
 # ------------------------------------------------------------------------------------------------ outputs
