@@ -433,7 +433,7 @@ def test_cli_no_figures_writes_tables_but_no_png(tmp_path, capsys):
     rc = cli_main(["scenarios", "run", *files, "--population", "4", "--step-day", "7", "--out", str(tmp_path),
                    "--no-progress", "--no-figures"])
     assert rc == 0, capsys.readouterr().err
-    assert "| shanxi_reference | 24 |" in capsys.readouterr().out
+    assert "| shanxi_reference | – | 24 (24.0) |" in capsys.readouterr().out
     for name in ("comparison.csv", "comparison.md", "summary_all.csv", "shanxi_reference/trajectories.csv",
                  "shanxi_reference/trajectories.parquet", "shanxi_reference/summary.csv",
                  "shanxi_reference/provenance.json", "il2_dose_1p0miu/summary.csv"):
