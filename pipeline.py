@@ -122,8 +122,13 @@ def run(args: argparse.Namespace) -> int:
     sens_files = write_sensitivity(params, out / "sensitivity", methods=("local",), plot=True)
 
     print(f"== {next(step)}/{n_steps} scenario library with the calibrated parameters", flush=True)
+    hyp_csv = out / "hypotheses" / "hypotheses.csv"
+    from tregpd.scenarios.uncertainty import calibrated_names
+    # the median band draws the parameters the profiles identify; without profiles (--quick) there are none
+    band_kinds = None if calibrated_names(params, chosen) else ["patients"]
     lib = run_library(library_paths(), out / "scenarios", parameters=params, progress=True,
-                      population=population)
+                      population=population, hypotheses=hyp_csv if hyp_md and hyp_csv.is_file() else None,
+                      bands=band_kinds)
     print(lib.markdown)
 
     keep = ["week", "observable", "statistic", "value", "role", "model_typical", "relative_error",
@@ -156,7 +161,10 @@ def run(args: argparse.Namespace) -> int:
         "alone, fitted with the chosen structure: the calibration above, not this fit, drives the scenarios.", "",
         _table(residuals), "",
         "## Scenario comparison (calibrated parameters)", "",
+        _bands_note(lib, hyp_md is not None), "",
         lib.markdown, "",
+        "Figure with both bands: `scenarios/bands.png`; every scenario's `trajectories.csv` and `summary.csv` "
+        "carry a `band` column (`between_patients_5_95`, `median_uncertainty_90`).", "",
         "## Local sensitivity (calibrated typical patient)", "",
         "Normalised derivatives d ln(output) / d ln(parameter): "
         + ", ".join(f"`{p}`" for p in sens_files if str(p).endswith(".csv")), "",
@@ -174,6 +182,26 @@ def run(args: argparse.Namespace) -> int:
     print(f"{manifest} lists every file of the run (check with `tregpd verify {out}`) "
           f"({time.perf_counter() - t0:.0f} s in all)")
     return 0
+
+
+def _bands_note(lib, with_hypotheses: bool) -> str:
+    """What the two bands of the scenario comparison are, with the draws actually used."""
+    bands = [o.band for o in lib.outcomes if getattr(o, "band", None) is not None]
+    text = ("Two bands. **Between patients**: 5–95 % of the virtual patients at the point estimate, in "
+            "[brackets]. **Uncertainty of the median**: in {braces}, ")
+    if bands:
+        b = bands[0]
+        text += (f"5–95 % of the population median over {b.n_draws} parameter draws of the calibrated parameters "
+                 f"({', '.join(b.parameters)}; multivariate normal with lmfit's covariance of the joint calibration; "
+                 f"{b.population} virtual patients per draw, the same in every draw)")
+        text += (", widened to the median under each SAT0261 regimen hypothesis's refitted parameters"
+                 if with_hypotheses and b.hypotheses else "; the regimen hypotheses are not included in this run")
+        text += (". The parameters the calibration only bounds (role `bounded`) and the priors are held fixed "
+                 "(an assumption: the band is a lower bound on the parameter uncertainty).")
+    else:
+        text += ("not computed in this run: no parameter has role `calibrated` (the profiles that identify them "
+                 "are skipped with --quick).")
+    return text
 
 
 def _table(frame) -> str:

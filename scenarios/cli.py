@@ -24,6 +24,16 @@ def _common(p, out_default: str) -> None:
     p.add_argument("--no-figures", action="store_true",
                    help="write no PNG (tables and trajectories only; the quickest, for scripted use); the same "
                         "as 'figures = false' in every scenario file")
+    p.add_argument("--bands", nargs="+", choices=("patients", "median"), default=None,
+                   help="bands the outputs carry (default: each file's 'bands', both unless it says otherwise): "
+                        "'patients' = between-patient range, 5-95%% of virtual patients; 'median' = uncertainty "
+                        "of the median over parameter draws of the calibrated parameters")
+    p.add_argument("--compare-week", type=float, default=None,
+                   help="week at which the comparison reports values (default: each file's compare_week, 24 or "
+                        "the end); outcomes over treatment always use each regimen's own treatment window")
+    p.add_argument("--hypotheses", type=Path, default=None,
+                   help="hypotheses.csv of `tregpd hypotheses`: the median band then also spans the medians "
+                        "under each SAT0261 regimen hypothesis's refitted parameters")
     add_model_option(p, overrides=" or each file's 'model' key, which this option overrides")
 
 
@@ -58,19 +68,21 @@ def register(sub) -> None:
     _common(q, "out/questions")
     q.set_defaults(func=question_command)
 
-    d = sub.add_parser("dosefind", help="search IL-2 regimens for the lowest week-24 Th17/Treg under a limit",
+    d = sub.add_parser("dosefind", help="rank IL-2 regimens by the comparison's multi-criteria rule",
                        description="Grid search over IL-2 dose, interval and course length (same virtual "
-                                   "population for every regimen); objective: median week-24 Th17/Treg; limits: "
-                                   "95th-percentile selectivity margin (peak IL-2 / intermediate-receptor EC50) "
-                                   "and optionally cumulative IL-2 and median Treg. Reports the best regimen "
-                                   "against the (assumed) reference regimen.")
+                                   "population for every regimen), ranked by the scenario comparison's rule: "
+                                   "regimens flagged for Treg above the healthy maximum, a 95th-percentile "
+                                   "selectivity margin (peak IL-2 / intermediate-receptor EC50) above the limit or "
+                                   "too much IL-2 come last; then the fraction of patients in the healthy range at "
+                                   "the end of treatment, the mean Th17/Treg on treatment and the cumulative dose. "
+                                   "Reports the best regimen against the (assumed) reference regimen.")
     d.add_argument("--max-selectivity", type=float, default=0.03,
                    help="limit on the 95th-percentile peak C_IL2 / EC50_E (default 0.03 = ~3%% intermediate-"
                         "receptor occupancy at peak)")
     d.add_argument("--max-cumulative-miu", type=float, default=None, help="limit on total IL-2 (MIU)")
     d.add_argument("--max-treg", type=float, default=64.58,
-                   help="limit on the median week-24 Treg, cells/uL (default 64.58, top of the healthy range; "
-                        "0 = no limit)")
+                   help="Treg flag: median Treg (end of treatment, on-treatment peak, week 24) above this, or 25%% "
+                        "of patients above it, cells/uL (default 64.58, top of the healthy range; 0 = no limit)")
     d.add_argument("--doses", type=float, nargs="+", default=None, help="IL-2 doses, MIU (default 0.25 ... 3)")
     d.add_argument("--intervals", type=float, nargs="+", default=None, help="intervals, days (default 1 2 3 7 14)")
     d.add_argument("--course-days", type=float, nargs="+", default=None,
@@ -113,6 +125,14 @@ LIBRARY_FILES = ("comparison.*", "comparison_*.png", "answers.md", "answer.md", 
                  "dose_response.png")
 
 
+def _band_options(args) -> dict:
+    from tregpd.errors import ScenarioError
+    cw = getattr(args, "compare_week", None)
+    if cw is not None and not (cw > 0 and cw == cw and cw < float("inf")):
+        raise ScenarioError(f"--compare-week must be a number of weeks > 0, got {cw!r}")
+    return {"bands": getattr(args, "bands", None), "compare_week": cw, "hypotheses": getattr(args, "hypotheses", None)}
+
+
 def run_command(args: argparse.Namespace) -> int:
     from tregpd.errors import ScenarioError
     from .runner import run_library
@@ -138,7 +158,7 @@ def run_command(args: argparse.Namespace) -> int:
         run = run_library(scenarios, rd.path, parameters=params, progress=not args.no_progress,
                           population=args.population, output_step_day=args.step_day,
                           ratio_target=args.ratio_target, figures=not args.no_figures, figure_workers=None,
-                          model=model)
+                          model=model, **_band_options(args))
     run.files = [rd.final(f) for f in run.files]
     print(run.markdown)
     failed = int(run.table["n_failed"].sum())
@@ -197,7 +217,7 @@ def question_command(args: argparse.Namespace) -> int:
             run = run_question(q, None, parameters=params, progress=not args.no_progress,
                                population=args.population, output_step_day=args.step_day,
                                ratio_target=args.ratio_target, figures=not args.no_figures, figure_workers=None,
-                               model=model, folder=rd.path)
+                               model=model, folder=rd.path, **_band_options(args))
         print(run.answer)
         print(f"wrote {args.out / q}/")
     return 0

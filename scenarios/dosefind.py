@@ -1,4 +1,4 @@
-"""Dose finding: search IL-2 regimens for the lowest week-24 Th17/Treg under a selectivity or exposure limit.
+"""Dose finding: rank IL-2 regimens by the comparison's multi-criteria rule under selectivity and exposure limits.
 
 The regimen space is a grid of
 
@@ -12,7 +12,11 @@ times are evaluated once. Sirolimus is held at a background schedule (default: t
 day; ``sirolimus_mg=0`` for none).
 
 Each candidate is simulated on the **same** virtual population (common random numbers, so differences between
-regimens are not sampling noise). Objective: the median week-24 Th17/Treg across the population. Constraints:
+regimens are not sampling noise). The candidates are ranked by the same function as the scenario comparison,
+:func:`tregpd.scenarios.comparison.rank_regimens` (its rule, :func:`~tregpd.scenarios.comparison.ranking_rule`,
+is printed in the report): flagged regimens last; then more patients with Treg and Th17/Treg in the healthy
+range at the end of treatment, lower time-averaged Th17/Treg on treatment, less IL-2. A regimen is feasible
+when it has no flag; the limits below set the flags:
 
 * ``max_selectivity``: the 95th percentile across patients of the selectivity margin (peak IL-2 concentration
   over the intermediate-receptor EC50, see :mod:`tregpd.scenarios.metrics`) must not exceed this. Default 0.03,
@@ -20,12 +24,13 @@ regimens are not sampling noise). Objective: the median week-24 Th17/Treg across
   literature priors this admits up to about 1.5 MIU per injection in the typical patient, the highest dose
   used in lupus trials (LUPIL-2, Charité; literature.md b). It is a modelling choice, not a clinical limit.
 * ``max_cumulative_miu``: total IL-2 over the duration (optional exposure limit).
-* ``max_treg_median``: ceiling on the week-24 median Treg, default 64.58 cells/µL (the top of the healthy range,
-  Niu; literature.md d), so that a regimen is not preferred for pushing Treg far above physiological counts
-  (continuous daily IL-2 drives the median Treg past 150 cells/µL under the priors, an extrapolation far
-  beyond any data the model has seen). ``None`` removes it.
+* ``max_treg_median``: ceiling on the median Treg (at the end of treatment, at its on-treatment peak and at week
+  24) and on the fraction of patients above it (``OVER_EXPANSION_FRACTION``), default 64.58 cells/µL (the top
+  of the healthy range, Niu; literature.md d), so that a regimen is not preferred for pushing Treg far above
+  physiological counts (continuous daily IL-2 peaks far above it, an extrapolation beyond any data the model
+  has seen). ``None`` removes it.
 
-Ties in the objective (within 1e-9) go to the smaller cumulative dose.
+Remaining ties go to the smaller cumulative dose.
 """
 from __future__ import annotations
 
@@ -68,30 +73,35 @@ class DoseFindResult:
             lim.append(f"cumulative IL-2 <= {s['max_cumulative_miu']:g} MIU")
         if s.get("max_treg_median") is not None:
             lim.append(f"median week-24 Treg <= {s['max_treg_median']:g} cells/uL")
-        cols = ["regimen", "dose_miu", "interval_day", "course_day", "il2_miu_total", "ratio_median_w24",
-                "ratio_p05_w24", "ratio_p95_w24", "treg_median_w24", "fraction_healthy_w24",
-                "selectivity_margin_p95"]
-        head = ("| regimen | dose (MIU) | interval (d) | course (d/28) | IL-2 total (MIU) | ratio wk24 [90% PI] "
-                "| Treg wk24 | healthy (%) | margin p95 |")
-        fmt = lambda r: (f"| {r['regimen']} | {r['dose_miu']:g} | {r['interval_day']:g} | {r['course_day']:g} | "
-                         f"{r['il2_miu_total']:.1f} | {r['ratio_median_w24']:.3f} [{r['ratio_p05_w24']:.2f}–"
-                         f"{r['ratio_p95_w24']:.2f}] | {r['treg_median_w24']:.1f} | "
-                         f"{100 * r['fraction_healthy_w24']:.0f} | {r['selectivity_margin_p95']:.4f} |")
+        cols = ["rank", "regimen", "flags", "dose_miu", "interval_day", "course_day", "il2_miu_total",
+                "fraction_healthy_eot", "ratio_mean_on_treatment", "ratio_median_cmp", "ratio_p05_cmp",
+                "ratio_p95_cmp", "treg_median_cmp", "treg_peak_on_treatment", "selectivity_margin_p95"]
+        head = ("| rank | regimen | flags | dose (MIU) | interval (d) | course (d/28) | IL-2 total (MIU) | "
+                "healthy end of tx (%) | ratio mean on tx | ratio wk24 [5–95 % of patients] | Treg wk24 | "
+                "Treg peak on tx | margin p95 |")
+        fmt = lambda r: (f"| {r.get('rank', '–')} | {r['regimen']} | {r.get('flags') or '–'} | {r['dose_miu']:g} | "
+                         f"{r['interval_day']:g} | {r['course_day']:g} | {r['il2_miu_total']:.1f} | "
+                         f"{100 * r['fraction_healthy_eot']:.0f} | {r['ratio_mean_on_treatment']:.3f} | "
+                         f"{r['ratio_median_cmp']:.3f} [{r['ratio_p05_cmp']:.2f}–{r['ratio_p95_cmp']:.2f}] | "
+                         f"{r['treg_median_cmp']:.1f} | {r['treg_peak_on_treatment']:.1f} | "
+                         f"{r['selectivity_margin_p95']:.4f} |")
         lines = [f"Dose finding over {len(self.grid)} IL-2 regimens ({s['population']} virtual patients, seed "
                  f"{s['seed']}, {s['weeks']:g} weeks, sirolimus background: {s['sirolimus']}).",
-                 "Objective: lowest median Th17/Treg at week 24. Limits: " + "; ".join(lim) + ".", "",
-                 head, "|" + "---|" * 9, fmt(self.reference)]
+                 s.get("rule", ""), "Between-patient range: 5–95 % of virtual patients.", "",
+                 head, "|" + "---|" * 13, fmt(self.reference)]
         if self.best is None:
-            lines.append("| (no regimen satisfies the limits) |" + " |" * 8)
+            lines.append("| (no regimen satisfies the limits) |" + " |" * 12)
         else:
             lines.append(fmt(self.best))
-            d = self.best["ratio_median_w24"] - self.reference["ratio_median_w24"]
-            lines += ["", f"Best feasible: **{self.best['regimen']}**; week-24 median ratio "
-                          f"{self.best['ratio_median_w24']:.3f} vs {self.reference['ratio_median_w24']:.3f} for "
-                          f"the reference ({d:+.3f}), with {self.best['il2_miu_total']:.1f} vs "
-                          f"{self.reference['il2_miu_total']:.1f} MIU IL-2."]
+            lines += ["", f"Best feasible: **{self.best['regimen']}**; "
+                          f"{100 * self.best['fraction_healthy_eot']:.0f} % vs "
+                          f"{100 * self.reference['fraction_healthy_eot']:.0f} % of patients in the healthy range "
+                          f"at the end of treatment (reference: {self.reference['regimen']}); mean ratio on "
+                          f"treatment {self.best['ratio_mean_on_treatment']:.3f} vs "
+                          f"{self.reference['ratio_mean_on_treatment']:.3f}, with {self.best['il2_miu_total']:.1f} "
+                          f"vs {self.reference['il2_miu_total']:.1f} MIU IL-2."]
         feas = self.grid[self.grid["feasible"]].head(10)
-        lines += ["", "Top feasible regimens:", "", head, "|" + "---|" * 9]
+        lines += ["", "Top feasible regimens:", "", head, "|" + "---|" * 13]
         lines += [fmt(r) for r in feas[cols].to_dict("records")]
         return "\n".join(lines) + "\n"
 
@@ -145,20 +155,23 @@ def _plain(row: dict) -> dict:
 
 def _evaluate(regimen: Regimen, params: ParameterSet, weeks: float, population: int, seed: int, parallel: bool,
               iiv=None, model: str | None = None) -> dict:
+    from .comparison import comparison_row
+    from .runner import ScenarioOutcome
     sc = Scenario(name=regimen.name, description=regimen.description or regimen.name, weeks=weeks,
                   regimen=regimen, population=population, seed=seed, iiv=iiv, output_step_day=7.0,
-                  model=get_model(model).name)
+                  model=get_model(model).name, bands=("patients",))
     res, exposure, _ = simulate_scenario(sc, params, progress=False, parallel=parallel)
     summ = summarise_result(sc, res, exposure)
-    w = 24.0 if weeks >= 24 else float(weeks)
-    L = M.lookup
-    return {"ratio_median_w24": L(summ, "ratio", w), "ratio_p05_w24": L(summ, "ratio", w, "p05"),
-            "ratio_p95_w24": L(summ, "ratio", w, "p95"), "treg_median_w24": L(summ, "treg", w),
-            "fraction_healthy_w24": L(summ, "fraction_healthy", w, "fraction"),
-            "selectivity_margin_median": L(summ, "selectivity_margin", statistic="median"),
-            "selectivity_margin_p95": L(summ, "selectivity_margin", statistic="p95"),
-            "il2_miu_total": cumulative_doses(sc)["il2_cumulative_dose"],
-            "auc_il2_median": L(summ, "auc_il2", float(weeks)), "n_failed": int(res.n_failed)}
+    row = comparison_row(ScenarioOutcome(sc, res, summ, exposure))
+    keep = ("compare_week", "treatment_end_week", "il2_miu_total", "ratio_median_cmp", "ratio_p05_cmp",
+            "ratio_p95_cmp", "treg_median_cmp", "fraction_healthy_cmp", "fraction_treg_above_healthy_cmp",
+            "fraction_healthy_eot", "fraction_healthy_treg_eot", "fraction_healthy_ratio_eot",
+            "fraction_treg_above_healthy_eot", "treg_median_eot", "ratio_median_eot", "treg_peak_on_treatment",
+            "treg_mean_on_treatment", "ratio_mean_on_treatment", "selectivity_margin", "selectivity_margin_p95")
+    out = {k: row[k] for k in keep}
+    out.update({"selectivity_margin_median": row["selectivity_margin"],
+                "auc_il2_median": M.lookup(summ, "auc_il2", float(weeks)), "n_failed": int(res.n_failed)})
+    return out
 
 
 def dose_find(parameters: ParameterSet | None = None, max_selectivity: float = 0.03,
@@ -197,24 +210,20 @@ def dose_find(parameters: ParameterSet | None = None, max_selectivity: float = 0
         from tqdm.auto import tqdm
         it = tqdm(cands, desc="regimens", unit="regimen")
     rows = [{**info, **_evaluate(reg, params, weeks, population, seed, parallel, iiv, structure.name)} for info, reg in it]
-    grid = pd.DataFrame(rows)
-    feasible = grid["selectivity_margin_p95"] <= max_selectivity
-    if max_cumulative_miu is not None:
-        feasible &= grid["il2_miu_total"] <= max_cumulative_miu + 1e-9
-    if max_treg_median is not None:
-        feasible &= grid["treg_median_w24"] <= max_treg_median
-    grid["feasible"] = feasible.to_numpy(dtype=bool)
-    grid = grid.sort_values(["feasible", "ratio_median_w24", "il2_miu_total"], ascending=[False, True, True],
-                            kind="stable").reset_index(drop=True)
+    from .comparison import rank_regimens, ranking_flags, ranking_rule
+    limits = dict(max_treg=max_treg_median, max_selectivity=max_selectivity, max_cumulative_miu=max_cumulative_miu)
+    grid = rank_regimens(pd.DataFrame(rows), **limits)
+    grid["feasible"] = ~grid["flagged"].to_numpy(dtype=bool)
     best = _plain(grid.iloc[0].to_dict()) if bool(grid["feasible"].iloc[0]) else None
     ref_reg = reference_regimen(weeks)
     reference = _plain({"regimen": "shanxi_reference (assumed)", "dose_miu": 0.5, "interval_day": 1.0, "course_day": 5.0,
                  "n_doses": int(np.isin(ref_reg.events().cmt, IL2_SC_CMTS).sum()),
                  **_evaluate(ref_reg, params, weeks, population, seed, parallel, iiv, structure.name)})
+    reference["flags"] = str(ranking_flags(pd.DataFrame([reference]), **limits).iloc[0])
     settings = {"max_selectivity": max_selectivity, "max_cumulative_miu": max_cumulative_miu,
                 "max_treg_median": max_treg_median, "weeks": weeks, "population": population, "seed": seed,
                 "sirolimus": (f"{sirolimus_mg:g} mg every {sirolimus_interval_day:g} d" if sirolimus_mg > 0
                               else "none"),
                 "doses_miu": list(doses), "intervals_day": list(intervals), "course_days": list(course_days),
-                "model": structure.name}
+                "model": structure.name, "rule": ranking_rule(**limits)}
     return DoseFindResult(grid, best, reference, settings)

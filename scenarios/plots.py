@@ -1,10 +1,16 @@
 """Scenario figures. matplotlib is imported lazily, pyplot not at all (see :mod:`tregpd.plotting`); every function
 accepts ``ax``/``axes=None`` and returns the figure, never shows it.
 
-* :func:`plot_scenario`: one scenario's Treg, Th17 and ratio, median and 90 % band, healthy ranges shaded.
-* :func:`plot_comparison`: several scenarios' medians (with bands) on shared axes, plus a week-24 ratio bar chart.
-* :func:`plot_dose_response`: median week-24 Treg and ratio (90 % interval) against IL-2 dose per injection and
-  sirolimus mg/day, from a comparison table.
+Two bands, each labelled as what it is: the **between-patient range** (5-95 % of virtual patients at the point
+estimate, light ribbon / thin error bar) and the **uncertainty of the median** (5-95 % of the population median
+over parameter draws, :mod:`tregpd.scenarios.uncertainty`; darker ribbon / thick error bar).
+
+* :func:`plot_scenario`: one scenario's Treg, Th17 and ratio, median and both bands, healthy ranges shaded.
+* :func:`plot_bands`: Treg and ratio of two or three scenarios, each with both bands (the README figure).
+* :func:`plot_comparison`: several scenarios' medians (with bands) on shared axes, plus a bar chart of the ratio
+  at the comparison week.
+* :func:`plot_dose_response`: median Treg and ratio at the comparison week (5-95 % of patients) against IL-2
+  dose per injection and sirolimus mg/day, from a comparison table.
 * :func:`plot_dosefind`: the dose-finding grid (week-24 ratio against selectivity margin, feasible points).
 """
 from __future__ import annotations
@@ -15,6 +21,8 @@ import numpy as np
 
 from .metrics import HEALTHY_RANGE
 
+LABEL_PATIENTS = "between patients (5–95 %)"
+LABEL_MEDIAN = "uncertainty of the median (90 %)"
 _PANELS = (("treg", "Treg (cells/µL)"), ("th17", "Th17 (cells/µL)"), ("ratio", "Th17/Treg"))
 
 
@@ -40,14 +48,18 @@ def _shade_healthy(ax, var):
 
 
 def plot_scenario(result, axes=None, title=None, ratio_target=None, band=(5, 95), color=None, label=None,
-                  shade=True):
-    """Median and ``band`` percentile ribbon of Treg, Th17 and Th17/Treg against weeks.
+                  shade=True, median_band=None, patients_band=True):
+    """Median of Treg, Th17 and Th17/Treg against weeks with the between-patient ``band`` percentile ribbon
+    and, when given, the uncertainty of the median.
 
     Parameters
     ----------
     result : SimulationResult (one or more patients; failed patients excluded)
     axes : three matplotlib Axes, optional
     ratio_target : draw this Th17/Treg target as a dashed line
+    median_band : mapping variable -> (lower, upper) arrays on ``result.time_day``
+        (:attr:`tregpd.scenarios.uncertainty.MedianBand.trajectories`), optional
+    patients_band : draw the between-patient ribbon
     Returns
     -------
     matplotlib.figure.Figure
@@ -63,8 +75,13 @@ def plot_scenario(result, axes=None, title=None, ratio_target=None, band=(5, 95)
         else:
             lo, med, hi = np.percentile(arr, [band[0], 50, band[1]], axis=0)
             line, = ax.plot(weeks, med, color=color, lw=1.5, label=label or "median")
-            ax.fill_between(weeks, lo, hi, color=line.get_color(), alpha=0.18, lw=0,
-                            label=None if label else f"{band[0]}–{band[1]}%")
+            if patients_band:
+                ax.fill_between(weeks, lo, hi, color=line.get_color(), alpha=0.15, lw=0,
+                                label=None if label else f"between patients ({band[0]}–{band[1]} %)")
+        if median_band is not None and var in median_band:
+            mlo, mhi = median_band[var]
+            ax.fill_between(weeks, mlo, mhi, color=color or "tab:blue", alpha=0.45, lw=0,
+                            label=None if label else LABEL_MEDIAN)
         if var == "ratio" and ratio_target is not None:
             ax.axhline(ratio_target, color="k", ls="--", lw=0.8, label=f"target {ratio_target:g}")
         ax.set_xlabel("week")
@@ -77,16 +94,71 @@ def plot_scenario(result, axes=None, title=None, ratio_target=None, band=(5, 95)
 
 
 def _week24(o):
-    return 24.0 if o.scenario.weeks >= 24 else float(o.scenario.weeks)
+    """The comparison week of an outcome (its scenario's ``compare_week``; default 24 or the end)."""
+    w = getattr(o.scenario, "compare_week", None)
+    if callable(getattr(o.scenario, "comparison_week", None)):
+        return o.scenario.comparison_week()
+    return float(w) if w is not None else (24.0 if o.scenario.weeks >= 24 else float(o.scenario.weeks))
+
+
+def _end_of_treatment(o, var):
+    """(metric, week) of ``var`` at the end of the outcome's own treatment window; untreated: the comparison
+    week."""
+    t_end = o.value("treatment_end_week", None, "value")
+    if np.isfinite(t_end) and t_end > 0:
+        return f"{var}_end_of_treatment", float(t_end)
+    return var, _week24(o)
+
+
+def plot_bands(outcomes, axes=None, variables=(("treg", "Treg (cells/µL)"), ("ratio", "Th17/Treg"))):
+    """Treg and ratio of a few scenarios (2-3 read well), each with both bands: the between-patient range
+    (5-95 % of virtual patients, light) and the uncertainty of the median (5-95 % over parameter draws, dark).
+
+    Parameters
+    ----------
+    outcomes : ScenarioOutcome or :class:`OutcomeView` objects (``result`` and ``band``/``median_band``)
+    axes : one Axes per variable, optional
+    """
+    from tregpd.plotting import colormap
+    outcomes = list(outcomes)
+    fig, axes = _axes(axes, len(variables), (5.2 * len(variables), 3.9))
+    cmap = colormap("tab10")
+    palette = ("tab:blue", "tab:orange", "tab:purple", "tab:red", "tab:brown")   # not the healthy range's green
+    for k, o in enumerate(outcomes):
+        color = palette[k] if k < len(palette) else cmap(k % 10)
+        res = o.result
+        weeks = res.time_day / 7.0
+        mb = getattr(o, "median_band", None)
+        if mb is None and getattr(o, "band", None) is not None:
+            mb = o.band.trajectories
+        for ax, (var, ylabel) in zip(axes, variables):
+            lo, med, hi = np.percentile(res.get(var), [5, 50, 95], axis=0)
+            ax.fill_between(weeks, lo, hi, color=color, alpha=0.12, lw=0)
+            if mb is not None and var in mb:
+                ax.fill_between(weeks, mb[var][0], mb[var][1], color=color, alpha=0.45, lw=0)
+            ax.plot(weeks, med, color=color, lw=1.4, label=o.scenario.name)
+    from matplotlib.patches import Patch
+    for ax, (var, ylabel) in zip(axes, variables):
+        _shade_healthy(ax, var)
+        ax.set_xlabel("week")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+    handles, labels = axes[0].get_legend_handles_labels()
+    handles += [Patch(color="grey", alpha=0.15, label=LABEL_PATIENTS + ", at the point estimate"),
+                Patch(color="grey", alpha=0.5, label=LABEL_MEDIAN + ", parameter draws")]
+    axes[-1].legend(handles=handles, frameon=False, fontsize=7)
+    return fig
 
 
 def plot_comparison(outcomes, axes=None, max_trajectories: int = 8, max_bands: int = 4):
     """Compare scenarios.
 
-    With at most ``max_trajectories`` scenarios: median trajectories of Treg, Th17 and ratio (with 90 % bands
-    when there are at most ``max_bands``),
-    and a bar chart of the week-24 (or last) median ratio with 90 % intervals. With more: bar charts of
-    week-24 Treg and ratio only (one bar per scenario, coloured by study question), since dozens of
+    With at most ``max_trajectories`` scenarios: median trajectories of Treg, Th17 and ratio (with both bands,
+    between patients and uncertainty of the median, when there are at most ``max_bands``),
+    and a bar chart of the median ratio at the end of each regimen's own treatment window (untreated: the
+    comparison week) with both bands (thin bar: between patients 5-95 %; thick: uncertainty of the median).
+    With more: bar charts of
+    Treg and ratio at the end of treatment only (one bar per scenario, coloured by study question), since dozens of
     overlaid trajectories cannot be read; use per-question figures for trajectories.
 
     Parameters
@@ -114,15 +186,19 @@ def plot_comparison(outcomes, axes=None, max_trajectories: int = 8, max_bands: i
         for o, color in zip(outcomes, colors):
             res = o.result
             weeks = res.time_day / 7.0
+            mb = getattr(o, "median_band", None)
             for ax, (var, ylabel) in zip(axes[:3], _PANELS):
                 lo, med, hi = np.percentile(res.get(var), [5, 50, 95], axis=0)
                 ax.plot(weeks, med, color=color, lw=1.3, label=o.scenario.name)
                 if len(outcomes) <= max_bands:
                     ax.fill_between(weeks, lo, hi, color=color, alpha=0.10, lw=0)
+                    if mb is not None and var in mb:
+                        ax.fill_between(weeks, mb[var][0], mb[var][1], color=color, alpha=0.35, lw=0)
         for ax, (var, ylabel) in zip(axes[:3], _PANELS):
             _shade_healthy(ax, var)
             ax.set_xlabel("week")
-            ax.set_ylabel(f"{ylabel}\nmedian" + (", 90% PI" if len(outcomes) <= max_bands else ""))
+            ax.set_ylabel(f"{ylabel}\nmedian" + (", bands: light = between patients 5–95 %,\ndark = "
+                                                  "uncertainty of the median" if len(outcomes) <= max_bands else ""))
             ax.grid(alpha=0.3)
         axes[2].legend(frameon=False, fontsize=7)
         bar_axes = [(axes[3], "ratio", "Th17/Treg")]
@@ -133,20 +209,29 @@ def plot_comparison(outcomes, axes=None, max_trajectories: int = 8, max_bands: i
         colors = [qcmap(qs.index(o.scenario.question) % 10) if o.scenario.question in qs else "grey"
                   for o in outcomes]
         bar_axes = [(axes[0], "treg", "Treg (cells/µL)"), (axes[1], "ratio", "Th17/Treg")]
-    names = [o.scenario.name + ("" if _week24(o) == 24 else f" (wk{_week24(o):g})") for o in outcomes]
+    names = [o.scenario.name + f" (wk{_end_of_treatment(o, 'ratio')[1]:.3g})" for o in outcomes]
     x = np.arange(len(outcomes))
     for ax, var, ylabel in bar_axes:
-        med = np.array([o.value(var, _week24(o), "median") for o in outcomes])
-        lo = np.array([o.value(var, _week24(o), "p05") for o in outcomes])
-        hi = np.array([o.value(var, _week24(o), "p95") for o in outcomes])
+        at = [_end_of_treatment(o, var) for o in outcomes]
+        med = np.array([o.value(m, w, "median") for o, (m, w) in zip(outcomes, at)])
+        lo = np.array([o.value(m, w, "p05") for o, (m, w) in zip(outcomes, at)])
+        hi = np.array([o.value(m, w, "p95") for o, (m, w) in zip(outcomes, at)])
+        mlo = np.array([o.value(m, w, "median_lower") for o, (m, w) in zip(outcomes, at)])
+        mhi = np.array([o.value(m, w, "median_upper") for o, (m, w) in zip(outcomes, at)])
         _shade_healthy(ax, var)
         ax.bar(x, med, color=colors, alpha=0.85)
-        ax.errorbar(x, med, yerr=[med - lo, hi - med], fmt="none", ecolor="k", lw=0.8, capsize=2)
+        ax.errorbar(x, med, yerr=[med - lo, hi - med], fmt="none", ecolor="k", lw=0.8, capsize=2,
+                    label=LABEL_PATIENTS)
+        if np.isfinite(mlo).any():
+            ok = np.isfinite(mlo)
+            ax.errorbar(x[ok], med[ok], yerr=[np.maximum(med - mlo, 0)[ok], np.maximum(mhi - med, 0)[ok]],
+                        fmt="none", ecolor="tab:red", lw=3.0, capsize=0, label=LABEL_MEDIAN)
         if var == "ratio" and outcomes:
             target = outcomes[0].value("ratio_target", None, "value")
             if np.isfinite(target):
                 ax.axhline(target, color="k", ls="--", lw=0.8, label=f"target {target:g}")
-        ax.set_ylabel(f"{ylabel} at week 24\nmedian, 90% PI")
+        ax.set_ylabel(f"{ylabel} at the end of treatment\nmedian, thin bar: between patients 5–95 %,\n"
+                      "thick: uncertainty of the median", fontsize=8)
         ax.grid(alpha=0.3, axis="y")
         ax.set_xticks(x)
         ax.set_xticklabels(names, rotation=60, ha="right", fontsize=7)
@@ -164,7 +249,7 @@ def plot_comparison(outcomes, axes=None, max_trajectories: int = 8, max_bands: i
 
 
 def plot_dose_response(table, axes=None):
-    """Week-24 median (90 % PI) Treg and Th17/Treg against IL-2 dose per injection (scenarios tagged
+    """Median Treg and Th17/Treg at the comparison week (ribbon: between patients, 5-95 %) against IL-2 dose per injection (scenarios tagged
     ``il2_dose``) and against sirolimus mg/day (tagged ``sirolimus_dose``); the scenario tagged ``reference``
     is a point of both series.
 
@@ -189,14 +274,18 @@ def plot_dose_response(table, axes=None):
         sub = table[member(q)].sort_values(col)
         x = sub[col].to_numpy(dtype=float)
         for ax, var, ylabel in ((axes[row, 0], "treg", "Treg (cells/µL)"), (axes[row, 1], "ratio", "Th17/Treg")):
-            med = sub[f"{var}_median_w24"].to_numpy(dtype=float)
-            lo = sub[f"{var}_p05_w24"].to_numpy(dtype=float)
-            hi = sub[f"{var}_p95_w24"].to_numpy(dtype=float)
+            med = sub[f"{var}_median_cmp"].to_numpy(dtype=float)
+            lo = sub[f"{var}_p05_cmp"].to_numpy(dtype=float)
+            hi = sub[f"{var}_p95_cmp"].to_numpy(dtype=float)
             _shade_healthy(ax, var)
             ax.plot(x, med, "o-", color="tab:blue", label="median")
-            ax.fill_between(x, lo, hi, color="tab:blue", alpha=0.15, lw=0, label="5–95%")
+            ax.fill_between(x, lo, hi, color="tab:blue", alpha=0.15, lw=0, label=LABEL_PATIENTS)
+            if f"{var}_median_cmp_lower" in sub and np.isfinite(sub[f"{var}_median_cmp_lower"]).any():
+                ax.fill_between(x, sub[f"{var}_median_cmp_lower"].to_numpy(dtype=float),
+                                sub[f"{var}_median_cmp_upper"].to_numpy(dtype=float), color="tab:blue",
+                                alpha=0.4, lw=0, label=LABEL_MEDIAN)
             ax.set_xlabel(xlabel)
-            ax.set_ylabel(f"{ylabel} at week 24")
+            ax.set_ylabel(f"{ylabel} at the comparison week")
             ax.grid(alpha=0.3)
         axes[row, 1].legend(frameon=False, fontsize=7)
     return fig
@@ -218,7 +307,7 @@ def plot_dosefind(grid, best=None, reference=None, max_selectivity=None, ax=None
     Parameters
     ----------
     grid : DataFrame from :func:`tregpd.scenarios.dosefind.dose_find` (columns selectivity_margin_p95,
-        ratio_median_w24, feasible, dose_miu)
+        ratio_median_cmp, feasible, dose_miu)
     best, reference : dict rows to highlight
     """
     from tregpd.plotting import subplots
@@ -227,18 +316,18 @@ def plot_dosefind(grid, best=None, reference=None, max_selectivity=None, ax=None
     else:
         fig = ax.figure
     feas = grid["feasible"].to_numpy(dtype=bool)
-    sc = ax.scatter(grid["selectivity_margin_p95"][feas], grid["ratio_median_w24"][feas],
+    sc = ax.scatter(grid["selectivity_margin_p95"][feas], grid["ratio_median_cmp"][feas],
                     c=grid["dose_miu"][feas], cmap="viridis", s=18, label="feasible")
-    ax.scatter(grid["selectivity_margin_p95"][~feas], grid["ratio_median_w24"][~feas], facecolors="none",
+    ax.scatter(grid["selectivity_margin_p95"][~feas], grid["ratio_median_cmp"][~feas], facecolors="none",
                edgecolors="grey", s=18, label="violates a limit")
     fig.colorbar(sc, ax=ax, label="IL-2 dose (MIU)")
     if max_selectivity is not None:
         ax.axvline(max_selectivity, color="k", ls="--", lw=0.8, label=f"limit {max_selectivity:g}")
     if reference is not None:
-        ax.plot(reference["selectivity_margin_p95"], reference["ratio_median_w24"], "s", color="tab:red",
+        ax.plot(reference["selectivity_margin_p95"], reference["ratio_median_cmp"], "s", color="tab:red",
                 ms=8, label="reference")
     if best is not None:
-        ax.plot(best["selectivity_margin_p95"], best["ratio_median_w24"], "*", color="tab:orange", ms=14,
+        ax.plot(best["selectivity_margin_p95"], best["ratio_median_cmp"], "*", color="tab:orange", ms=14,
                 label="best feasible")
     ax.set_xscale("log")
     ax.set_xlabel("peak IL-2 / EC50_E (95th percentile)")
@@ -256,6 +345,11 @@ class ScenarioTag:
     name: str
     question: str
     weeks: float
+    compare_week: float | None = None
+
+    def comparison_week(self) -> float:
+        w = self.compare_week if self.compare_week is not None else 24.0
+        return float(min(w, self.weeks))
 
 
 @dataclass
@@ -266,6 +360,7 @@ class OutcomeView:
     scenario: ScenarioTag
     result: object
     index: dict
+    median_band: dict | None = None
 
     def value(self, metric: str, week: float | None = None, statistic: str = "median") -> float:
         from .metrics import lookup_index
@@ -275,7 +370,9 @@ class OutcomeView:
     def of(cls, outcome) -> "OutcomeView":
         from tregpd.plotting import Curves
         sc = outcome.scenario
-        return cls(ScenarioTag(sc.name, sc.question, float(sc.weeks)), Curves.of(outcome.result), outcome._index())
+        band = getattr(outcome, "band", None)
+        return cls(ScenarioTag(sc.name, sc.question, float(sc.weeks), sc.compare_week), Curves.of(outcome.result),
+                   outcome._index(), None if band is None else band.trajectories)
 
 
 def comparison_figure(outcomes, title: str | None = None, **kwargs):

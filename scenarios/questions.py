@@ -2,7 +2,8 @@
 
 Each question (:data:`tregpd.scenarios.schema.QUESTIONS`) compares the reference regimen with the library
 scenarios tagged with that question and writes, into ``out_dir/<question>/``: the comparison table (CSV and
-Markdown, with a ranking by week-24 median Th17/Treg as the answer line), the comparison figure, and for the dose
+Markdown, with the multi-criteria ranking of :func:`tregpd.scenarios.comparison.rank_regimens`, its rule
+stated, as the answer), the comparison figure, and for the dose
 questions the dose-response figure. Run from the command line::
 
     tregpd scenarios question il2_dose            # or: python -m tregpd.scenarios.questions il2_dose
@@ -44,7 +45,8 @@ def question_scenarios(question: str, paths: Sequence[str | Path] | None = None)
 def run_question(question: str, out_dir: str | Path | None, parameters=None, paths=None, progress: bool = True,
                  population: int | None = None, output_step_day: float | None = None,
                  ratio_target: float | None = None, figures: bool = True,
-                 figure_workers: int | None = 0, model: str | None = None, folder=None) -> LibraryRun:
+                 figure_workers: int | None = 0, model: str | None = None, folder=None,
+                 bands=None, compare_week=None, hypotheses=None) -> LibraryRun:
     """Run one study question; writes ``out_dir/<question>/`` (answer.md, comparison.*, figures), or
     ``folder`` itself when given (the command line passes a staging folder, see :mod:`tregpd.rundir`)."""
     question = normalise_question(question)
@@ -55,7 +57,8 @@ def run_question(question: str, out_dir: str | Path | None, parameters=None, pat
         folder = Path(out_dir) / question
     run = run_library(scenarios, folder, parameters=parameters, progress=progress, population=population,
                       output_step_day=output_step_day, ratio_target=ratio_target, figures=figures,
-                      figure_workers=figure_workers, model=model)
+                      figure_workers=figure_workers, model=model, bands=bands, compare_week=compare_week,
+                      hypotheses=hypotheses)
     text = answer_text(question, run)
     if folder is not None:
         run.files.append(atomic_write_text(folder / "answer.md", text + "\n"))

@@ -10,8 +10,9 @@ Per scenario, into ``out_dir/<name>/``:
   header comments and the Parquet metadata.
 * ``patients.parquet`` (``outputs`` contains "patients"): every patient's trajectory, tidy.
 * ``summary.csv``: the tidy summary (see :mod:`tregpd.scenarios.metrics`).
-* ``trajectories.png``: median and 90 % band of Treg, Th17 and ratio, with the healthy ranges (when ``outputs``
-  contains "png" and the scenario's ``figures`` is true).
+* ``trajectories.png``: median of Treg, Th17 and ratio with the between-patient range (5-95 % of virtual patients)
+  and the uncertainty of the median (parameter draws), with the healthy ranges (when ``outputs`` contains "png"
+  and the scenario's ``figures`` is true).
 * ``provenance.json``.
 * with a ``[tdm]`` table (trough titration, :mod:`tregpd.scenarios.tdm`): ``tdm_doses.csv`` (every patient's
   titration: patient, day, dose before, true and measured trough, in window, action, dose after, effective day),
@@ -21,7 +22,8 @@ Per scenario, into ``out_dir/<name>/``:
 
 Across scenarios (:func:`run_library`): ``comparison.csv`` and ``comparison.md`` (one row per scenario),
 ``answers.md`` (one short answer per study question present, see :mod:`tregpd.scenarios.questions`),
-``summary_all.csv``, ``comparison.png`` (trajectories for up to 8 scenarios, else week-24 bar charts),
+``summary_all.csv``, ``comparison.png`` (trajectories for up to 8 scenarios, else bar charts at the comparison
+week), ``bands.png`` (both bands for the reference, the best-ranked and the best-ranked flagged regimen),
 ``comparison_<question>.png`` (trajectories of the reference and each study question's scenarios, for larger
 runs) and ``dose_response.png`` (unless ``figures=False``).
 """
@@ -65,6 +67,8 @@ class ScenarioOutcome:
     parameters : ParameterSet used
     seconds : wall time
     titration : :class:`tregpd.scenarios.tdm.Titration` or None (scenarios with a ``[tdm]`` table)
+    band : :class:`tregpd.scenarios.uncertainty.MedianBand` (the uncertainty of the median) or None when the
+        scenario's ``bands`` do not ask for it
     """
 
     scenario: Scenario
@@ -75,6 +79,7 @@ class ScenarioOutcome:
     parameters: ParameterSet | None = None
     seconds: float = 0.0
     titration: object = None
+    band: object = None
 
     def value(self, metric: str, week: float | None = None, statistic: str = "median") -> float:
         return M.lookup_index(self._index(), metric, week, statistic)
@@ -116,7 +121,7 @@ def _population(scenario: Scenario, params: ParameterSet) -> np.ndarray:
 
 def _trajectory_grid(scenario: Scenario) -> np.ndarray:
     return output_times(scenario.t_end_day, scenario.output_step_day,
-                        extra=[w * 7.0 for w in (0.0, *scenario.report_weeks())])
+                        extra=[w * 7.0 for w in (0.0, *scenario.report_weeks())] + [scenario.treatment_end_day()])
 
 
 def cumulative_doses(scenario: Scenario) -> dict[str, float]:
@@ -181,20 +186,33 @@ def simulate_scenario(scenario: Scenario, parameters: ParameterSet, progress: bo
     return res, exposure, theta
 
 
-def summarise_result(scenario: Scenario, res: SimulationResult, exposure: dict, titration=None):
-    """Tidy summary of a simulated scenario (see :func:`tregpd.scenarios.metrics.summarise`). With a
-    ``titration`` the sirolimus cumulative dose is the median over the successful patients of their own
-    titrated totals."""
+def summarise_result(scenario: Scenario, res: SimulationResult, exposure: dict, band=None, titration=None):
+    """Tidy summary of a simulated scenario (see :func:`tregpd.scenarios.metrics.summarise`): the report weeks,
+    the outcomes over the regimen's own treatment window (:meth:`Scenario.treatment_end_day`; none for an
+    untreated scenario) and, with ``band`` (a :class:`~tregpd.scenarios.uncertainty.MedianBand`), the
+    uncertainty of each median. With a ``titration`` the sirolimus cumulative dose is the median over the
+    successful patients of their own titrated totals."""
     values = {v: res.get(v) for v in ("treg", "th17", "ratio", "auc_il2", "auc_rapa")}
     doses = cumulative_doses(scenario)
     if titration is not None and res.ok.any():
         doses["sirolimus_cumulative_dose"] = float(np.median(titration.cumulative_dose()[res.ok]))
+    t_end = scenario.treatment_end_day()
     return M.summarise(scenario.name, res.time_day, values, scenario.report_weeks(), scenario.ratio_target,
-                       n_patients=res.n_patients, n_failed=res.n_failed, exposure=exposure, doses=doses)
+                       n_patients=res.n_patients, n_failed=res.n_failed, exposure=exposure,
+                       doses=doses, t_treat_end=t_end if t_end > 0 else None,
+                       median_bands=None if band is None else band.statistics,
+                       median_band_name=M.BAND_MEDIAN)
 
 
-def percentile_frame(res: SimulationResult, variables: Sequence[str] = TRAJECTORY_VARIABLES):
-    """Tidy percentiles per time: time_day, week, variable, statistic (median/p05/p95), value, unit."""
+def percentile_frame(res: SimulationResult, variables: Sequence[str] = TRAJECTORY_VARIABLES, band=None,
+                     patients_band: bool = True):
+    """Tidy percentiles per time: time_day, week, variable, statistic, value, unit, band.
+
+    ``statistic`` "median" (band ""); "p05"/"p95" (band "between_patients_5_95": 5-95 % of virtual patients;
+    omitted when ``patients_band`` is false); with ``band`` (a
+    :class:`~tregpd.scenarios.uncertainty.MedianBand`) also "median_lower"/"median_upper" of Treg, Th17 and
+    ratio (band "median_uncertainty_90": the uncertainty of the median over parameter draws).
+    """
     import pandas as pd
     units = {v: u for v, (_, u) in res.variables.items()}
     frames = []
@@ -204,14 +222,21 @@ def percentile_frame(res: SimulationResult, variables: Sequence[str] = TRAJECTOR
         if arr.shape[0] == 0:
             continue
         for stat, q in M.PERCENTILES:
+            if stat != "median" and not patients_band:
+                continue
             frames.append(pd.DataFrame({"time_day": t, "week": t / 7.0, "variable": v, "statistic": stat,
-                                        "value": np.percentile(arr, q, axis=0), "unit": units[v]}))
+                                        "value": np.percentile(arr, q, axis=0), "unit": units[v],
+                                        "band": "" if stat == "median" else M.BAND_PATIENTS}))
+        if band is not None and v in band.trajectories:
+            for stat, y in zip(("median_lower", "median_upper"), band.trajectories[v]):
+                frames.append(pd.DataFrame({"time_day": t, "week": t / 7.0, "variable": v, "statistic": stat,
+                                            "value": y, "unit": units[v], "band": band.name}))
     return pd.concat(frames, ignore_index=True)
 
 
 def run_scenario(scenario: Scenario | str | Path, out_dir: str | Path | None, parameters=None,
                  progress: bool = True, parallel: bool = True, figure_writer=None,
-                 model: str | None = None) -> ScenarioOutcome:
+                 model: str | None = None, hypotheses=None) -> ScenarioOutcome:
     """Simulate one scenario and write its outputs into ``out_dir/<name>/``.
 
     Parameters
@@ -224,6 +249,9 @@ def run_scenario(scenario: Scenario | str | Path, out_dir: str | Path | None, pa
     parallel : use the prange kernel
     figure_writer : :class:`tregpd.plotting.FigureWriter`, optional (default: draw here, at once)
     model : model structure name, optional; overrides the scenario file's ``model`` key
+    hypotheses : parameter sets refitted under the SAT0261 regimen hypotheses (path of ``hypotheses.csv``, a
+        DataFrame, or a list of (name, ParameterSet)); widens the "median" band (see
+        :mod:`tregpd.scenarios.uncertainty`)
 
     Returns
     -------
@@ -241,8 +269,24 @@ def run_scenario(scenario: Scenario | str | Path, out_dir: str | Path | None, pa
         f = res.failures()[0]
         raise TregpdError(f"scenario {scenario.name!r}: integration failed for all {res.n_patients} patients "
                           f"(e.g. patient {f[0]}: {f[1]} at t = {f[2]:.4g} d)")
-    summary = summarise_result(scenario, res, exposure, titration)
-    outcome = ScenarioOutcome(scenario, res, summary, exposure, parameters=params, titration=titration)
+    band = None
+    if "median" in scenario.bands and not scenario.bands_requested:
+        from .uncertainty import calibrated_names
+        if not calibrated_names(params, scenario.model):
+            import warnings
+            from .schema import ScenarioWarning
+            warnings.warn(f"scenario {scenario.name!r}: no uncertainty-of-the-median band: parameter set "
+                          f"{params.name!r} has no parameter with role 'calibrated' for model {scenario.model!r} "
+                          "(only the between-patient range is reported)", ScenarioWarning, stacklevel=2)
+            scenario = scenario.with_overrides(bands=[b for b in scenario.bands if b != "median"])
+    if "median" in scenario.bands:
+        from .uncertainty import hypothesis_parameter_sets, median_uncertainty
+        if hypotheses is not None and not isinstance(hypotheses, list):
+            hypotheses = hypothesis_parameter_sets(hypotheses, params)
+        band = median_uncertainty(scenario, params, res, hypotheses=hypotheses, parallel=parallel)
+    summary = summarise_result(scenario, res, exposure, band, titration)
+    outcome = ScenarioOutcome(scenario, res, summary, exposure, parameters=params, band=band,
+                              titration=titration)
     if out_dir is not None:
         outcome.files = write_outputs(outcome, Path(out_dir) / scenario.name, figure_writer=figure_writer)
     outcome.seconds = time.perf_counter() - t0
@@ -251,9 +295,13 @@ def run_scenario(scenario: Scenario | str | Path, out_dir: str | Path | None, pa
 
 def _provenance(outcome: ScenarioOutcome, **extra) -> dict:
     sc = outcome.scenario
+    bands = {M.BAND_PATIENTS: M.BAND_LABELS[M.BAND_PATIENTS]} if "patients" in sc.bands else {}
+    if outcome.band is not None:
+        bands[outcome.band.name] = outcome.band.provenance()
     return outcome.result.provenance(
         scenario=sc.to_dict(), scenario_file=str(sc.path) if sc.path else None,
-        parameter_source=sc.parameters, failures=[list(f) for f in outcome.result.failures()[:20]], **extra)
+        parameter_source=sc.parameters, failures=[list(f) for f in outcome.result.failures()[:20]],
+        bands=bands, **extra)
 
 
 def write_outputs(outcome: ScenarioOutcome, folder: Path, figure_writer=None) -> list[Path]:
@@ -264,7 +312,7 @@ def write_outputs(outcome: ScenarioOutcome, folder: Path, figure_writer=None) ->
     sc = outcome.scenario
     prov = _provenance(outcome, command="tregpd scenarios run")
     files = []
-    traj = percentile_frame(outcome.result)
+    traj = percentile_frame(outcome.result, band=outcome.band, patients_band="patients" in sc.bands)
     if "csv" in sc.outputs:
         files.append(atomic_write_frame(folder / "trajectories.csv", traj, prov))
     if "parquet" in sc.outputs:
@@ -285,7 +333,9 @@ def write_outputs(outcome: ScenarioOutcome, folder: Path, figure_writer=None) ->
         title = textwrap.fill(f"{sc.name}: {sc.description}", width=150)
         writer = figure_writer if figure_writer is not None else FigureWriter()
         files.append(writer.submit(plots.plot_scenario, folder / "trajectories.png", Curves.of(outcome.result),
-                                   title=title, ratio_target=sc.ratio_target, save={"bbox_inches": None}))
+                                   title=title, ratio_target=sc.ratio_target, save={"bbox_inches": None},
+                                   median_band=None if outcome.band is None else outcome.band.trajectories,
+                                   patients_band="patients" in sc.bands))
         if outcome.titration is not None:
             from .tdm_plots import plot_titration
             tit, ok = outcome.titration, outcome.result.ok
@@ -300,7 +350,8 @@ def write_outputs(outcome: ScenarioOutcome, folder: Path, figure_writer=None) ->
 def run_library(paths: Sequence[str | Path | Scenario], out_dir: str | Path | None, parameters=None,
                 progress: bool = True, population: int | None = None, output_step_day: float | None = None,
                 parallel: bool = True, figures: bool = True, ratio_target: float | None = None,
-                figure_workers: int | None = 0, model: str | None = None) -> LibraryRun:
+                figure_workers: int | None = 0, model: str | None = None, bands: Sequence[str] | None = None,
+                compare_week: float | None = None, hypotheses=None) -> LibraryRun:
     """Run several scenarios and compare them.
 
     Parameters
@@ -319,6 +370,11 @@ def run_library(paths: Sequence[str | Path | Scenario], out_dir: str | Path | No
     population, output_step_day, ratio_target : optional overrides for every scenario (e.g. a quick smoke run,
         or a healthy-range ratio target instead of the study's week-24 median 0.29)
     model : model structure name, optional; overrides every file's ``model`` key (``--model``)
+    bands : optional override of every file's ``bands`` ("patients", "median"; ``--bands``)
+    compare_week : optional override of every file's ``compare_week`` (``--compare-week``; capped at each
+        scenario's duration)
+    hypotheses : ``hypotheses.csv`` of ``tregpd hypotheses`` (path or DataFrame), optional: the "median" band
+        then also spans the medians under the SAT0261 regimen hypotheses' refits (``--hypotheses``)
 
     Returns
     -------
@@ -343,9 +399,18 @@ def run_library(paths: Sequence[str | Path | Scenario], out_dir: str | Path | No
         over["figures"] = False
     if model is not None:
         over["model"] = model
+    if bands is not None:
+        over["bands"] = list(bands)
     figures = figures and any(s.figures for s in scenarios)
     if over:
         scenarios = [s.with_overrides(**over) for s in scenarios]
+    if compare_week is not None:
+        scenarios = [s.with_overrides(compare_week=min(float(compare_week), s.weeks)) for s in scenarios]
+    if isinstance(hypotheses, (str, Path)):
+        import pandas as pd
+        if not Path(hypotheses).is_file():
+            raise ScenarioError(f"--hypotheses: {hypotheses} does not exist (run `tregpd hypotheses` first)")
+        hypotheses = pd.read_csv(hypotheses)
     if isinstance(parameters, (str, Path)):
         parameters = load_parameters(parameters)
     from tregpd.plotting import FigureWriter, figure_workers as auto_workers
@@ -354,12 +419,35 @@ def run_library(paths: Sequence[str | Path | Scenario], out_dir: str | Path | No
         n_figures = sum("png" in s.outputs and s.figures for s in scenarios) + 2 + len(QUESTIONS)
     workers = auto_workers(n_figures, figure_workers) if n_figures else 0
     with FigureWriter(workers, warm=("tregpd.scenarios.plots",)) as writer:
-        run = _run_library(scenarios, out_dir, parameters, progress, parallel, figures, writer)
+        run = _run_library(scenarios, out_dir, parameters, progress, parallel, figures, writer, hypotheses)
     run.seconds = time.perf_counter() - t0
     return run
 
 
-def _run_library(scenarios, out_dir, parameters, progress, parallel, figures, writer) -> LibraryRun:
+def bands_figure_scenarios(table, outcomes) -> list[str]:
+    """The scenarios of ``bands.png``: the reference, the best-ranked unflagged regimen and the best-ranked
+    flagged one with other cumulative doses than those already shown (at most three, among those that carry
+    the median band)."""
+    with_band = {o.scenario.name for o in outcomes if o.band is not None}
+    if not with_band:
+        return []
+    t = table[table["scenario"].isin(with_band)].sort_values("rank") if "rank" in table else table
+    picks = list(t.loc[t["question"] == "reference", "scenario"][:1])
+    if "flagged" not in t:
+        return picks
+    doses = {r["scenario"]: (round(r["il2_miu_total"], 6), round(r["sirolimus_mg_total"], 6))
+             for r in t.to_dict("records")}
+    used = {doses[n] for n in picks}
+    for flagged in (False, True):       # a different regimen (other doses), not the same one run longer
+        for n in t.loc[t["flagged"] == flagged, "scenario"]:
+            if n not in picks and doses[n] not in used:
+                picks.append(n)
+                used.add(doses[n])
+                break
+    return picks
+
+
+def _run_library(scenarios, out_dir, parameters, progress, parallel, figures, writer, hypotheses=None) -> LibraryRun:
     outcomes = []
     it = scenarios
     if progress:
@@ -369,7 +457,7 @@ def _run_library(scenarios, out_dir, parameters, progress, parallel, figures, wr
         if progress:
             it.set_postfix_str(sc.name)
         outcomes.append(run_scenario(sc, out_dir, parameters=parameters, progress=False, parallel=parallel,
-                                     figure_writer=writer))
+                                     figure_writer=writer, hypotheses=hypotheses))
     table = comparison_table(outcomes)
     rank = {n: i for i, n in enumerate(table["scenario"])}
     outcomes.sort(key=lambda o: rank[o.scenario.name])
@@ -403,6 +491,10 @@ def _run_library(scenarios, out_dir, parameters, progress, parallel, figures, wr
                     files.append(writer.submit(plots.comparison_figure, out / f"comparison_{q}.png", group,
                                                title=f"{q}: {QUESTIONS[q]}", max_trajectories=max(8, len(group)),
                                                save=save))
+            shown = bands_figure_scenarios(table, outcomes)
+            if shown:
+                files.append(writer.submit(plots.plot_bands, out / "bands.png",
+                                           [v for v in views if v.scenario.name in shown], save=save))
             if plots.dose_response_series(table):
                 files.append(writer.submit(plots.plot_dose_response, out / "dose_response.png", table, save=save))
     return LibraryRun(outcomes, table, md, files, 0.0)

@@ -25,6 +25,19 @@ drug schedule). Every key is checked; an unknown key anywhere is an error naming
     figures = true                   # optional; false = no PNG for this scenario (scripted runs; the quickest)
     model = "v2_lean"                # optional; the model structure (`tregpd models --brief`); default: the
                                      # default structure. `--model` on the command line overrides it
+    bands = ["patients", "median"]   # optional; which bands the outputs carry (default both):
+                                     #   "patients": between-patient range, 5-95 % of the virtual patients at
+                                     #               the point estimate ("between_patients_5_95")
+                                     #   "median": uncertainty of the population median, 5-95 % over parameter
+                                     #             draws of the calibrated parameters (parametric bootstrap from
+                                     #             the calibration's lmfit covariance), widened to the regimen
+                                     #             hypotheses' refits when given ("median_uncertainty_90")
+    uncertainty_draws = 30           # optional; parameter draws for the "median" band, 2-1000
+    uncertainty_population = 50      # optional; virtual patients per draw (the same patients in every draw:
+                                     # common random numbers), capped at `population`
+    compare_week = 24                # optional; week at which the comparison table reports values (default:
+                                     # 24, or the end if shorter); `--compare-week` overrides it
+    report_weeks = [4, 8]            # optional; further weeks at which Treg and the ratio are reported
 
     [regimen]
     assumption = ""                  # optional, as in Regimen.from_dict
@@ -97,6 +110,11 @@ DEFAULT_RATIO_TARGET = 0.29
 
 _SCENARIO_KEYS = {"name", "description", "source", "assumption", "question", "weeks", "parameters",
                   "population", "seed", "iiv", "outputs", "output_step_day", "ratio_target", "figures", "model"}
+#: band / comparison keys (see the module docstring)
+_BAND_KEYS = {"bands", "uncertainty_draws", "uncertainty_population", "compare_week", "report_weeks"}
+_SCENARIO_KEYS |= _BAND_KEYS
+#: the values of ``bands``
+BAND_KINDS = ("patients", "median")
 _REQUIRED = ("name", "description", "weeks")
 #: the whole name (fullmatch): "$" would also accept a trailing newline
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_\-]{0,99}")
@@ -133,6 +151,18 @@ class Scenario:
         The file it was read from.
     tdm : :class:`tregpd.scenarios.tdm.TdmRule` or None
         Trough titration of the sirolimus schedule (the ``[tdm]`` table), or None for fixed doses.
+    bands : tuple of "patients" / "median"
+        Which bands the outputs carry (see the module docstring).
+    bands_requested : bool
+        True when the file (or ``--bands``) names the bands. The default asks for both, and the runner then
+        leaves out the "median" band, with a warning, for a parameter file with no calibrated parameter; a
+        requested "median" band is an error there.
+    uncertainty_draws, uncertainty_population : int
+        Parameter draws and virtual patients per draw of the "median" band.
+    compare_week : float or None
+        Week of the comparison table's values (None: 24, or the end if shorter; see :meth:`comparison_week`).
+    extra_weeks : tuple of float
+        The file's ``report_weeks``: further weeks at which Treg and the ratio are reported.
     """
 
     name: str
@@ -153,17 +183,29 @@ class Scenario:
     model: str = DEFAULT_MODEL
     path: Path | None = None
     tdm: "TdmRule | None" = None
+    bands: tuple[str, ...] = BAND_KINDS
+    bands_requested: bool = False
+    uncertainty_draws: int = 30
+    uncertainty_population: int = 50
+    compare_week: float | None = None
+    extra_weeks: tuple[float, ...] = ()
 
     @property
     def t_end_day(self) -> float:
         return self.weeks * 7.0
 
     def report_weeks(self) -> tuple[float, ...]:
-        """Weeks at which the summary reports values: 6, 12, 24 and 48 (those within the duration) and the end."""
-        weeks = [w for w in (6.0, 12.0, 24.0, 48.0) if w <= self.weeks + 1e-9]
-        if not weeks or abs(weeks[-1] - self.weeks) > 1e-9:
-            weeks.append(float(self.weeks))
-        return tuple(weeks)
+        """Weeks at which the summary reports values: 6, 12, 24 and 48 (those within the duration), the
+        comparison week, the file's ``report_weeks`` and the end; sorted."""
+        weeks = {w for w in (6.0, 12.0, 24.0, 48.0) if w <= self.weeks + 1e-9}
+        weeks |= {self.comparison_week(), float(self.weeks), *self.extra_weeks}
+        return tuple(sorted(weeks))
+
+    def comparison_week(self) -> float:
+        """The week the comparison table reports values at: ``compare_week`` if set, else 24 (or the end when
+        the scenario is shorter); never past the end."""
+        w = self.compare_week if self.compare_week is not None else 24.0
+        return float(min(w, self.weeks))
 
     def treatment_end_day(self) -> float:
         """Day after the last dose interval (last dose + its interval), capped at the end; 0 if untreated."""
@@ -190,7 +232,13 @@ class Scenario:
               "assumption": self.assumption, "question": self.question, "weeks": self.weeks,
               "parameters": self.parameters, "population": self.population, "seed": self.seed,
               "outputs": list(self.outputs), "output_step_day": self.output_step_day,
-              "ratio_target": self.ratio_target, "figures": self.figures, "model": self.model}
+              "ratio_target": self.ratio_target, "figures": self.figures, "model": self.model,
+              "uncertainty_draws": self.uncertainty_draws,
+              "uncertainty_population": self.uncertainty_population, "report_weeks": list(self.extra_weeks)}
+        if self.compare_week is not None:
+            sc["compare_week"] = self.compare_week
+        if self.bands_requested:
+            sc["bands"] = list(self.bands)
         if self.iiv is not None:
             sc["iiv"] = dict(self.iiv)
         reg = self.regimen.to_dict()
@@ -345,6 +393,7 @@ def parse_scenario(data: Mapping[str, Any], origin: str = "<scenario>", base_dir
     figures = sc.get("figures", True)
     if not isinstance(figures, bool):
         raise _err(origin, "figures", f"must be true or false, got {figures!r}")
+    band_keys = parse_band_keys(sc, origin, weeks)
 
     reg_data = data.get("regimen", {})
     if not isinstance(reg_data, Mapping):
@@ -390,7 +439,37 @@ def parse_scenario(data: Mapping[str, Any], origin: str = "<scenario>", base_dir
                     source=_string(sc, "source", origin), assumption=assumption, question=question,
                     parameters=params, population=population, seed=seed, iiv=iiv, outputs=tuple(outputs),
                     output_step_day=step, ratio_target=target, figures=figures, model=model.name,
-                    path=Path(origin) if origin and not origin.startswith("<") else None)
+                    path=Path(origin) if origin and not origin.startswith("<") else None, **band_keys)
+
+
+def parse_band_keys(sc: Mapping[str, Any], origin: str, weeks: float) -> dict:
+    """Validate the band and comparison keys of a ``[scenario]`` table (``bands``, ``uncertainty_draws``,
+    ``uncertainty_population``, ``compare_week``, ``report_weeks``); returns the Scenario fields."""
+    bands = sc.get("bands", list(BAND_KINDS))
+    if not isinstance(bands, list) or not all(isinstance(b, str) for b in bands):
+        raise _err(origin, "bands", f"must be a list of strings, got {shorten(bands)}")
+    bad = [b for b in bands if b not in BAND_KINDS]
+    if bad:
+        raise _err(origin, "bands", f"unknown bands {shorten(bad)}; allowed: {list(BAND_KINDS)}")
+    draws = _integer(sc, "uncertainty_draws", origin, 30, 2)
+    if draws > 1000:
+        raise _err(origin, "uncertainty_draws", f"must be <= 1000, got {draws!r}")
+    upop = _integer(sc, "uncertainty_population", origin, 50, 1)
+    if upop > 10_000:
+        raise _err(origin, "uncertainty_population", f"must be <= 10000, got {upop!r}")
+    cw = sc.get("compare_week")
+    if cw is not None:
+        cw = _number(sc, "compare_week", origin)
+        if cw > weeks + 1e-9:
+            raise _err(origin, "compare_week", f"must be <= weeks ({weeks:g}), got {cw!r}")
+    extra = sc.get("report_weeks", [])
+    if not isinstance(extra, list) or not all(not isinstance(w, bool) and isinstance(w, (int, float))
+                                              and _finite(w) and 0 < w <= weeks + 1e-9 for w in extra):
+        raise _err(origin, "report_weeks", f"must be a list of weeks in (0, weeks = {weeks:g}], got "
+                                           f"{shorten(extra)}")
+    return {"bands": tuple(dict.fromkeys(bands)), "bands_requested": "bands" in sc,
+            "uncertainty_draws": draws, "uncertainty_population": upop,
+            "compare_week": cw, "extra_weeks": tuple(sorted({float(w) for w in extra}))}
 
 
 def parse_model(value, origin: str = "<scenario>"):

@@ -43,6 +43,8 @@ def test_main_job_quick(tmp_path, capsys):
     page = (out / "report.html").read_text()       # the report's own tests: tests/test_report*.py
     assert "shanxi_reference" in page and page.count('src="data:image/png;base64,') >= 10
     assert "shanxi_reference" in summary
+    assert "**Between patients**: 5–95 % of the virtual patients" in summary and "Ranking rule" in summary
+    assert "90% PI" not in summary
     assert "Model comparison" in summary and f"Chosen: `{chosen}`" in summary
     assert "numbers in tolerance" in summary and "Validation, study by study" in summary
     validation = pd.read_csv(out / "validate" / "validation.csv", comment="#")

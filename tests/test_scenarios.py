@@ -96,7 +96,7 @@ def test_library_smoke_run(path):
     out = run_scenario(sc, None, progress=False)
     assert out.result.n_failed == 0
     s = out.summary
-    assert set(s.columns) == {"scenario", "metric", "week", "statistic", "value", "unit"}
+    assert set(s.columns) == {"scenario", "metric", "week", "statistic", "value", "unit", "band"}
     for week in sc.report_weeks():
         for var in ("treg", "th17", "ratio"):
             assert np.isfinite(out.value(var, week))
@@ -275,14 +275,16 @@ def test_cli_run_end_to_end(tmp_path, capsys):
                    "--no-progress"])
     assert rc == 0
     stdout = capsys.readouterr().out
-    assert "| shanxi_reference | 24 |" in stdout and "| il2_dose_1p0miu | 24 |" in stdout
+    assert "| shanxi_reference | " in stdout and "| il2_dose_1p0miu | " in stdout
+    assert "90% PI" not in stdout and "between-patient range" in stdout and "Ranking rule" in stdout
     for name in ("comparison.csv", "comparison.md", "comparison.png", "dose_response.png", "summary_all.csv",
                  "shanxi_reference/trajectories.csv", "shanxi_reference/trajectories.parquet",
                  "shanxi_reference/summary.csv", "shanxi_reference/trajectories.png",
                  "shanxi_reference/provenance.json"):
         assert (tmp_path / name).is_file(), name
     traj = pd.read_csv(tmp_path / "shanxi_reference/trajectories.csv", comment="#")
-    assert set(traj["statistic"]) == {"median", "p05", "p95"}
+    assert set(traj["statistic"]) == {"median", "p05", "p95", "median_lower", "median_upper"}
+    assert set(traj["band"].fillna("")) == {"", "between_patients_5_95", "median_uncertainty_90"}
     import pyarrow.parquet as pq
     meta = json.loads(pq.read_schema(tmp_path / "shanxi_reference/trajectories.parquet").metadata[b"tregpd"])
     assert meta["seed"] == 20170614 and meta["regimen"]["name"] == "shanxi_reference"
@@ -292,7 +294,7 @@ def test_cli_run_end_to_end(tmp_path, capsys):
     row = comp.set_index("scenario")
     assert row.loc["il2_dose_1p0miu", "il2_miu_total"] == 2 * row.loc["shanxi_reference", "il2_miu_total"]
     summ = pd.read_csv(tmp_path / "shanxi_reference/summary.csv", comment="#")
-    assert M.lookup(summ, "ratio", 24) == pytest.approx(row.loc["shanxi_reference", "ratio_median_w24"])
+    assert M.lookup(summ, "ratio", 24) == pytest.approx(row.loc["shanxi_reference", "ratio_median_cmp"])
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):
@@ -313,8 +315,8 @@ def test_question_combination(tmp_path):
     assert set(run.table["scenario"]) == {"shanxi_reference", "il2_alone", "sirolimus_alone", "untreated",
                                          "taper_only"}
     text = (tmp_path / "combination" / "answer.md").read_text()
-    assert "Ranked by median Th17/Treg" in text
-    r = run.table.set_index("scenario")["ratio_median_w24"]
+    assert "Ranking rule" in text
+    r = run.table.set_index("scenario")["ratio_median_cmp"]
     assert r["shanxi_reference"] < r["il2_alone"] < r["untreated"]   # each drug adds to the other (priors)
 
 
@@ -339,7 +341,10 @@ def test_dose_find_respects_limits():
     res = dose_find(max_selectivity=1.0, max_treg_median=None, **kw)
     g = res.grid
     assert len(g) == 4 and g["feasible"].all()
-    assert res.best["ratio_median_w24"] == g["ratio_median_w24"].min()
+    from tregpd.scenarios.comparison import rank_regimens
+    # one implementation: the grid is in the order of the comparison's ranking function
+    again = rank_regimens(g.drop(columns=["flags", "flagged", "rank", "feasible"]), max_treg=None, max_selectivity=1.0)
+    assert list(again["regimen"]) == list(g["regimen"]) and res.best["regimen"] == g["regimen"].iloc[0]
     # 3 MIU peaks are 6x the 0.5 MIU peaks (linear PK); a limit between them excludes the 3 MIU regimens
     m05 = g[g["dose_miu"] == 0.5]["selectivity_margin_p95"].max()
     limit = 3 * m05
@@ -428,7 +433,7 @@ def test_cli_no_figures_writes_tables_but_no_png(tmp_path, capsys):
     rc = cli_main(["scenarios", "run", *files, "--population", "4", "--step-day", "7", "--out", str(tmp_path),
                    "--no-progress", "--no-figures"])
     assert rc == 0, capsys.readouterr().err
-    assert "| shanxi_reference | 24 |" in capsys.readouterr().out
+    assert "| shanxi_reference | – | 24 (24.0) |" in capsys.readouterr().out
     for name in ("comparison.csv", "comparison.md", "summary_all.csv", "shanxi_reference/trajectories.csv",
                  "shanxi_reference/trajectories.parquet", "shanxi_reference/summary.csv",
                  "shanxi_reference/provenance.json", "il2_dose_1p0miu/summary.csv"):

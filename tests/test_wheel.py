@@ -103,7 +103,7 @@ def test_wheel_builds_clean_installs_and_runs_outside_the_tree(tmp_path):
     _run([tregpd, "--help"], cwd=work, env=env)
     run = _run([tregpd, "scenarios", "run", scenario, "--population", "3", "--step-day", "7", "--out", "out",
                 "--no-progress"], cwd=work, env=env)
-    assert "| shanxi_reference | 24 |" in run.stdout
+    assert "| shanxi_reference | – | 24 (24.0) |" in run.stdout
     for name in ("comparison.csv", "comparison.md", "summary_all.csv", "comparison.png",
                  "shanxi_reference/trajectories.csv", "shanxi_reference/trajectories.parquet",
                  "shanxi_reference/summary.csv", "shanxi_reference/trajectories.png",
