@@ -408,3 +408,21 @@ def test_fuzzed_tdm_tables_give_a_rule_or_a_scenario_error(table, with_required)
     assert r.low < r.high and r.tablet_mg > 0 and r.min_dose <= r.max_dose_mg
     assert parse_tdm(r.to_dict(), "again") == r
     r.sampling_schedule(0.0, 364.0)
+
+
+def test_median_band_of_a_titrated_scenario_simulates_the_titrated_doses():
+    """The uncertainty-of-the-median band re-simulates its draw population on each patient's own titrated
+    doses: its point-estimate row equals the titrated scenario run on the same patients, and differs from the
+    same file given at a fixed dose."""
+    sc = load_scenario(next(p for p in library_paths() if p.stem == "lai2018_sirolimus_tdm"))
+    sc = sc.with_overrides(population=16, weeks=12, bands=["median"], uncertainty_draws=3,
+                           uncertainty_population=16)
+    out = run_scenario(sc, None, progress=False)
+    assert out.band is not None and out.titration is not None
+    point_row = out.band.draw_statistics[0]            # the draw population at the point estimate
+    direct = float(np.median(out.result.get("treg")[:, -1]))
+    assert point_row[("treg", 12.0)] == pytest.approx(direct, rel=1e-9)
+    d = sc.to_dict()
+    d.pop("tdm", None)
+    fixed = run_scenario(parse_scenario(d, origin="fixed"), None, progress=False)
+    assert fixed.band.draw_statistics[0][("treg", 12.0)] != pytest.approx(direct, rel=1e-6)
