@@ -20,6 +20,9 @@ def register(sub) -> None:
     p.add_argument("--free", default=None,
                    help="comma-separated parameters to fit (default: those flagged fitted in the parameter file)")
     p.add_argument("--patients", type=int, default=None, help="virtual patients in the population fit (300)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="processes for the profile likelihoods (default: one per available core; 1 = serial); "
+                        "the profiles do not depend on it")
     p.add_argument("--emcee", type=int, default=0, metavar="STEPS",
                    help="also sample the posterior with lmfit's emcee interface for STEPS steps (slow; off)")
     p.add_argument("--accept-poor-fit", action="store_true",
@@ -43,6 +46,8 @@ def run(args: argparse.Namespace) -> int:
     n = DEFAULT_POPULATION_SIZE if args.patients is None else args.patients
     if n < 10:
         raise TregpdError(f"--patients must be >= 10, got {n}")
+    if args.workers is not None and not 1 <= args.workers <= 64:
+        raise TregpdError(f"--workers must be in 1..64, got {args.workers}")
     if args.emcee < 0:
         raise TregpdError(f"--emcee must be >= 0, got {args.emcee}")
     structure = check_model(getattr(args, "model", None))
@@ -51,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
         free = tuple(s.strip() for s in args.free.split(",") if s.strip())
     outcome = run_fit(args.cohort, out_dir=args.out, mode=args.mode, seed=seed, parameters=args.params,
                       free=free, n_patients=n, emcee_steps=args.emcee, accept_poor_fit=args.accept_poor_fit,
-                      model=structure.name)
+                      model=structure.name, workers=args.workers)
     res = outcome.residuals
     fit_rows = res[res["role"] == "fitted"]
     print(f"cohort: {outcome.typical.problem.cohort.origin}; model: {structure.name}")
