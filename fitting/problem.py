@@ -31,7 +31,7 @@ from tregpd.model import (DEFAULT_IIV, ParameterSet, Regimen, SolverOptions, def
                           reference_regimen, sample_population, simulate, simulate_population)
 from tregpd.errors import IntegrationError, ParameterError, TregpdError
 from tregpd.model.parameters import _PER_DAY
-from tregpd.model.simulate import variables_for
+from tregpd.model.simulate import simulate_checked, theta_matrix, variables_for
 
 from .cohort import Cohort, baseline_values
 from .objective import DEFAULT_LOG_SD, log_residuals, standard_errors
@@ -210,7 +210,19 @@ class FitProblem:
         m = self.structure
         self._events = self.regimen.events()
         self._columns = {n: j for j, n in enumerate(m.parameter_names)}
-        self._theta0 = self.parameters.to_theta(m)
+        self._theta0 = theta_matrix(self.parameters, m)[0]
+        # the kernel's constraints (> 0, <= 1, ...) are intervals: a parameter whose file bounds satisfy them is
+        # valid at any value within its bounds, which _theta_row checks; the others are checked value by value
+        self._check = set()
+        for name in m.parameter_names:
+            p = self.parameters[name]
+            for v in (p.lower, p.upper):
+                th = self._theta0.copy()
+                th[self._columns[name]] = v * _PER_DAY.get(p.unit, 1.0)
+                try:
+                    theta_matrix(th[None, :], m)
+                except ParameterError:
+                    self._check.add(name)
         self._plan = _statistics_plan(self.table.loc[self._fit_idx], self.t_out, variables_for(m))
         self._draws: dict[int, list] = {}
         self._cache: OrderedDict = OrderedDict()
@@ -232,6 +244,8 @@ class FitProblem:
             j = self._columns.get(name)
             if j is not None:                             # parameters the structure does not read are ignored
                 th[j] = v * _PER_DAY.get(p.unit, 1.0)
+                if name in self._check:
+                    theta_matrix(th[None, :], self.structure)
         return th, used
 
     def _population_draw(self, n: int) -> list:
@@ -268,18 +282,24 @@ class FitProblem:
             th[:, j] = np.clip(typical * e, lo, hi) * f
         return th
 
-    def _simulate_fast(self, values: Mapping[str, float]):
-        """The objective's simulation: fitted observation days only, no ParameterSet built."""
+    def _simulate_fast(self, values: Mapping[str, float]) -> np.ndarray:
+        """The objective's simulation at the fitted observation days, no ParameterSet built: the outputs of the
+        patients that succeeded, shape (n_ok, n_times, n_outputs). Validation happened once (construction and
+        :meth:`_theta_row`), so the kernel is called without :func:`simulate_population`'s per-call checks; a
+        failure is re-run through :func:`simulate_population`, whose error names it."""
         if self.mode == "typical":
-            th, _ = self._theta_row(values)
-            return simulate_population(th[None, :], events=self._events, t_out=self.t_out, options=self.options,
-                                       parallel=False, on_failure="raise", model=self.structure)
-        res = simulate_population(self._population_theta(values, int(self.n_patients)), events=self._events,
-                                  t_out=self.t_out, options=self.options, parallel=self.parallel,
-                                  on_failure="keep", seed=self.seed, model=self.structure)
-        if res.n_failed > MAX_FAILED_FRACTION * res.n_patients:
+            th = self._theta_row(values)[0][None, :]
+            tolerated, parallel = 0, False
+        else:
+            th = self._population_theta(values, int(self.n_patients))
+            tolerated, parallel = MAX_FAILED_FRACTION * th.shape[0], self.parallel
+        out, status = simulate_checked(th, self._events, self.t_out, self.options, self.structure, parallel)
+        ok = status == 0
+        if (~ok).sum() > tolerated:
+            res = simulate_population(th, events=self._events, t_out=self.t_out, options=self.options,
+                                      parallel=parallel, on_failure="keep", model=self.structure)
             res.raise_on_failure()
-        return res
+        return out if ok.all() else out[ok]
 
     def residuals(self, values: Mapping[str, float]) -> np.ndarray:
         """Weighted residual vector (see :mod:`tregpd.fitting.objective`), shape (n_targets,).
@@ -294,8 +314,7 @@ class FitProblem:
             self._cache.move_to_end(key)
             return hit.copy()
         self.n_evaluations += 1
-        res = self._simulate_fast(values)
-        r = log_residuals(_apply_plan(self._plan, res.values[res.ok]), self.observed, self.sigma)
+        r = log_residuals(_apply_plan(self._plan, self._simulate_fast(values)), self.observed, self.sigma)
         self._cache[key] = r
         if len(self._cache) > CACHE_SIZE:
             self._cache.popitem(last=False)

@@ -102,3 +102,13 @@ def test_parallel_profiles_equal_serial_profiles():
         np.testing.assert_array_equal(parallel[n].values, serial[n].values)
         np.testing.assert_array_equal(parallel[n].chisqr, serial[n].chisqr)
         assert parallel[n].ci95 == serial[n].ci95
+
+
+def test_a_failed_integration_is_reported_not_returned():
+    from tregpd.errors import IntegrationError
+    from tregpd.model import SolverOptions
+    for mode in ("typical", "population"):
+        problem = FitProblem(seed_cohort(), mode=mode, n_patients=10)
+        problem.options = SolverOptions(rtol=1e-8, atol=1e-10, max_steps=20)
+        with pytest.raises(IntegrationError, match="maximum number of steps reached"):
+            problem.residuals({"il2_emax_treg": 12.0})
