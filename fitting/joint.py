@@ -390,11 +390,13 @@ def profile(fit: StructureFit, name: str, n_points: int = 7, max_nfev: int = 150
     grid = np.unique(np.r_[grid, best[name]])
     rows = []
     others = [n for n in prob.parameter_names if n != name]
+    # one sub-problem for the whole grid (reading and validating the dataset takes ~0.2 s); each grid point sets
+    # its base (and potency), which also keys the residual cache
+    sub = JointProblem(prob.model, base=prob.base, free=[n for n in prob.free if n != name],
+                       fit_potency=prob.fit_potency and name != "potency_chinese_rhil2", mode=prob.mode,
+                       n_population=prob.n_population, seed=prob.seed, use_checks=prob.use_checks,
+                       iiv=prob.iiv, regimens=prob.regimens)
     for v in grid:
-        sub = JointProblem(prob.model, base=prob.base, free=[n for n in prob.free if n != name],
-                           fit_potency=prob.fit_potency and name != "potency_chinese_rhil2", mode=prob.mode,
-                           n_population=prob.n_population, seed=prob.seed, use_checks=prob.use_checks,
-                           iiv=prob.iiv, regimens=prob.regimens)
         fixed = dict(best)
         fixed[name] = v
         if name == "potency_chinese_rhil2":

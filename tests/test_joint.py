@@ -77,3 +77,18 @@ def test_repeated_points_are_not_simulated_twice_unless_the_base_changes():
     prob.base = prob.base.with_values(treg_crowding=2 * prob.base.value("treg_crowding"))
     b = prob.residuals(v)
     assert prob.n_evaluations == n + 1 and not np.array_equal(a, b)
+
+
+@pytest.mark.slow   # 8 small joint fits
+def test_profile_points_equal_fits_of_fresh_problems():
+    """joint.profile reuses one sub-problem along the grid; each point must equal a fit of a new problem with the
+    parameter fixed at that value (nothing carried over from the previous point)."""
+    from tregpd.fitting.joint import profile
+    prob = JointProblem("v2_lean", free=("il2_emax_treg", "treg_crowding"))
+    fit = fit_structure(prob, max_nfev=6)
+    prof = profile(fit, "treg_crowding", n_points=3, max_nfev=6)
+    assert len(prof) >= 3
+    for r in prof.itertuples():
+        fresh = JointProblem("v2_lean", base=prob.base.with_values(treg_crowding=r.value), free=("il2_emax_treg",))
+        f = fit_structure(fresh, start={"il2_emax_treg": fit.values["il2_emax_treg"]}, max_nfev=6)
+        assert r.chi2 == f.chi2, r.value
