@@ -46,8 +46,12 @@ def run(args: argparse.Namespace) -> int:
     n = DEFAULT_POPULATION_SIZE if args.patients is None else args.patients
     if n < 10:
         raise TregpdError(f"--patients must be >= 10, got {n}")
-    if args.workers is not None and not 1 <= args.workers <= 64:
-        raise TregpdError(f"--workers must be in 1..64, got {args.workers}")
+    if args.workers is not None:
+        from .optimise import available_cores
+        limit = available_cores()
+        if not 1 <= args.workers <= limit:
+            raise TregpdError(f"--workers must be between 1 and the {limit} CPUs available on this machine, got "
+                              f"{args.workers}")
     if args.emcee < 0:
         raise TregpdError(f"--emcee must be >= 0, got {args.emcee}")
     structure = check_model(getattr(args, "model", None))

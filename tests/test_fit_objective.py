@@ -112,3 +112,13 @@ def test_a_failed_integration_is_reported_not_returned():
         problem.options = SolverOptions(rtol=1e-8, atol=1e-10, max_steps=20)
         with pytest.raises(IntegrationError, match="maximum number of steps reached"):
             problem.residuals({"il2_emax_treg": 12.0})
+
+
+def test_cli_workers_must_fit_the_machine(tmp_path, capsys):
+    from tregpd.cli import main
+    from tregpd.fitting.optimise import available_cores
+    for bad in (0, available_cores() + 1):
+        assert main(["fit", "--workers", str(bad), "--out", str(tmp_path / "o")]) == 2
+        err = capsys.readouterr().err
+        assert "--workers" in err and f"got {bad}" in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists()
