@@ -10,7 +10,7 @@ __all__ = attach(__name__, {
                "STATISTICS"),
     "objective": ("DEFAULT_LOG_SD", "standard_errors", "log_residuals"),
     "problem": ("FitProblem", "cohort_regimen"),
-    "optimise": ("build_parameters", "make_minimizer", "minimize", "profile_likelihood", "confidence_intervals",
+    "optimise": ("build_parameters", "make_minimizer", "minimize", "profile_likelihood", "profile_likelihoods", "confidence_intervals",
                  "sample_posterior", "Profile", "FitError", "DELTA_CHI2_95"),
     "workflow": ("fit_typical", "fit_population", "run_fit", "FitOutcome", "TypicalFit", "PopulationFit",
                  "fitted_parameter_set", "PoorFitError"),

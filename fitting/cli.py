@@ -20,6 +20,9 @@ def register(sub) -> None:
     p.add_argument("--free", default=None,
                    help="comma-separated parameters to fit (default: those flagged fitted in the parameter file)")
     p.add_argument("--patients", type=int, default=None, help="virtual patients in the population fit (300)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="processes for the profile likelihoods (default: one per available core; 1 = serial); "
+                        "the profiles do not depend on it")
     p.add_argument("--emcee", type=int, default=0, metavar="STEPS",
                    help="also sample the posterior with lmfit's emcee interface for STEPS steps (slow; off)")
     p.add_argument("--accept-poor-fit", action="store_true",
@@ -49,6 +52,12 @@ def run(args: argparse.Namespace) -> int:
     n = DEFAULT_POPULATION_SIZE if args.patients is None else args.patients
     if n < 10:
         raise TregpdError(f"--patients must be >= 10, got {n}")
+    if args.workers is not None:
+        from .optimise import available_cores
+        limit = available_cores()
+        if not 1 <= args.workers <= limit:
+            raise TregpdError(f"--workers must be between 1 and the {limit} CPUs available on this machine, got "
+                              f"{args.workers}")
     if args.emcee < 0:
         raise TregpdError(f"--emcee must be >= 0, got {args.emcee}")
     structure = check_model(getattr(args, "model", None))
@@ -64,7 +73,8 @@ def run(args: argparse.Namespace) -> int:
         try:
             outcome = run_fit(args.cohort, out_dir=run.path, mode=args.mode, seed=seed, parameters=args.params,
                               free=free, n_patients=n, emcee_steps=args.emcee,
-                              accept_poor_fit=args.accept_poor_fit, model=structure.name)
+                              accept_poor_fit=args.accept_poor_fit, model=structure.name,
+                              workers=args.workers)
         except PoorFitError as exc:
             poor = exc
     if poor is not None:

@@ -39,6 +39,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
@@ -144,6 +145,8 @@ class JointProblem:
             self._t_out[rid] = output_times(reg.duration_day, reg.output_step_day,
                                             extra=[d for d in days if d <= reg.duration_day])
         self.n_evaluations = 0
+        self._event_cache: dict = {}
+        self._residual_cache: OrderedDict = OrderedDict()
 
     # ------------------------------------------------------------------------------------ parameters
     @property
@@ -173,6 +176,16 @@ class JointProblem:
         return {"chinese_rhil2": float(values.get("potency_chinese_rhil2", 1.0))}
 
     # ------------------------------------------------------------------------------------ simulation
+    def _events(self, rid: str, pot: dict):
+        """The dose events of regimen ``rid`` at product potencies ``pot`` (compiled once per potency)."""
+        key = (rid, tuple(sorted(pot.items())))
+        ev = self._event_cache.get(key)
+        if ev is None:
+            if len(self._event_cache) > 4 * len(self.needed):
+                self._event_cache.clear()
+            ev = self._event_cache[key] = self.regimens[rid].regimen(pot).events()
+        return ev
+
     def simulate_all(self, values: Mapping[str, float]) -> dict[str, StudySimulation]:
         params = self.parameter_set(values)
         pot = self.potency(values)
@@ -180,13 +193,13 @@ class JointProblem:
         for rid in self.needed:
             reg = self.regimens[rid]
             p = params.with_values(**reg.baseline) if reg.baseline else params
-            regimen = reg.regimen(pot)
+            events = self._events(rid, pot)
             t_out = self._t_out[rid]
-            typ = simulate(p, regimen, t_out=t_out, model=self.structure)
+            typ = simulate(p, events=events, t_out=t_out, model=self.structure)
             if self.mode == "population":
                 theta = sample_population(p, n=self.n_population, iiv=self.iiv or DEFAULT_IIV, seed=self.seed,
                                           model=self.structure)
-                pop = simulate_population(theta, regimen, t_out=t_out, on_failure="keep", parameters=p,
+                pop = simulate_population(theta, events=events, t_out=t_out, on_failure="keep", parameters=p,
                                           model=self.structure, parallel=self.n_population >= 8)
             else:
                 pop = typ
@@ -197,14 +210,22 @@ class JointProblem:
     def predictions(self, values: Mapping[str, float], sims=None):
         """(quantitative predictions (n_rows,), qualitative outcomes list of dicts)."""
         sims = sims if sims is not None else self.simulate_all(values)
-        pred = np.empty(len(self.rows))
-        for i, r in enumerate(self.rows.itertuples(index=False)):
+        rows, checks = self._tuples()
+        pred = np.empty(len(rows))
+        for i, r in enumerate(rows):
             q = row_quantity(sims[r.regimen_id], r.observable, r.mapping, r.day, r.day_end, r.time_summary,
                              r.statistic)
             pred[i] = q["predicted"]
-        quals = [evaluate_check(spec, r, sims) for spec, r in zip(self.check_specs,
-                                                                     self.checks.itertuples(index=False))]
+        quals = [evaluate_check(spec, r, sims) for spec, r in zip(self.check_specs, checks)]
         return pred, quals
+
+    def _tuples(self) -> tuple[list, list]:
+        """The rows and checks as lists of named tuples (read once per table, not at every evaluation)."""
+        src = getattr(self, "_tuple_source", None)
+        if src is None or src[0] is not self.rows or src[1] is not self.checks:
+            self._tuple_source = (self.rows, self.checks, list(self.rows.itertuples(index=False)),
+                                  list(self.checks.itertuples(index=False)))
+        return self._tuple_source[2], self._tuple_source[3]
 
     # ------------------------------------------------------------------------------------ residuals
     def hinge(self, spec: dict, predicted) -> float:
@@ -236,7 +257,22 @@ class JointProblem:
         raise JointFitError(f"no soft constraint for check type {t!r}")  # pragma: no cover
 
     def residuals(self, values: Mapping[str, float]) -> np.ndarray:
-        """z of every quantitative row, then the hinge residual of every qualitative fact."""
+        """z of every quantitative row, then the hinge residual of every qualitative fact.
+
+        The last few parameter vectors and their residuals are remembered, so a point asked for again (lmfit's
+        final evaluation, :func:`fit_structure`'s chi-square split) is not simulated twice."""
+        key = tuple(sorted((k, float(v)) for k, v in values.items()))
+        hit = self._residual_cache.get(key)
+        if hit is not None and hit[0] is self.base and hit[1] == self.potency:   # same base values, same potency
+            self._residual_cache.move_to_end(key)
+            return hit[2].copy()
+        r = self._residuals(values)
+        self._residual_cache[key] = (self.base, self.potency, r)
+        if len(self._residual_cache) > 8:
+            self._residual_cache.popitem(last=False)
+        return r.copy()
+
+    def _residuals(self, values: Mapping[str, float]) -> np.ndarray:
         try:
             pred, quals = self.predictions(values)
         except TregpdError:
@@ -354,11 +390,13 @@ def profile(fit: StructureFit, name: str, n_points: int = 7, max_nfev: int = 150
     grid = np.unique(np.r_[grid, best[name]])
     rows = []
     others = [n for n in prob.parameter_names if n != name]
+    # one sub-problem for the whole grid (reading and validating the dataset takes ~0.2 s); each grid point sets
+    # its base (and potency), which also keys the residual cache
+    sub = JointProblem(prob.model, base=prob.base, free=[n for n in prob.free if n != name],
+                       fit_potency=prob.fit_potency and name != "potency_chinese_rhil2", mode=prob.mode,
+                       n_population=prob.n_population, seed=prob.seed, use_checks=prob.use_checks,
+                       iiv=prob.iiv, regimens=prob.regimens)
     for v in grid:
-        sub = JointProblem(prob.model, base=prob.base, free=[n for n in prob.free if n != name],
-                           fit_potency=prob.fit_potency and name != "potency_chinese_rhil2", mode=prob.mode,
-                           n_population=prob.n_population, seed=prob.seed, use_checks=prob.use_checks,
-                           iiv=prob.iiv, regimens=prob.regimens)
         fixed = dict(best)
         fixed[name] = v
         if name == "potency_chinese_rhil2":

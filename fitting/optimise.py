@@ -329,6 +329,64 @@ def profile_likelihood(problem: FitProblem, result, name: str, n_points: int = 9
     return prof
 
 
+@dataclass
+class _BestFit:
+    """What a profile needs of an lmfit result (picklable: parameter values and chi-square)."""
+
+    params: object
+    chisqr: float
+
+
+def _profile_job(job):
+    problem, best, name, n_points, method = job
+    problem.parallel = False   # a forked worker must not start OpenMP threads (the parent may have)
+    prof = profile_likelihood(problem, best, name, n_points=n_points, method=method)
+    return prof, problem.n_evaluations
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (the affinity mask where the OS has one)."""
+    from tregpd.scenarios.backends import available_cpus
+    return available_cpus()
+
+
+def profile_likelihoods(problem: FitProblem, result, names: Sequence[str], n_points: int = 9,
+                        method: str = DEFAULT_METHOD, workers: int | None = None) -> dict:
+    """:func:`profile_likelihood` of each of ``names``, in parallel processes.
+
+    Each profile is independent of the others (its own refits from the best fit), so they run in a process pool
+    of ``workers`` processes (default: one per available core, at most one per profile); the numbers are those
+    of the serial loop (``workers=1``), each process simulating with its own copy of the problem. Processes
+    are forked where the platform allows it (the compiled kernels are inherited, nothing is recompiled or
+    reloaded), otherwise spawned. The longest profiles are started first: a parameter the profile cannot bound
+    is swept across its whole range.
+
+    Returns
+    -------
+    dict name -> Profile, in the order of ``names``; ``problem.n_evaluations`` is increased by the simulations
+    the workers ran.
+    """
+    names = list(dict.fromkeys(names))
+    workers = available_cores() if workers is None else int(workers)
+    if workers < 1:
+        raise FitError(f"workers must be >= 1, got {workers}")
+    workers = min(workers, len(names))
+    best = _BestFit(result.params.copy(), float(result.chisqr))
+    if workers <= 1:
+        return {n: profile_likelihood(problem, best, n, n_points=n_points, method=method) for n in names}
+    import multiprocessing as mp
+    from tregpd.scenarios.backends import process_pool
+    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+    # parameters the fit keeps fixed are usually the unidentifiable ones: swept end to end, so slowest
+    order = sorted(names, key=lambda n: n in problem.free)
+    jobs = [(problem, best, n, n_points, method) for n in order]
+    # cancelled, terminated and reaped at once on an error, Ctrl-C or SIGTERM
+    with process_pool(max_workers=workers, mp_context=ctx) as pool:
+        done = dict(zip(order, pool.map(_profile_job, jobs)))
+    problem.n_evaluations += sum(n for _, n in done.values())
+    return {n: done[n][0] for n in names}
+
+
 # ------------------------------------------------------------------------------- lmfit conf_interval
 def likelihood_ratio_prob(best_fit, new_fit) -> float:
     """``prob_func`` for :func:`lmfit.conf_interval`: chi-square likelihood-ratio test with known variances."""

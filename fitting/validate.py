@@ -56,10 +56,17 @@ class StudySimulation:
     typical: object
     population: object
     parameters: ParameterSet
+    _values: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def values(self, observable: str) -> tuple[np.ndarray, np.ndarray]:
-        """(typical (1, nt), population (n_ok, nt)) arrays of ``observable``."""
-        return self.typical.get(observable), self.population.get(observable)
+        """(typical (1, nt), population (n_ok, nt)) arrays of ``observable`` (computed once per observable: every
+        row and check of a study reads the same arrays; treat them as read-only)."""
+        got = self._values.get(observable)
+        if got is None:
+            typ = self.typical.get(observable)
+            pop = typ if self.population is self.typical else self.population.get(observable)
+            got = self._values[observable] = (typ, pop)
+        return got
 
 
 @dataclass

@@ -32,7 +32,7 @@ from tregpd.errors import TregpdError
 
 from .cohort import Cohort, load_cohort
 from .optimise import (DEFAULT_METHOD, DELTA_CHI2_95, Profile, build_parameters, confidence_intervals,
-                       minimize, profile_likelihood, sample_posterior)
+                       minimize, profile_likelihoods, sample_posterior)
 from .problem import FitProblem
 
 #: parameters profiled in addition to the free ones, to show what the data cannot separate
@@ -129,7 +129,7 @@ def fitted_parameter_set(problem: FitProblem, values: Mapping[str, float], mode:
 def fit_typical(cohort=None, parameters: ParameterSet | None = None, free: Sequence[str] | None = None,
                 regimen=None, *, profile: bool = True, profile_extra: Sequence[str] = DEFAULT_PROFILE_EXTRA,
                 fix_unidentifiable: bool = True, n_profile_points: int = 9, method: str = DEFAULT_METHOD,
-                confidence: bool = True, model=None) -> TypicalFit:
+                confidence: bool = True, model=None, workers: int | None = None) -> TypicalFit:
     """Typical-patient fit: lmfit fit, profile likelihood of every free parameter, identifiability decisions,
     refit with the non-identifiable parameters fixed at their priors, and lmfit confidence intervals.
 
@@ -142,6 +142,8 @@ def fit_typical(cohort=None, parameters: ParameterSet | None = None, free: Seque
     fix_unidentifiable : apply the rule in the module docstring
     model : model structure (default: the default structure); parameters it does not read are neither fitted
         nor profiled
+    workers : processes for the profiles (default: one per available core; 1 = in this process); the profiles
+        are the same whatever the number (:func:`~tregpd.fitting.optimise.profile_likelihoods`)
     """
     cohort = _ensure_cohort(cohort)
     problem = FitProblem(cohort, parameters=parameters, free=free, regimen=regimen, mode="typical", model=model)
@@ -152,8 +154,9 @@ def fit_typical(cohort=None, parameters: ParameterSet | None = None, free: Seque
     decisions: dict[str, str] = {}
     fixed: list[str] = []
     if profile:
-        for name in list(problem.free) + [n for n in profile_extra if n not in problem.free]:
-            profiles[name] = profile_likelihood(problem, initial, name, n_points=n_profile_points, method=method)
+        names = list(problem.free) + [n for n in profile_extra if n not in problem.free]
+        profiles = profile_likelihoods(problem, initial, names, n_points=n_profile_points, method=method,
+                                       workers=workers)
         for name in problem.free:
             prof = profiles[name]
             cls = prof.classification
@@ -278,7 +281,7 @@ def run_fit(cohort_path=None, out_dir="out/fit", mode: str = "both", seed: int =
             parameters: ParameterSet | str | Path | None = None, free: Sequence[str] | None = None,
             n_patients: int = DEFAULT_POPULATION_SIZE, emcee_steps: int = 0, write: bool = True,
             plots: bool = True, profile_extra: Sequence[str] = DEFAULT_PROFILE_EXTRA,
-            accept_poor_fit: bool = False, model=None) -> FitOutcome:
+            accept_poor_fit: bool = False, model=None, workers: int | None = None) -> FitOutcome:
     """Fit a cohort and write ``fitted_parameters.toml``, ``fit_report.txt``, ``fit.png``, ``profiles.png``,
     ``residuals.csv`` and ``provenance.json`` into ``out_dir`` (atomically, with provenance).
 
@@ -300,6 +303,7 @@ def run_fit(cohort_path=None, out_dir="out/fit", mode: str = "both", seed: int =
     model : model structure (name; default: the default structure), named in the report and the provenance.
         A parameter flagged ``fitted = true`` that the structure does not read is left out, with a note in the
         report
+    workers : processes for the profile likelihoods (default: one per available core; 1 = serial)
     """
     from tregpd.model import load_parameters
     from tregpd.io import (atomic_save_figure, atomic_write_frame, atomic_write_json,
@@ -313,7 +317,7 @@ def run_fit(cohort_path=None, out_dir="out/fit", mode: str = "both", seed: int =
     t0 = time.perf_counter()
     cohort = load_cohort(cohort_path)
     priors = parameters if isinstance(parameters, ParameterSet) else load_parameters(parameters)
-    typ = fit_typical(cohort, priors, free=free, profile_extra=profile_extra, model=model)
+    typ = fit_typical(cohort, priors, free=free, profile_extra=profile_extra, model=model, workers=workers)
     pop = None
     if mode in ("population", "both"):
         free_pop = tuple(n for n, p in typ.result.params.items() if p.vary)

@@ -320,6 +320,22 @@ def _run(theta, events, t_out, options, parallel, model=None):
     return out, status, t_reached, steps
 
 
+def simulate_checked(theta: np.ndarray, events: EventTable, t_out: np.ndarray, options: SolverOptions,
+                     model: ModelStructure, parallel: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """The kernel call of :func:`simulate_population` without its per-call checks, for optimisers that simulate
+    the same regimen and output grid thousands of times (:mod:`tregpd.fitting.problem`).
+
+    The caller guarantees what :func:`simulate_population` would check: ``theta`` a C-contiguous float64 array
+    that passes :func:`theta_matrix` for ``model`` (a ModelStructure), ``events`` a compiled
+    :class:`EventTable` of compartments the model declares, ``t_out`` from :func:`validate_times`, ``options``
+    a :class:`SolverOptions`. Returns ``(values (n_patients, n_times, n_outputs), status (n_patients,))``;
+    status 0 = ok, any other value is a failure described by :data:`STATUS_MESSAGES` (non-finite outputs are
+    reported as failures, never returned as values).
+    """
+    out, status, _, _ = _run(theta, events, t_out, options, parallel, model)
+    return out, status
+
+
 def simulate(parameters: ParameterSet | None = None, regimen: Regimen | None = None, *,
              events: EventTable | None = None, t_end_day: float | None = None, output_step_day: float = 1.0,
              t_out=None, options: SolverOptions | None = None, model: str | ModelStructure | None = None,
