@@ -799,7 +799,11 @@ def plot(scale_n, million, scale_d, wp, path):
     w = [r["weeks"] for r in scale_d]
     ax.plot(w, [r["ms_per_patient_single"] for r in scale_d], "o-", label="one patient, kernel [ms]")
     ax.set_xlabel("simulated duration [weeks] (reference regimen continued)")
-    ax.set_ylabel("ms per patient")
+    ax.set_ylabel("ms per patient (one patient, wall)")
+    if all("population_patients_per_cpu_s" in r for r in scale_d):
+        ax3 = ax.twinx()
+        ax3.semilogy(w, [r["population_patients_per_cpu_s"] for r in scale_d], "s--", color="C2")
+        ax3.set_ylabel("population: patients per CPU-second", color="C2")
     ax.set_title("cost vs simulated duration")
     ax.grid(alpha=0.3)
     ax = axes[2]
