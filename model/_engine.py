@@ -974,7 +974,10 @@ def simulate_patient(theta, dose_t, dose_cmt, dose_amt, t_out, rtol, atol, metho
     Not callable from numba code; jitted callers use those two directly.
     """
     if mode == MODE_CLOSED_FORM and method == METHOD_DOPRI5:
-        return simulate_patient_cf_dp5(theta, dose_t, dose_cmt, dose_amt, t_out, rtol, atol, max_steps, out)
+        # the counting variant directly (its counters discarded): a first call then compiles one function, not
+        # also the thin simulate_patient_cf_dp5 wrapper around it
+        return simulate_patient_cf_dp5_stats(theta, dose_t, dose_cmt, dose_amt, t_out, rtol, atol, max_steps, out,
+                                             np.zeros(N_STATS, dtype=np.int64))
     return simulate_patient_generic(theta, dose_t, dose_cmt, dose_amt, t_out, rtol, atol, method, mode,
                                     max_steps, out)
 
@@ -984,8 +987,9 @@ def population_fast_parallel(theta, dose_t, dose_cmt, dose_amt, t_out, rtol, ato
                              t_reached, steps):
     """The fast path for ``theta.shape[0]`` patients in parallel (prange); each writes its own rows."""
     for i in prange(theta.shape[0]):
-        s, tr, ns = simulate_patient_cf_dp5(theta[i], dose_t, dose_cmt, dose_amt, t_out, rtol, atol, max_steps,
-                                            out[i])
+        stats = np.zeros(N_STATS, dtype=np.int64)
+        s, tr, ns = simulate_patient_cf_dp5_stats(theta[i], dose_t, dose_cmt, dose_amt, t_out, rtol, atol,
+                                                  max_steps, out[i], stats)
         status[i] = s
         t_reached[i] = tr
         steps[i] = ns
@@ -996,8 +1000,9 @@ def population_fast_serial(theta, dose_t, dose_cmt, dose_amt, t_out, rtol, atol,
                            t_reached, steps):
     """Serial twin of :func:`population_fast_parallel` (same numbers, one thread)."""
     for i in range(theta.shape[0]):
-        s, tr, ns = simulate_patient_cf_dp5(theta[i], dose_t, dose_cmt, dose_amt, t_out, rtol, atol, max_steps,
-                                            out[i])
+        stats = np.zeros(N_STATS, dtype=np.int64)
+        s, tr, ns = simulate_patient_cf_dp5_stats(theta[i], dose_t, dose_cmt, dose_amt, t_out, rtol, atol,
+                                                  max_steps, out[i], stats)
         status[i] = s
         t_reached[i] = tr
         steps[i] = ns
