@@ -13,10 +13,15 @@ has no events. A peer that is not importable is skipped with the reason printed.
 Measured, for each tool: max normalised error of Treg and Th17 at weeks 6, 12 and 24 against a tight
 reference (solve_ivp Radau rtol 1e-12; DOP853 rtol 1e-12 as cross-check and as the reference in --quick),
 wall time per patient (median of repeats after a warm-up), ratio to scipy LSODA measured in this run,
-first-call time with a cold numba cache (compile) and with a warm one, peak resident memory; then tregpd's
-population throughput at 1, 1,000, 100,000 and 1,000,000 patients (the million streamed in chunks, each
-reduced to summaries), and the cost against simulated duration. Results go to benchmarks/results/ (CSV +
-run.json with versions and machine) and benchmarks/scaling.png.
+first-call time with a cold numba cache (compile) and with a warm one, peak resident memory; one row per model
+structure against LSODA on that structure's own Python right-hand side (issue 14); then, on the default
+structure, tregpd's population throughput at 1, 1,000, 100,000 and 1,000,000 patients (the million streamed in
+chunks, each reduced to summaries) and the cost against simulated duration; patients per CPU-second for the
+default structure and the IL-2-consumption structure (issue 15); "where the time goes" per structure
+(where_time.py: evaluations, steps, time per evaluation, ratio to a lower limit at the machine's rates measured
+in this run); the fit and Sobol timings of bench_workflows.py when that module is present. The run ends with
+one table of every target of issues 14 and 15 (measured value, MET / MISSED by how much / REPORTED). Results
+go to benchmarks/results/ (CSV + run.json with versions and machine; targets.csv) and benchmarks/scaling.png.
 """
 from __future__ import annotations
 
@@ -40,6 +45,7 @@ import peers  # noqa: E402
 from tregpd.model import (default_parameters, reference_regimen, sample_population, simulate,  # noqa: E402
                           simulate_population)
 import bench_kernels as K  # noqa: E402
+import where_time  # noqa: E402
 from tregpd.model.structures import DEFAULT_MODEL, get_model, models  # noqa: E402
 from tregpd.io import atomic_save_figure, atomic_write_frame, atomic_write_json  # noqa: E402
 
@@ -49,6 +55,11 @@ TARGET_RATIO = 1000.0
 TARGET_PPS = 10_000.0
 TARGET_RATIO_STATE_PK = 500.0                    # structures whose IL-2 PK depends on the cells (issue 14)
 TARGET_COLD_S, TARGET_WARM_S = 15.0, 1.0         # first call of the default structure (issue 14)
+#: issue 15: population throughput per CPU-second at the default tolerance, closed-form PK (the default
+#: structure) and IL-2 PK that depends on the cells
+POP_MODEL = DEFAULT_MODEL
+STATE_PK_MODEL = "v1_il2_consumption"
+TARGET_PPCS = {POP_MODEL: 10_000.0, STATE_PK_MODEL: 2_000.0}
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -254,7 +265,9 @@ def structure_rows(p0, reg, quick):
     (solve_ivp DOP853 rtol 1e-12 on the same Python RHS)."""
     rows = []
     ev = reg.events()
-    sweep = [1e-6, 3e-7, 1e-7, 3e-8, 1e-8, 3e-9, 1e-9, 3e-10, 1e-10]
+    # the criterion is "the loosest rtol whose error is at most LSODA's"; 2e-7, 1.5e-7, 2e-8, 1.5e-8 refine the
+    # grid where the structures cross LSODA's error (added 2026-12-02; earlier records used the coarser grid)
+    sweep = [1e-6, 3e-7, 2e-7, 1.5e-7, 1e-7, 3e-8, 2e-8, 1.5e-8, 1e-8, 3e-9, 1e-9, 3e-10, 1e-10]
     for name in models():
         m = get_model(name)
         state_pk = "c_il2" in m.concentrations_from_states
@@ -548,13 +561,15 @@ def work_precision(p, events, theta, ref, quick):
 
 
 def population_throughput(p0, reg, quick):
-    """tregpd simulate_population at 1 and 1,000 patients, parallel and serial (larger sizes: scaling)."""
+    """tregpd simulate_population at 1 and 1,000 patients, parallel and serial (larger sizes: scaling);
+    structure POP_MODEL (the default)."""
     rows = []
     for n in (1, 1000):
-        theta = sample_population(p0, n, seed=1, model=K.BENCH_MODEL)
+        theta = sample_population(p0, n, seed=1, model=POP_MODEL)
         for parallel in (True, False):
             def run():
-                return simulate_population(theta, reg, model=K.BENCH_MODEL, t_out=T_OUT, parallel=parallel, on_failure="keep")
+                return simulate_population(theta, reg, model=POP_MODEL, t_out=T_OUT, parallel=parallel,
+                                           on_failure="keep")
             res = run()
             reps = 20 if n == 1 else 3
             with Measure() as m:
@@ -591,8 +606,8 @@ def stream_million(p0, reg, n_total, chunk):
     with Measure() as m:
         for i in range(n_chunks):
             n = min(chunk, n_total - i * chunk)
-            theta = sample_population(p0, n, seed=10_000 + i, model=K.BENCH_MODEL)
-            res = simulate_population(theta, reg, model=K.BENCH_MODEL, t_out=T_OUT, parallel=True, on_failure="keep")
+            theta = sample_population(p0, n, seed=10_000 + i, model=POP_MODEL)
+            res = simulate_population(theta, reg, model=POP_MODEL, t_out=T_OUT, parallel=True, on_failure="keep")
             ok = res.ok
             n_failed += int((~ok).sum())
             r = np.full(n, np.nan, dtype=np.float32)
@@ -611,10 +626,10 @@ def scaling_patients(p0, reg, quick):
     rows = []
     sizes = [1, 10, 100, 1000, 10_000, 100_000] if not quick else [1, 10, 100, 1000, 10_000]
     for n in sizes:
-        theta = sample_population(p0, n, seed=2, model=K.BENCH_MODEL)
+        theta = sample_population(p0, n, seed=2, model=POP_MODEL)
         reps = 1 if n >= 10_000 else 3
         with Measure() as m:     # one warm-up call + reps timed calls
-            t, _ = median_time(lambda: simulate_population(theta, reg, model=K.BENCH_MODEL, t_out=T_OUT, parallel=True,
+            t, _ = median_time(lambda: simulate_population(theta, reg, model=POP_MODEL, t_out=T_OUT, parallel=True,
                                                            on_failure="keep"), reps, warmup=1)
         rows.append({"n_patients": n, "streamed": False, "seconds": t, "patients_per_s": n / t,
                      "patients_per_cpu_s": n * (reps + 1) / m.cpu_seconds, "peak_rss_mb": m.peak,
@@ -625,24 +640,138 @@ def scaling_patients(p0, reg, quick):
 
 
 def scaling_duration(p0, quick):
+    """Cost against simulated duration (reference regimen continued), structure POP_MODEL: one patient (kernel,
+    median wall time) and a population (patients per wall second and per CPU-second, and peak memory)."""
     rows = []
     out_n = 2000 if not quick else 500
+    kern = K.for_model(POP_MODEL)
     for weeks in (4, 12, 24, 48, 104):
         reg = reference_regimen(weeks, taper=False)
         ev = reg.events()
         t_end = weeks * 7.0
         t_out = np.array([0.0, t_end])
-        theta = p0.to_theta(K.BENCH_MODEL)
-        out = np.zeros((2, K.N_OUT))
-        t1, _ = median_time(lambda: K.simulate_patient(theta, ev.time_day, ev.cmt, ev.amount, t_out, RTOL, ATOL,
-                                                       0, 0, 10**7, out), 50)
-        th = sample_population(p0, out_n, seed=3, model=K.BENCH_MODEL)
-        tp, _ = median_time(lambda: simulate_population(th, reg, model=K.BENCH_MODEL, t_out=t_out, parallel=True), 2)
-        steps = K.simulate_patient(theta, ev.time_day, ev.cmt, ev.amount, t_out, RTOL, ATOL, 0, 0, 10**7, out)[2]
+        theta = p0.to_theta(POP_MODEL)
+        out = np.zeros((2, kern.N_OUT))
+        t1, _ = median_time(lambda: kern.simulate_patient(theta, ev.time_day, ev.cmt, ev.amount, t_out, RTOL, ATOL,
+                                                          0, 0, 10**7, out), 50)
+        th = sample_population(p0, out_n, seed=3, model=POP_MODEL)
+        with Measure() as m:
+            tp, _ = median_time(lambda: simulate_population(th, reg, model=POP_MODEL, t_out=t_out, parallel=True),
+                                2)
+        steps = kern.simulate_patient(theta, ev.time_day, ev.cmt, ev.amount, t_out, RTOL, ATOL, 0, 0, 10**7, out)[2]
         rows.append({"weeks": weeks, "n_doses": len(ev), "steps": int(steps), "ms_per_patient_single": t1 * 1e3,
-                     "population_patients_per_s": out_n / tp})
-        log(f"  {weeks:>3} weeks: {t1 * 1e3:7.3f} ms/patient, {out_n / tp:8.0f} patients/s (population)")
+                     "population_patients_per_s": out_n / tp, "population_patients_per_cpu_s":
+                     out_n * 3 / m.cpu_seconds, "peak_rss_mb": m.peak, "peak_delta_mb": m.delta})
+        log(f"  {weeks:>3} weeks: {t1 * 1e3:7.3f} ms/patient, {out_n / tp:8.0f} patients/s (population), "
+            f"{out_n * 3 / m.cpu_seconds:8.0f} per CPU-s")
     return rows
+
+
+def population_per_cpu(p0, reg, quick):
+    """Issue 15: patients per CPU-second of ``simulate_population`` (parallel, the default tolerance, outputs at
+    weeks 0/6/12/24, sampled IIV) for the default structure and the IL-2-consumption structure. CPU time is
+    ``time.process_time`` (all threads of this process), best of 3 calls after a warm-up call."""
+    rows = []
+    for name, target in TARGET_PPCS.items():
+        n = {POP_MODEL: 5_000 if quick else 20_000}.get(name, 1_000 if quick else 4_000)
+        theta = sample_population(p0, n, seed=5, model=name)
+        simulate_population(theta[:8], reg, model=name, t_out=T_OUT, parallel=True, on_failure="keep")
+        best_cpu, best_wall, res = np.inf, np.inf, None
+        with Measure() as m:
+            for _ in range(3):
+                c0, w0 = time.process_time(), time.perf_counter()
+                res = simulate_population(theta, reg, model=name, t_out=T_OUT, parallel=True, on_failure="keep")
+                best_cpu = min(best_cpu, time.process_time() - c0)
+                best_wall = min(best_wall, time.perf_counter() - w0)
+        steps = float(np.mean(res.steps)) if getattr(res, "steps", None) is not None else None
+        row = {"model": name, "n_patients": n, "patients_per_cpu_s": n / best_cpu, "patients_per_s": n / best_wall,
+               "cpu_s": best_cpu, "wall_s": best_wall, "mean_steps": steps, "n_failed": int(res.n_failed),
+               "target_per_cpu_s": target, "met": n / best_cpu >= target, "peak_rss_mb": m.peak}
+        rows.append(row)
+        log(f"  {name:20s} n={n:>6}: {n / best_cpu:8,.0f} patients per CPU-second ({n / best_wall:8,.0f} per "
+            f"wall second; mean steps {steps}) target {target:,.0f}")
+    return rows
+
+
+def workflow_target_rows(quick):
+    """Fit and Sobol timing rows (benchmarks/bench_workflows.py, another module; skipped if it is absent)."""
+    try:
+        import bench_workflows
+    except ImportError as exc:
+        log(f"  bench_workflows not available ({exc}); fit/Sobol rows skipped")
+        return []
+    fn = getattr(bench_workflows, "workflow_rows", None)
+    if fn is None:
+        log("  bench_workflows has no workflow_rows(); fit/Sobol rows skipped")
+        return []
+    try:
+        return list(fn(quick))
+    except Exception as exc:  # a measurement, not a feature: record and go on
+        log(f"  bench_workflows.workflow_rows failed: {type(exc).__name__}: {exc}")
+        return [{"target": "fit/Sobol workflow timings", "measured": None, "unit": "s", "limit": None,
+                 "met": False, "note": f"failed: {type(exc).__name__}: {str(exc)[:200]}"}]
+
+
+def _verdict(met, measured, limit, higher_is_better):
+    if measured is None or limit is None:
+        return "NOT MEASURED"
+    if met:
+        return "MET"
+    by = limit / measured if higher_is_better else measured / limit
+    return f"MISSED by {by:.2f}x"
+
+
+def targets_table(structs, first, pop_cpu, workflows, million, scale_n, where):
+    """Every target of issues 14 and 15 as rows: issue, target, measured, verdict."""
+    rows = []
+    for r in structs:
+        kind = "14" if r["target_kind"] == "issue 14" else "14 (analogy)"
+        rows.append({"issue": kind, "target": f"{r['model']}: >= {r['target']:,.0f}x scipy LSODA (Python RHS) at "
+                                               f"LSODA-equal accuracy",
+                     "measured": (f"{r['ratio']:,.0f}x (rtol {r['tregpd_rtol']:g}, error {r['tregpd_error']:.1e} <= "
+                                  f"{r['lsoda_error']:.1e})") if r["ratio"] else "no tolerance reached LSODA's error",
+                     "verdict": _verdict(r["met"], r["ratio"], r["target"], True)})
+    if first:
+        for key, lim in (("cold", TARGET_COLD_S), ("warm", TARGET_WARM_S)):
+            v = first[key]["first_call_s"]
+            rows.append({"issue": "14", "target": f"first call of the default structure, {key} cache <= {lim:g} s",
+                         "measured": f"{v:.2f} s", "verdict": _verdict(v <= lim, v, lim, False)})
+    for r in pop_cpu:
+        rows.append({"issue": "15", "target": f"population {r['model']}: >= {r['target_per_cpu_s']:,.0f} patients "
+                                              f"per CPU-second (rtol {RTOL:g})",
+                     "measured": f"{r['patients_per_cpu_s']:,.0f} at n = {r['n_patients']:,} "
+                                 f"({r['patients_per_s']:,.0f} per wall second)",
+                     "verdict": _verdict(r["met"], r["patients_per_cpu_s"], r["target_per_cpu_s"], True)})
+    for w in workflows:
+        rows.append({"issue": "15", "target": w["target"],
+                     "measured": (f"{w['measured']:.2f} {w.get('unit', 's')} (limit {w['limit']:.2f}); "
+                                  f"{w.get('note', '')}") if w.get("measured") is not None else w.get("note", ""),
+                     "verdict": _verdict(w["met"], w.get("measured"), w.get("limit"), False)})
+    if where:
+        d = next((r for r in where if r["model"] == POP_MODEL), where[0])
+        rows.append({"issue": "15", "target": "where the time goes: evaluations, steps, time per evaluation, ratio "
+                                              "to a lower limit (reported per structure)",
+                     "measured": f"{d['model']}: {d['rhs_evals']:,} RHS, {d['accepted']} accepted / "
+                                 f"{d['rejected']} rejected steps, {d['ns_per_rhs_eval']:.0f} ns per RHS, "
+                                 f"{d['ratio_to_limit']:.1f}x the limit", "verdict": "REPORTED"})
+    if million:
+        rows.append({"issue": "15", "target": "scaling: time and memory vs patients 1 .. 1e6 (streamed) and vs "
+                                              "duration, plotted",
+                     "measured": f"{million['n_patients']:,} streamed in {million['seconds']:.0f} s, peak "
+                                 f"+{million['peak_delta_mb']:.0f} MB; sizes "
+                                 f"{', '.join(format(r['n_patients'], ',') for r in scale_n)}",
+                     "verdict": "REPORTED" if million["n_patients"] >= 1_000_000 else
+                     f"REPORTED ({million['n_patients']:,} in --quick)"})
+    return rows
+
+
+def print_targets(rows):
+    """The targets table: one entry per target, verdict first (MET / MISSED by a factor / REPORTED)."""
+    log("\n================================ TARGETS (issues 14 and 15) ================================")
+    width = max((len(r["verdict"]) for r in rows), default=0)
+    for r in rows:
+        log(f"  {r['verdict']:<{width}}  [issue {r['issue']}] {r['target']}")
+        log(f"  {'':<{width}}      measured: {r['measured']}")
 
 
 def plot(scale_n, million, scale_d, wp, path):
@@ -670,7 +799,11 @@ def plot(scale_n, million, scale_d, wp, path):
     w = [r["weeks"] for r in scale_d]
     ax.plot(w, [r["ms_per_patient_single"] for r in scale_d], "o-", label="one patient, kernel [ms]")
     ax.set_xlabel("simulated duration [weeks] (reference regimen continued)")
-    ax.set_ylabel("ms per patient")
+    ax.set_ylabel("ms per patient (one patient, wall)")
+    if all("population_patients_per_cpu_s" in r for r in scale_d):
+        ax3 = ax.twinx()
+        ax3.semilogy(w, [r["population_patients_per_cpu_s"] for r in scale_d], "s--", color="C2")
+        ax3.set_ylabel("population: patients per CPU-second", color="C2")
     ax.set_title("cost vs simulated duration")
     ax.grid(alpha=0.3)
     ax = axes[2]
@@ -725,6 +858,7 @@ def structures_only(out_dir, quick):
         first = None
     info["load_average_at_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
     print_structures(structs, first)
+    print_targets(targets_table(structs, first, [], [], None, [], None))
     import pandas as pd
     prov = {"benchmark": "tregpd benchmarks/run.py --structures-only", "mode": "quick" if quick else "full",
             "date_utc": info["date_utc"], "git_commit": info["git_commit"]}
@@ -803,9 +937,19 @@ def main(argv=None):
         log(f"  first-call measurement failed: {exc}")
         first = None
 
-    log("\n== population throughput (tregpd) ==")
+    log(f"\n== population throughput (tregpd, structure {POP_MODEL}) ==")
     pop = population_throughput(p0, reg, quick)
     peer_pop = peer_throughput(single, budget_s=60)
+
+    log("\n== population per CPU-second (issue 15) ==")
+    pop_cpu = population_per_cpu(p0, reg, quick)
+
+    log(f"\n== where the time goes (one typical patient, rtol {RTOL:g}; lower limit = flops at the measured scalar "
+        f"rate + exp() calls at the measured exp time) ==")
+    rates = where_time.machine_rates()
+    log(f"  machine: {rates['flops_per_s'] / 1e9:.2f} Gflop/s scalar ({rates['how']}); exp "
+        f"{rates['exp_s'] * 1e9:.1f} ns; numpy a*x+b {rates['numpy_flops_per_s'] / 1e9:.2f} Gflop/s")
+    where, _ = where_time.where_rows(RTOL, ATOL, n_patients=200 if quick else 1000, rates=rates, log=log)
 
     log("\n== scaling with the number of patients ==")
     scale_n = scaling_patients(p0, reg, quick)
@@ -830,15 +974,14 @@ def main(argv=None):
     scale_d = scaling_duration(p0, quick)
 
     log("\n== workflows users wait for (fits, profiles, joint fit, Sobol; benchmarks/bench_workflows.py) ==")
+    workflows = workflow_target_rows(quick)
     try:
         import bench_workflows
-        workflows = bench_workflows.workflow_rows(quick)
         log(f"  warm-up excluded: {bench_workflows.LAST_RUN['warm_up_s']:.1f} s; load "
             f"{bench_workflows.LAST_RUN['load_start']} -> {bench_workflows.LAST_RUN['load_end']}")
         log(bench_workflows.format_rows(workflows))
-    except Exception as exc:  # a measurement, not a feature: record and go on
-        log(f"  workflow timings failed: {type(exc).__name__}: {exc}")
-        workflows = []
+    except Exception as exc:  # a report of the rows, not a measurement
+        log(f"  (workflow rows not shown: {type(exc).__name__}: {exc})")
 
     # ---- targets
     tregpd_row = single[0]
@@ -861,7 +1004,11 @@ def main(argv=None):
         "first_call_cold_s": first and first["cold"]["first_call_s"],
         "first_call_warm_s": first and first["warm"]["first_call_s"],
         "target_first_call_cold_s": TARGET_COLD_S, "target_first_call_warm_s": TARGET_WARM_S,
+        "population_per_cpu_s": {r["model"]: {"measured": r["patients_per_cpu_s"], "target": r["target_per_cpu_s"],
+                                              "met": r["met"]} for r in pop_cpu},
+        "machine_rates": rates,
     }
+    target_rows = targets_table(structs, first, pop_cpu, workflows, million, scale_n, where)
     info["load_average_at_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
     info["total_seconds"] = time.perf_counter() - t_start
     info["mode"] = "quick" if quick else "full"
@@ -892,9 +1039,23 @@ def main(argv=None):
                    "patients_per_cpu_s": "{:,.0f}",
                    "peak_rss_mb": "{:.0f}", "peak_delta_mb": "{:+.0f}"}))
     log("\nscaling vs duration:")
-    log(fmt_table(scale_d, ["weeks", "n_doses", "steps", "ms_per_patient_single", "population_patients_per_s"],
+    log(fmt_table(scale_d, ["weeks", "n_doses", "steps", "ms_per_patient_single", "population_patients_per_s",
+                            "population_patients_per_cpu_s", "peak_rss_mb"],
                   {"weeks": "{}", "n_doses": "{}", "steps": "{}", "ms_per_patient_single": "{:.3f}",
-                   "population_patients_per_s": "{:,.0f}"}))
+                   "population_patients_per_s": "{:,.0f}", "population_patients_per_cpu_s": "{:,.0f}",
+                   "peak_rss_mb": "{:.0f}"}))
+    log(f"\npopulation per CPU-second (rtol {RTOL:g}):")
+    log(fmt_table(pop_cpu, ["model", "n_patients", "patients_per_cpu_s", "patients_per_s", "mean_steps", "n_failed",
+                            "target_per_cpu_s"],
+                  {"n_patients": "{:,}", "patients_per_cpu_s": "{:,.0f}", "patients_per_s": "{:,.0f}",
+                   "mean_steps": "{:.0f}", "n_failed": "{}", "target_per_cpu_s": "{:,.0f}"}))
+    log(f"\nwhere the time goes (one typical patient, rtol {RTOL:g}; machine {rates['flops_per_s'] / 1e9:.2f} "
+        f"Gflop/s scalar, exp {rates['exp_s'] * 1e9:.1f} ns):")
+    log(fmt_table(where, ["model", "n_states", "segments", "accepted", "rejected", "rhs_evals", "flops_rhs",
+                          "divisions_rhs", "exp_calls", "us_per_patient", "ns_per_rhs_eval", "us_limit",
+                          "ratio_to_limit"],
+                  {"us_per_patient": "{:.1f}", "ns_per_rhs_eval": "{:.1f}", "us_limit": "{:.1f}",
+                   "ratio_to_limit": "{:.1f}x"}))
     print_structures(structs, first)
     r1 = targets["single_patient_ratio_accuracy_matched"]
     log(f"  single patient >= {TARGET_RATIO:,.0f}x scipy LSODA at equal accuracy: "
@@ -912,6 +1073,7 @@ def main(argv=None):
         f"load average {info['load_average_at_start']})")
     log(f"  {million['n_patients']:,}-patient streamed run: completed, peak RSS {million['peak_rss_mb']:.0f} MB "
         f"(+{million['peak_delta_mb']:.0f} MB over the process before it)")
+    print_targets(target_rows)
     log(f"total benchmark time {info['total_seconds']:.0f} s; load average start {info['load_average_at_start']}, "
         f"end {info['load_average_at_end']}")
 
@@ -926,6 +1088,9 @@ def main(argv=None):
                        prov)
     atomic_write_frame(out_dir / "scaling_duration.csv", pd.DataFrame(scale_d), prov)
     atomic_write_frame(out_dir / "structures.csv", pd.DataFrame(structs), prov)
+    atomic_write_frame(out_dir / "where_time.csv", pd.DataFrame(where), prov)
+    atomic_write_frame(out_dir / "population_per_cpu.csv", pd.DataFrame(pop_cpu), prov)
+    atomic_write_frame(out_dir / "targets.csv", pd.DataFrame(target_rows), prov)
     if workflows:
         atomic_write_frame(out_dir / "workflows.csv", pd.DataFrame(workflows), prov)
     atomic_write_json(out_dir / "run.json", {"machine": info, "reference": ref_info, "targets": targets,

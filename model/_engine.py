@@ -87,6 +87,16 @@ CF_INITIAL_STEP_FACTOR = 0.25
 CF_EXACT_EVERY = 8
 N_PKC = 1 + 2 * N_MODES
 PKC_T0 = 0
+#: work counters of the fast path (``stats`` of :func:`simulate_patient_cf_dp5_stats`, int64, accumulated):
+#: right-hand-side evaluations (derivs_cf), forcing evaluations, accepted steps, rejected steps, dose segments
+#: integrated, exp() calls for the closed-form PK
+STAT_RHS = 0
+STAT_FORCING = 1
+STAT_ACCEPTED = 2
+STAT_REJECTED = 3
+STAT_SEGMENTS = 4
+STAT_EXP = 5
+N_STATS = 6
 
 
 # ========================================================================================= linear PK
@@ -707,16 +717,21 @@ def cf_stage_conc(h, lam, coef, active, enow, sconc, ewh):
 
 @njit(cache=True, error_model="numpy")
 def cf_segment_setup(pkc, seg, p, lam, coef, active, sens):
-    """Copy a segment's PK modes from ``pkc``; decide which blocks can change the right-hand side at all."""
+    """Copy a segment's PK modes from ``pkc``; decide which blocks can change the right-hand side at all.
+    Returns the number of active modes (exp() calls per evaluation of the closed-form concentrations)."""
     block_sensitivity(p, seg, sens)
+    n_active = 0
     for b in range(N_BLOCKS):
         bound = 0.0
         for j in range(BLOCK_START[b], BLOCK_START[b] + BLOCK_SIZE[b]):
             bound += abs(pkc[1 + N_MODES + j])
         active[b] = bound > 0.0 and bound * sens[b] >= SKIP_NEGLIGIBLE
+        if active[b]:
+            n_active += BLOCK_SIZE[b]
     for j in range(N_MODES):
         lam[j] = pkc[1 + j]
         coef[j] = pkc[1 + N_MODES + j]
+    return n_active
 
 
 @njit(cache=True, error_model="numpy")
@@ -759,13 +774,14 @@ def cf_initial_step(y, f0, p, seg, lam, coef, active, tau0, rtol, atol, h_max, y
 
 @njit(cache=True, error_model="numpy")
 def dopri5_cf_segment(t0, t1, y, p, seg, pkc, rtol, atol, t_out, k_out, out, auc, max_steps, work, lam, coef,
-                      enow, sconc, ewh, frc, cc, active, sens, scr):
+                      enow, sconc, ewh, frc, cc, active, sens, scr, stats):
     """Dormand-Prince 5(4) over one dose segment [t0, t1] with closed-form PK (fast path).
 
     Same contract as :func:`dopri5_segment` (``y`` updated in place, dense output for ``t_out[k_out:]``
     inside the segment); ``work`` is a (11, N_Y_CF) scratch array, ``frc`` (6, N_FORCING) holds the forcing
     of the five stage times (rows 0-4) and of the step start (row 5). The step size restarts in every
-    segment (a dose changes the forcing on the time scale of absorption).
+    segment (a dose changes the forcing on the time scale of absorption). Work counters are added to
+    ``stats`` (N_STATS,) int64 (STAT_*).
     Returns (status, t_reached, next k_out, steps).
     """
     n = y.size
@@ -774,7 +790,7 @@ def dopri5_cf_segment(t0, t1, y, p, seg, pkc, rtol, atol, t_out, k_out, out, auc
     ynew = work[8]
     err = work[9]
     f = work[10]
-    cf_segment_setup(pkc, seg, p, lam, coef, active, sens)
+    n_act = cf_segment_setup(pkc, seg, p, lam, coef, active, sens)
     cf_conc_now(t0 - pkc[PKC_T0], lam, coef, active, enow, cc)
     r0 = frc.shape[0] - 1  # row 5 (step start); run-time ints keep forcing/derivs_cf to one compiled version
     r4 = r0 - 1            # row 4 (t + h)
@@ -783,6 +799,10 @@ def dopri5_cf_segment(t0, t1, y, p, seg, pkc, rtol, atol, t_out, k_out, out, auc
     span = t1 - t0
     h = cf_initial_step(y, f, p, seg, lam, coef, active, t0 - pkc[PKC_T0], rtol, atol, span, ytmp, err, frc,
                         cc)
+    stats[STAT_SEGMENTS] += 1
+    stats[STAT_RHS] += 2          # at t0 and the initial-step probe
+    stats[STAT_FORCING] += 2
+    stats[STAT_EXP] += 2 * n_act
     for j in range(N_MODES):
         ewh[j] = 0.0
     n_carry = 0
@@ -809,12 +829,17 @@ def dopri5_cf_segment(t0, t1, y, p, seg, pkc, rtol, atol, t_out, k_out, out, auc
         dp5_solution(y, k, h, ynew)
         derivs_cf(ynew, frc, r4, seg, p, k[6])
         steps += 1
+        stats[STAT_RHS] += 6
+        stats[STAT_FORCING] += 5
+        stats[STAT_EXP] += n_act
         dp5_error(k, h, err)
         en = err_norm(err, y, ynew, rtol, atol)
         if not math.isfinite(en):
+            stats[STAT_REJECTED] += 1
             h *= MIN_FACTOR
             continue
         if en <= 1.0:
+            stats[STAT_ACCEPTED] += 1
             t_new = t1 if last else t + h
             while k_out < n_out and t_out[k_out] < t_new and t_out[k_out] < t1:
                 dp5_dense(y, k, h, (t_out[k_out] - t) / h, ytmp)
@@ -828,11 +853,13 @@ def dopri5_cf_segment(t0, t1, y, p, seg, pkc, rtol, atol, t_out, k_out, out, auc
                 f[i] = k[6, i]
             if HAS_NEGLIGIBLE and flush_negligible(y, f, p, 0):
                 derivs_cf(y, frc, r4, seg, p, f)  # frc[4] is the forcing at t + h = t_new
+                stats[STAT_RHS] += 1
             t = t_new
             if not last:
                 n_carry += 1
                 if n_carry >= CF_EXACT_EVERY:
                     cf_conc_now(t - pkc[PKC_T0], lam, coef, active, enow, cc)
+                    stats[STAT_EXP] += n_act
                     n_carry = 0
                 else:
                     for j in range(N_MODES):
@@ -840,6 +867,7 @@ def dopri5_cf_segment(t0, t1, y, p, seg, pkc, rtol, atol, t_out, k_out, out, auc
                 fac = MAX_FACTOR if en == 0.0 else min(MAX_FACTOR, SAFETY * en ** -0.2)
                 h *= fac
         else:
+            stats[STAT_REJECTED] += 1
             h *= max(MIN_FACTOR, SAFETY * en ** -0.2)
     return STATUS_OK, t, k_out, steps
 
@@ -847,6 +875,15 @@ def dopri5_cf_segment(t0, t1, y, p, seg, pkc, rtol, atol, t_out, k_out, out, auc
 @njit(cache=True, error_model="numpy")
 def simulate_patient_cf_dp5(theta, dose_t, dose_cmt, dose_amt, t_out, rtol, atol, max_steps, out):
     """:func:`simulate_patient` for MODE_CLOSED_FORM with METHOD_DOPRI5 (the default), via the fast path."""
+    stats = np.zeros(N_STATS, dtype=np.int64)
+    return simulate_patient_cf_dp5_stats(theta, dose_t, dose_cmt, dose_amt, t_out, rtol, atol, max_steps, out,
+                                         stats)
+
+
+@njit(cache=True, error_model="numpy")
+def simulate_patient_cf_dp5_stats(theta, dose_t, dose_cmt, dose_amt, t_out, rtol, atol, max_steps, out, stats):
+    """:func:`simulate_patient_cf_dp5` that also adds its work counters (STAT_*) to ``stats`` (N_STATS,)
+    int64: right-hand-side and forcing evaluations, accepted and rejected steps, dose segments, exp() calls."""
     p = derive(theta)
     lam_all, proj = pk_modes(p)
     scales = np.empty(N_BLOCKS)
@@ -899,7 +936,7 @@ def simulate_patient_cf_dp5(theta, dose_t, dose_cmt, dose_amt, t_out, rtol, atol
             t_next = dose_t[i_dose]
         status, t_reached, k_out, nst = dopri5_cf_segment(
             t, t_next, y, p, seg, pkc, rtol, atol, t_out, k_out, out, auc, max_steps - steps, work, lam, coef,
-            enow, sconc, ewh, frc, cc, active, sens, scr)
+            enow, sconc, ewh, frc, cc, active, sens, scr, stats)
         steps += nst
         if status != STATUS_OK:
             return status, t_reached, steps
@@ -937,7 +974,10 @@ def simulate_patient(theta, dose_t, dose_cmt, dose_amt, t_out, rtol, atol, metho
     Not callable from numba code; jitted callers use those two directly.
     """
     if mode == MODE_CLOSED_FORM and method == METHOD_DOPRI5:
-        return simulate_patient_cf_dp5(theta, dose_t, dose_cmt, dose_amt, t_out, rtol, atol, max_steps, out)
+        # the counting variant directly (its counters discarded): a first call then compiles one function, not
+        # also the thin simulate_patient_cf_dp5 wrapper around it
+        return simulate_patient_cf_dp5_stats(theta, dose_t, dose_cmt, dose_amt, t_out, rtol, atol, max_steps, out,
+                                             np.zeros(N_STATS, dtype=np.int64))
     return simulate_patient_generic(theta, dose_t, dose_cmt, dose_amt, t_out, rtol, atol, method, mode,
                                     max_steps, out)
 
@@ -947,8 +987,9 @@ def population_fast_parallel(theta, dose_t, dose_cmt, dose_amt, t_out, rtol, ato
                              t_reached, steps):
     """The fast path for ``theta.shape[0]`` patients in parallel (prange); each writes its own rows."""
     for i in prange(theta.shape[0]):
-        s, tr, ns = simulate_patient_cf_dp5(theta[i], dose_t, dose_cmt, dose_amt, t_out, rtol, atol, max_steps,
-                                            out[i])
+        stats = np.zeros(N_STATS, dtype=np.int64)
+        s, tr, ns = simulate_patient_cf_dp5_stats(theta[i], dose_t, dose_cmt, dose_amt, t_out, rtol, atol,
+                                                  max_steps, out[i], stats)
         status[i] = s
         t_reached[i] = tr
         steps[i] = ns
@@ -959,8 +1000,9 @@ def population_fast_serial(theta, dose_t, dose_cmt, dose_amt, t_out, rtol, atol,
                            t_reached, steps):
     """Serial twin of :func:`population_fast_parallel` (same numbers, one thread)."""
     for i in range(theta.shape[0]):
-        s, tr, ns = simulate_patient_cf_dp5(theta[i], dose_t, dose_cmt, dose_amt, t_out, rtol, atol, max_steps,
-                                            out[i])
+        stats = np.zeros(N_STATS, dtype=np.int64)
+        s, tr, ns = simulate_patient_cf_dp5_stats(theta[i], dose_t, dose_cmt, dose_amt, t_out, rtol, atol,
+                                                  max_steps, out[i], stats)
         status[i] = s
         t_reached[i] = tr
         steps[i] = ns
