@@ -75,6 +75,7 @@ class ScenarioOutcome:
     parameters: ParameterSet | None = None
     seconds: float = 0.0
     titration: object = None
+    verify: object = None         # the solver check (:class:`tregpd.model.verify.VerifyReport`) or None
 
     def value(self, metric: str, week: float | None = None, statistic: str = "median") -> float:
         return M.lookup_index(self._index(), metric, week, statistic)
@@ -211,7 +212,7 @@ def percentile_frame(res: SimulationResult, variables: Sequence[str] = TRAJECTOR
 
 def run_scenario(scenario: Scenario | str | Path, out_dir: str | Path | None, parameters=None,
                  progress: bool = True, parallel: bool = True, figure_writer=None,
-                 model: str | None = None) -> ScenarioOutcome:
+                 model: str | None = None, verify: tuple | None = None) -> ScenarioOutcome:
     """Simulate one scenario and write its outputs into ``out_dir/<name>/``.
 
     Parameters
@@ -224,6 +225,9 @@ def run_scenario(scenario: Scenario | str | Path, out_dir: str | Path | None, pa
     parallel : use the prange kernel
     figure_writer : :class:`tregpd.plotting.FigureWriter`, optional (default: draw here, at once)
     model : model structure name, optional; overrides the scenario file's ``model`` key
+    verify : (n, tol, seed), optional
+        Solver check (:func:`tregpd.model.verify.verify_titrated`) of ``n`` random patients before anything is
+        written; raises VerifyError above ``tol``; the report goes into the provenance.
 
     Returns
     -------
@@ -243,6 +247,10 @@ def run_scenario(scenario: Scenario | str | Path, out_dir: str | Path | None, pa
                           f"(e.g. patient {f[0]}: {f[1]} at t = {f[2]:.4g} d)")
     summary = summarise_result(scenario, res, exposure, titration)
     outcome = ScenarioOutcome(scenario, res, summary, exposure, parameters=params, titration=titration)
+    if verify and verify[0]:
+        from tregpd.model.verify import verify_titrated
+        outcome.verify = verify_titrated(res, titration, verify[0], seed=verify[2], tol=verify[1],
+                                         label=f"scenario {scenario.name!r}").raise_if_failed()
     if out_dir is not None:
         outcome.files = write_outputs(outcome, Path(out_dir) / scenario.name, figure_writer=figure_writer)
     outcome.seconds = time.perf_counter() - t0
@@ -253,7 +261,8 @@ def _provenance(outcome: ScenarioOutcome, **extra) -> dict:
     sc = outcome.scenario
     return outcome.result.provenance(
         scenario=sc.to_dict(), scenario_file=str(sc.path) if sc.path else None,
-        parameter_source=sc.parameters, failures=[list(f) for f in outcome.result.failures()[:20]], **extra)
+        parameter_source=sc.parameters, failures=[list(f) for f in outcome.result.failures()[:20]],
+        **(outcome.verify.provenance() if outcome.verify is not None else {}), **extra)
 
 
 def write_outputs(outcome: ScenarioOutcome, folder: Path, figure_writer=None) -> list[Path]:
@@ -300,7 +309,8 @@ def write_outputs(outcome: ScenarioOutcome, folder: Path, figure_writer=None) ->
 def run_library(paths: Sequence[str | Path | Scenario], out_dir: str | Path | None, parameters=None,
                 progress: bool = True, population: int | None = None, output_step_day: float | None = None,
                 parallel: bool = True, figures: bool = True, ratio_target: float | None = None,
-                figure_workers: int | None = 0, model: str | None = None) -> LibraryRun:
+                figure_workers: int | None = 0, model: str | None = None,
+                verify: tuple | None = None) -> LibraryRun:
     """Run several scenarios and compare them.
 
     Parameters
@@ -319,6 +329,8 @@ def run_library(paths: Sequence[str | Path | Scenario], out_dir: str | Path | No
     population, output_step_day, ratio_target : optional overrides for every scenario (e.g. a quick smoke run,
         or a healthy-range ratio target instead of the study's week-24 median 0.29)
     model : model structure name, optional; overrides every file's ``model`` key (``--model``)
+    verify : (n, tol, seed), optional
+        Solver check of ``n`` patients per scenario (see :func:`run_scenario`).
 
     Returns
     -------
@@ -354,12 +366,12 @@ def run_library(paths: Sequence[str | Path | Scenario], out_dir: str | Path | No
         n_figures = sum("png" in s.outputs and s.figures for s in scenarios) + 2 + len(QUESTIONS)
     workers = auto_workers(n_figures, figure_workers) if n_figures else 0
     with FigureWriter(workers, warm=("tregpd.scenarios.plots",)) as writer:
-        run = _run_library(scenarios, out_dir, parameters, progress, parallel, figures, writer)
+        run = _run_library(scenarios, out_dir, parameters, progress, parallel, figures, writer, verify)
     run.seconds = time.perf_counter() - t0
     return run
 
 
-def _run_library(scenarios, out_dir, parameters, progress, parallel, figures, writer) -> LibraryRun:
+def _run_library(scenarios, out_dir, parameters, progress, parallel, figures, writer, verify=None) -> LibraryRun:
     outcomes = []
     it = scenarios
     if progress:
@@ -369,7 +381,7 @@ def _run_library(scenarios, out_dir, parameters, progress, parallel, figures, wr
         if progress:
             it.set_postfix_str(sc.name)
         outcomes.append(run_scenario(sc, out_dir, parameters=parameters, progress=False, parallel=parallel,
-                                     figure_writer=writer))
+                                     figure_writer=writer, verify=verify))
     table = comparison_table(outcomes)
     rank = {n: i for i, n in enumerate(table["scenario"])}
     outcomes.sort(key=lambda o: rank[o.scenario.name])

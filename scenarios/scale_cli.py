@@ -48,6 +48,8 @@ def register(sub) -> None:
     t.add_argument("--no-plot", action="store_true", help="skip the PNG")
     add_model_option(t)
     _backend_args(t)
+    from tregpd.model.cli import add_verify_options
+    add_verify_options(t, "patients of the first chunk (on every regimen)")
     t.set_defaults(func=run_trial_command)
 
     s = sub.add_parser(
@@ -138,6 +140,10 @@ def run_trial_command(args: argparse.Namespace) -> int:
                      ratio_target=args.ratio_target if args.ratio_target is not None else DEFAULT_RATIO_TARGET,
                      model=check_model(getattr(args, "model", None)).name, tdm=[t for _, t in pairs])
     check_trial_memory(plan, args.chunk)   # before a cluster is started or anything simulated
+    n_verify = getattr(args, "verify", 0) or 0
+    if n_verify or getattr(args, "verify_tol", 1e-4) != 1e-4:
+        from tregpd.model.verify import _check_n
+        _check_n(n_verify, args.verify_tol)
     out = Path(args.out)
     from tregpd.rundir import RunDir
     # one run: staged under out/, moved into place with MANIFEST.json last; Dask's scratch space inside it
@@ -149,8 +155,18 @@ def run_trial_command(args: argparse.Namespace) -> int:
                    + (f" ({desc['n_workers']} workers, {desc['scheduler']})" if desc["backend"] == "dask"
                       else ""))
             res = run_trial(plan, args.chunk, backend, progress=not args.no_progress and sys.stderr.isatty())
+        checked = {}
+        if n_verify:   # N patients of the first chunk, before anything is written (a failure leaves the old run)
+            from tregpd.model.verify import merged_provenance, verify_trial
+            reports = verify_trial(plan, min(res.chunk_patients, plan.n_patients), n_verify,
+                                   seed=getattr(args, "verify_seed", 0), tol=args.verify_tol)
+            for rep in reports:
+                rep.raise_if_failed()
+            for rep in reports:
+                _print(rep.message())
+            checked = merged_provenance(reports)
         prov = provenance(params, regimens[0] if len(regimens) == 1 else [r.to_dict() for r in regimens],
-                          args.seed, command="tregpd trial", **res.provenance_extra())
+                          args.seed, command="tregpd trial", **res.provenance_extra(), **checked)
         atomic_write_frame(run.path / "trial_summary.csv", res.summary, prov)
         atomic_write_json(run.path / "trial_summary.json",
                           {"provenance": prov, "summary": res.summary.to_dict(orient="records")})
