@@ -83,6 +83,9 @@ def run(args: argparse.Namespace) -> int:
     from .models_cli import check_model
     # getattr: callers that build the Namespace themselves (tregpd.pipeline) may leave --model out
     structure = check_model(getattr(args, "model", None))
+    if getattr(args, "verify", 0):
+        from .verify import _check_n
+        _check_n(args.verify, args.verify_tol)
     params = load_parameters(args.params)
     if not 0 < args.weeks <= 5200:  # also rejects nan and inf
         raise TregpdError(f"--weeks must be > 0 and <= 5200, got {args.weeks}")
