@@ -174,3 +174,11 @@ def test_cli_trial_verify_writes_the_difference(tmp_path, capsys):
     prov = json.loads((out / "trial_summary.json").read_text())["provenance"]
     assert 0 < prov["verify_max_difference"] < 1e-4
     assert len(prov["verify_patients"]["trial regimen 'shanxi_reference'"]) == 1
+
+
+@pytest.mark.parametrize("cmd", [["all"], ["scenarios", "run", "--library"], ["trial", "--patients", "5"]])
+def test_bad_verify_tolerance_refused_before_any_work(tmp_path, capsys, cmd):
+    out = tmp_path / "o"
+    assert main([*cmd, "--verify", "1", "--verify-tol", "-1", "--out", str(out)]) == 2
+    assert "--verify-tol" in capsys.readouterr().err
+    assert not out.exists()
