@@ -49,6 +49,8 @@ def register(sub) -> None:
                    help="override the population size of every scenario (default: each file's own)")
     p.add_argument("--quick", action="store_true",
                    help="no profiles, no regimen hypotheses, small populations, no population fit (a smoke run)")
+    from tregpd.model.cli import add_verify_options
+    add_verify_options(p, "patients of the reference run and of each scenario")
     p.set_defaults(func=run)
 
 
@@ -67,6 +69,8 @@ def run(args: argparse.Namespace) -> int:
         raise TregpdError(f"--seed must be >= 0, got {args.seed}")
     if args.population is not None and args.population < 1:
         raise TregpdError(f"--population must be >= 1, got {args.population}")
+    from tregpd.scenarios.cli import _verify_option
+    verify = _verify_option(args)       # (n, tol, seed) or None; bad values refused before any work
     out = Path(args.out)
     t0 = time.perf_counter()
     from tregpd.rundir import InPlaceRun
@@ -114,7 +118,9 @@ def run(args: argparse.Namespace) -> int:
 
     print(f"== {next(step)}/{n_steps} reference regimen with the calibrated parameters", flush=True)
     run_simulate(argparse.Namespace(params=cal["files"]["parameters"], events=None, weeks=24.0, step_day=0.25,
-                                    method="dopri5", rtol=1e-6, out=out / "reference"))
+                                    method="dopri5", rtol=1e-6, out=out / "reference",
+                                    verify=verify[0] if verify else 0, verify_tol=verify[1] if verify else 1e-4,
+                                    verify_seed=verify[2] if verify else 0))
 
     print(f"== {next(step)}/{n_steps} local sensitivity of the week-24 outcomes at the calibrated typical patient",
           flush=True)
@@ -128,7 +134,10 @@ def run(args: argparse.Namespace) -> int:
     band_kinds = None if calibrated_names(params, chosen) else ["patients"]
     lib = run_library(library_paths(), out / "scenarios", parameters=params, progress=True,
                       population=population, hypotheses=hyp_csv if hyp_md and hyp_csv.is_file() else None,
-                      bands=band_kinds)
+                      bands=band_kinds, verify=verify)
+    for o in lib.outcomes:
+        if o.verify is not None:
+            print("   " + o.verify.message())
     print(lib.markdown)
 
     keep = ["week", "observable", "statistic", "value", "role", "model_typical", "relative_error",

@@ -5,6 +5,28 @@ import argparse
 from pathlib import Path
 
 
+def add_verify_options(p: argparse.ArgumentParser, what: str = "patients of the run") -> None:
+    """``--verify N`` / ``--verify-tol TOL`` / ``--verify-seed``: the solver check of
+    :mod:`tregpd.model.verify` (argparse only, so that ``--help`` imports nothing heavy)."""
+    g = p.add_argument_group("solver check")
+    g.add_argument("--verify", type=int, default=0, metavar="N",
+                   help=f"re-simulate N random {what} with an independent integrator (scipy Radau, rtol 1e-10, "
+                        "plain-Python right-hand side from the model declaration) and fail if the largest "
+                        "normalised difference exceeds --verify-tol; ~10-60 s per 24-week patient "
+                        "(default 0: no check)")
+    g.add_argument("--verify-tol", type=float, default=1e-4, metavar="TOL",
+                   help="tolerance of the solver check on |kernel - Radau| / |Radau| (default 1e-4)")
+    g.add_argument("--verify-seed", type=int, default=0, help="seed choosing the checked patients (default 0)")
+
+
+def run_verify(report) -> dict:
+    """Raise VerifyError (one line: patient, variable, time, difference, tolerance) if a
+    :class:`~tregpd.model.verify.VerifyReport` failed, else print its line; return its provenance entries."""
+    report.raise_if_failed()
+    print(report.message(), flush=True)
+    return report.provenance()
+
+
 def register(sub) -> None:
     from .models_cli import add_model_option
     p = sub.add_parser("simulate", help="simulate the reference (or a NONMEM event-file) regimen",
@@ -20,6 +42,7 @@ def register(sub) -> None:
     p.add_argument("--rtol", type=float, default=1e-6)
     p.add_argument("--out", type=Path, default=Path("out/simulate"), help="output folder")
     add_model_option(p)
+    add_verify_options(p, "patients (the one patient) of the run")
     p.set_defaults(func=run)
 
     x = sub.add_parser("sbml", help="export the model and a regimen as SBML L3V2 (for COPASI, tellurium, ...)",
@@ -60,10 +83,14 @@ def run(args: argparse.Namespace) -> int:
     from .models_cli import check_model
     # getattr: callers that build the Namespace themselves (tregpd.pipeline) may leave --model out
     structure = check_model(getattr(args, "model", None))
+    if getattr(args, "verify", 0):
+        from .verify import _check_n
+        _check_n(args.verify, args.verify_tol)
     params = load_parameters(args.params)
     if not 0 < args.weeks <= 5200:  # also rejects nan and inf
         raise TregpdError(f"--weeks must be > 0 and <= 5200, got {args.weeks}")
     t_end = args.weeks * 7.0
+    events = None
     if args.events is not None:
         tables = read_nonmem(args.events)
         if len(tables) != 1:
@@ -76,6 +103,10 @@ def run(args: argparse.Namespace) -> int:
         res = simulate(params, reference_regimen(args.weeks), t_end_day=t_end, output_step_day=args.step_day,
                        method=args.method, rtol=args.rtol, model=structure)
     prov = res.provenance(command="tregpd simulate")
+    if getattr(args, "verify", 0):   # before anything is written: a failed check leaves the previous run
+        from .verify import verify_patients
+        prov.update(run_verify(verify_patients(res, args.verify, seed=getattr(args, "verify_seed", 0),
+                                               tol=args.verify_tol, events=events)))
     out = Path(args.out)
     from tregpd.rundir import RunDir
     # the three files are one run: staged, moved into place together, MANIFEST.json written last

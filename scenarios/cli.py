@@ -51,6 +51,8 @@ def register(sub) -> None:
     r.add_argument("files", nargs="*", type=Path, help="scenario TOML files")
     r.add_argument("--library", action="store_true", help="run the whole bundled library")
     _common(r, "out/scenarios")
+    from tregpd.model.cli import add_verify_options
+    add_verify_options(r, "patients of each scenario")
     r.set_defaults(func=run_command)
 
     ls = ssub.add_parser("list", help="list the bundled scenario library")
@@ -133,6 +135,15 @@ def _band_options(args) -> dict:
     return {"bands": getattr(args, "bands", None), "compare_week": cw, "hypotheses": getattr(args, "hypotheses", None)}
 
 
+def _verify_option(args) -> tuple | None:
+    """(n, tol, seed) of ``--verify`` or None; bad values refused before any work."""
+    n = getattr(args, "verify", 0) or 0
+    tol = getattr(args, "verify_tol", 1e-4)
+    from tregpd.model.verify import _check_n
+    _check_n(n, tol)
+    return (n, tol, getattr(args, "verify_seed", 0)) if n else None
+
+
 def run_command(args: argparse.Namespace) -> int:
     from tregpd.errors import ScenarioError
     from .runner import run_library
@@ -153,13 +164,17 @@ def run_command(args: argparse.Namespace) -> int:
         raise ScenarioError(f"scenario names must be unique (they name the output folders); repeated: {dup}")
     params = _load_params(args.params)
     model = _model_name(getattr(args, "model", None))
+    verify = _verify_option(args)
     # one run: staged under --out and moved into place as a whole, MANIFEST.json last
     with RunDir(args.out, "tregpd scenarios run", owns=LIBRARY_FILES + tuple(f"{n}/*" for n in names)) as rd:
         run = run_library(scenarios, rd.path, parameters=params, progress=not args.no_progress,
                           population=args.population, output_step_day=args.step_day,
                           ratio_target=args.ratio_target, figures=not args.no_figures, figure_workers=None,
-                          model=model, **_band_options(args))
+                          model=model, verify=verify, **_band_options(args))
     run.files = [rd.final(f) for f in run.files]
+    for o in run.outcomes:
+        if o.verify is not None:
+            print(o.verify.message())
     print(run.markdown)
     failed = int(run.table["n_failed"].sum())
     if failed:

@@ -80,6 +80,7 @@ class ScenarioOutcome:
     seconds: float = 0.0
     titration: object = None
     band: object = None
+    verify: object = None         # the solver check (:class:`tregpd.model.verify.VerifyReport`) or None
 
     def value(self, metric: str, week: float | None = None, statistic: str = "median") -> float:
         return M.lookup_index(self._index(), metric, week, statistic)
@@ -236,7 +237,8 @@ def percentile_frame(res: SimulationResult, variables: Sequence[str] = TRAJECTOR
 
 def run_scenario(scenario: Scenario | str | Path, out_dir: str | Path | None, parameters=None,
                  progress: bool = True, parallel: bool = True, figure_writer=None,
-                 model: str | None = None, hypotheses=None) -> ScenarioOutcome:
+                 model: str | None = None, hypotheses=None,
+                 verify: tuple | None = None) -> ScenarioOutcome:
     """Simulate one scenario and write its outputs into ``out_dir/<name>/``.
 
     Parameters
@@ -252,6 +254,9 @@ def run_scenario(scenario: Scenario | str | Path, out_dir: str | Path | None, pa
     hypotheses : parameter sets refitted under the SAT0261 regimen hypotheses (path of ``hypotheses.csv``, a
         DataFrame, or a list of (name, ParameterSet)); widens the "median" band (see
         :mod:`tregpd.scenarios.uncertainty`)
+    verify : (n, tol, seed), optional
+        Solver check (:func:`tregpd.model.verify.verify_titrated`) of ``n`` random patients before anything is
+        written; raises VerifyError above ``tol``; the report goes into the provenance.
 
     Returns
     -------
@@ -287,6 +292,10 @@ def run_scenario(scenario: Scenario | str | Path, out_dir: str | Path | None, pa
     summary = summarise_result(scenario, res, exposure, band, titration)
     outcome = ScenarioOutcome(scenario, res, summary, exposure, parameters=params, band=band,
                               titration=titration)
+    if verify and verify[0]:
+        from tregpd.model.verify import verify_titrated
+        outcome.verify = verify_titrated(res, titration, verify[0], seed=verify[2], tol=verify[1],
+                                         label=f"scenario {scenario.name!r}").raise_if_failed()
     if out_dir is not None:
         outcome.files = write_outputs(outcome, Path(out_dir) / scenario.name, figure_writer=figure_writer)
     outcome.seconds = time.perf_counter() - t0
@@ -301,7 +310,7 @@ def _provenance(outcome: ScenarioOutcome, **extra) -> dict:
     return outcome.result.provenance(
         scenario=sc.to_dict(), scenario_file=str(sc.path) if sc.path else None,
         parameter_source=sc.parameters, failures=[list(f) for f in outcome.result.failures()[:20]],
-        bands=bands, **extra)
+        bands=bands, **(outcome.verify.provenance() if outcome.verify is not None else {}), **extra)
 
 
 def write_outputs(outcome: ScenarioOutcome, folder: Path, figure_writer=None) -> list[Path]:
@@ -351,7 +360,8 @@ def run_library(paths: Sequence[str | Path | Scenario], out_dir: str | Path | No
                 progress: bool = True, population: int | None = None, output_step_day: float | None = None,
                 parallel: bool = True, figures: bool = True, ratio_target: float | None = None,
                 figure_workers: int | None = 0, model: str | None = None, bands: Sequence[str] | None = None,
-                compare_week: float | None = None, hypotheses=None) -> LibraryRun:
+                compare_week: float | None = None, hypotheses=None,
+                verify: tuple | None = None) -> LibraryRun:
     """Run several scenarios and compare them.
 
     Parameters
@@ -375,6 +385,8 @@ def run_library(paths: Sequence[str | Path | Scenario], out_dir: str | Path | No
         scenario's duration)
     hypotheses : ``hypotheses.csv`` of ``tregpd hypotheses`` (path or DataFrame), optional: the "median" band
         then also spans the medians under the SAT0261 regimen hypotheses' refits (``--hypotheses``)
+    verify : (n, tol, seed), optional
+        Solver check of ``n`` patients per scenario (see :func:`run_scenario`).
 
     Returns
     -------
@@ -419,7 +431,7 @@ def run_library(paths: Sequence[str | Path | Scenario], out_dir: str | Path | No
         n_figures = sum("png" in s.outputs and s.figures for s in scenarios) + 2 + len(QUESTIONS)
     workers = auto_workers(n_figures, figure_workers) if n_figures else 0
     with FigureWriter(workers, warm=("tregpd.scenarios.plots",)) as writer:
-        run = _run_library(scenarios, out_dir, parameters, progress, parallel, figures, writer, hypotheses)
+        run = _run_library(scenarios, out_dir, parameters, progress, parallel, figures, writer, hypotheses, verify)
     run.seconds = time.perf_counter() - t0
     return run
 
@@ -447,7 +459,8 @@ def bands_figure_scenarios(table, outcomes) -> list[str]:
     return picks
 
 
-def _run_library(scenarios, out_dir, parameters, progress, parallel, figures, writer, hypotheses=None) -> LibraryRun:
+def _run_library(scenarios, out_dir, parameters, progress, parallel, figures, writer, hypotheses=None,
+                 verify=None) -> LibraryRun:
     outcomes = []
     it = scenarios
     if progress:
@@ -457,7 +470,7 @@ def _run_library(scenarios, out_dir, parameters, progress, parallel, figures, wr
         if progress:
             it.set_postfix_str(sc.name)
         outcomes.append(run_scenario(sc, out_dir, parameters=parameters, progress=False, parallel=parallel,
-                                     figure_writer=writer, hypotheses=hypotheses))
+                                     figure_writer=writer, hypotheses=hypotheses, verify=verify))
     table = comparison_table(outcomes)
     rank = {n: i for i, n in enumerate(table["scenario"])}
     outcomes.sort(key=lambda o: rank[o.scenario.name])

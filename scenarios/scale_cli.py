@@ -48,6 +48,8 @@ def register(sub) -> None:
     t.add_argument("--no-plot", action="store_true", help="skip the PNG")
     add_model_option(t)
     _backend_args(t)
+    from tregpd.model.cli import add_verify_options
+    add_verify_options(t, "patients of the first chunk (on every regimen)")
     t.set_defaults(func=run_trial_command)
 
     s = sub.add_parser(
@@ -117,6 +119,46 @@ def _print(msg: str) -> None:
 
 
 # ------------------------------------------------------------------------------------------- trial
+def verify_trial(plan, first_chunk: int, n: int = 1, seed: int = 0, tol: float = 1e-4) -> list:
+    """Check ``n`` random patients of a trial's first chunk (patients ``0 .. first_chunk - 1``) on every
+    regimen of ``plan`` (:class:`tregpd.scenarios.trial.TrialPlan`): their parameters are drawn as the chunk
+    draws them, simulated with the plan's solver options (the kernels give each patient the same numbers
+    whatever the batch) and compared with the reference. Returns one :class:`VerifyReport` per regimen."""
+    from tregpd.model.simulate import simulate_population
+    from tregpd.model.verify import VerifyReport, _check_n, verify_patients, verify_titrated
+    from .trial import trial_theta
+    _check_n(n, tol)
+    stop = min(int(first_chunk), plan.n_patients)
+    import numpy as np
+    rng = np.random.default_rng(seed)
+    pick = np.sort(rng.choice(stop, size=min(int(n), stop), replace=False)) if n else np.array([], int)
+    theta_all, _ = trial_theta(plan, 0, stop)
+    theta = theta_all[pick]
+    reports = []
+    for r, events in enumerate(plan.events):
+        label = f"trial regimen {plan.regimen_names[r]!r}"
+        if not pick.size:
+            reports.append(VerifyReport(tol=float(tol), label=label, model=plan.model, seed=int(seed)))
+            continue
+        rule = plan.tdm_rule(r)
+        if rule is None:
+            res = simulate_population(theta, events=events, t_out=plan.t_out, options=plan.options,
+                                      parallel=False, on_failure="keep", model=plan.model, patient_ids=pick)
+            res.regimen = None
+            rep = verify_patients(res, pick.size, seed, tol, events=events, label=label,
+                                  rows=np.flatnonzero(res.ok))
+        else:
+            from .tdm import simulate_titrated, titrate
+            tit = titrate(theta, plan.regimens[r], rule, float(plan.t_out[-1]), seed=plan.seed, patient_ids=pick,
+                          model=plan.model)
+            res = simulate_titrated(theta, tit, plan.t_out, parallel=False, model=plan.model, options=plan.options,
+                                    patient_ids=pick)
+            rep = verify_titrated(res, tit, pick.size, seed, tol, label=label, rows=np.flatnonzero(res.ok))
+        rep.requested = int(n)
+        reports.append(rep)
+    return reports
+
+
 def run_trial_command(args: argparse.Namespace) -> int:
     from tregpd.io import atomic_save_figure, atomic_write_frame, atomic_write_json, provenance
     from tregpd.model.parameters import load_parameters
@@ -138,6 +180,10 @@ def run_trial_command(args: argparse.Namespace) -> int:
                      ratio_target=args.ratio_target if args.ratio_target is not None else DEFAULT_RATIO_TARGET,
                      model=check_model(getattr(args, "model", None)).name, tdm=[t for _, t in pairs])
     check_trial_memory(plan, args.chunk)   # before a cluster is started or anything simulated
+    n_verify = getattr(args, "verify", 0) or 0
+    if n_verify or getattr(args, "verify_tol", 1e-4) != 1e-4:
+        from tregpd.model.verify import _check_n
+        _check_n(n_verify, args.verify_tol)
     out = Path(args.out)
     from tregpd.rundir import RunDir
     # one run: staged under out/, moved into place with MANIFEST.json last; Dask's scratch space inside it
@@ -149,8 +195,18 @@ def run_trial_command(args: argparse.Namespace) -> int:
                    + (f" ({desc['n_workers']} workers, {desc['scheduler']})" if desc["backend"] == "dask"
                       else ""))
             res = run_trial(plan, args.chunk, backend, progress=not args.no_progress and sys.stderr.isatty())
+        checked = {}
+        if n_verify:   # N patients of the first chunk, before anything is written (a failure leaves the old run)
+            from tregpd.model.verify import merged_provenance
+            reports = verify_trial(plan, min(res.chunk_patients, plan.n_patients), n_verify,
+                                   seed=getattr(args, "verify_seed", 0), tol=args.verify_tol)
+            for rep in reports:
+                rep.raise_if_failed()
+            for rep in reports:
+                _print(rep.message())
+            checked = merged_provenance(reports)
         prov = provenance(params, regimens[0] if len(regimens) == 1 else [r.to_dict() for r in regimens],
-                          args.seed, command="tregpd trial", **res.provenance_extra())
+                          args.seed, command="tregpd trial", **res.provenance_extra(), **checked)
         atomic_write_frame(run.path / "trial_summary.csv", res.summary, prov)
         atomic_write_json(run.path / "trial_summary.json",
                           {"provenance": prov, "summary": res.summary.to_dict(orient="records")})
