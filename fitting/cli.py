@@ -53,8 +53,8 @@ def run(args: argparse.Namespace) -> int:
     if n < 10:
         raise TregpdError(f"--patients must be >= 10, got {n}")
     if args.workers is not None:
-        from .optimise import available_cores
-        limit = available_cores()
+        from tregpd.scenarios.backends import available_cpus
+        limit = available_cpus()
         if not 1 <= args.workers <= limit:
             raise TregpdError(f"--workers must be between 1 and the {limit} CPUs available on this machine, got "
                               f"{args.workers}")

@@ -344,12 +344,6 @@ def _profile_job(job):
     return prof, problem.n_evaluations
 
 
-def available_cores() -> int:
-    """CPU cores this process may run on (the affinity mask where the OS has one)."""
-    from tregpd.scenarios.backends import available_cpus
-    return available_cpus()
-
-
 def profile_likelihoods(problem: FitProblem, result, names: Sequence[str], n_points: int = 9,
                         method: str = DEFAULT_METHOD, workers: int | None = None) -> dict:
     """:func:`profile_likelihood` of each of ``names``, in parallel processes.
@@ -367,7 +361,8 @@ def profile_likelihoods(problem: FitProblem, result, names: Sequence[str], n_poi
     the workers ran.
     """
     names = list(dict.fromkeys(names))
-    workers = available_cores() if workers is None else int(workers)
+    from tregpd.scenarios.backends import available_cpus, process_pool
+    workers = available_cpus() if workers is None else int(workers)
     if workers < 1:
         raise FitError(f"workers must be >= 1, got {workers}")
     workers = min(workers, len(names))
@@ -375,7 +370,6 @@ def profile_likelihoods(problem: FitProblem, result, names: Sequence[str], n_poi
     if workers <= 1:
         return {n: profile_likelihood(problem, best, n, n_points=n_points, method=method) for n in names}
     import multiprocessing as mp
-    from tregpd.scenarios.backends import process_pool
     ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
     # parameters the fit keeps fixed are usually the unidentifiable ones: swept end to end, so slowest
     order = sorted(names, key=lambda n: n in problem.free)

@@ -116,8 +116,8 @@ def test_a_failed_integration_is_reported_not_returned():
 
 def test_cli_workers_must_fit_the_machine(tmp_path, capsys):
     from tregpd.cli import main
-    from tregpd.fitting.optimise import available_cores
-    for bad in (0, available_cores() + 1):
+    from tregpd.scenarios.backends import available_cpus
+    for bad in (0, available_cpus() + 1):
         assert main(["fit", "--workers", str(bad), "--out", str(tmp_path / "o")]) == 2
         err = capsys.readouterr().err
         assert "--workers" in err and f"got {bad}" in err and "Traceback" not in err
