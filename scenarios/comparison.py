@@ -124,15 +124,14 @@ def rank_regimens(frame, max_treg: float | None = M.HEALTHY_RANGE["treg"][1],
     return t
 
 
-def _titrated_daily_dose(outcome) -> float:
-    """Median over the successful patients of their own mean daily sirolimus dose (mg/day) under trough
-    titration (first dose to last dose + one interval, as :func:`mean_daily_dose`)."""
+def _titrated_daily_dose(outcome, total_mg: float) -> float:
+    """Mean daily sirolimus dose (mg/day) under trough titration: ``total_mg`` (the summary's median over the
+    successful patients of their own titrated totals, see :func:`tregpd.scenarios.runner.summarise_result`)
+    over the dosing period (first dose to last dose + one interval, as :func:`mean_daily_dose`)."""
     tit = outcome.titration
     s = outcome.scenario.regimen.schedules[tit.schedule_index]
     t = tit.dose_times
-    span = float(t[-1]) + s.interval_day - float(t[0])
-    ok = outcome.result.ok
-    return float(np.median(tit.cumulative_dose()[ok])) / span if ok.any() else float("nan")
+    return total_mg / (float(t[-1]) + s.interval_day - float(t[0]))
 
 
 def comparison_row(outcome) -> dict:
@@ -160,9 +159,10 @@ def comparison_row(outcome) -> dict:
         "sirolimus_mg_total": L(s, "sirolimus_cumulative_dose", statistic="value"),
         "il2_dose_miu": max([x.amount_model_units / 1e6 for x in sc.regimen.schedules if x.drug == "il2"],
                             default=0.0),
-        "sirolimus_mg_per_day": _titrated_daily_dose(outcome) if getattr(outcome, "titration", None) is not None
-        else mean_daily_dose(sc, "sirolimus"),
     }
+    row["sirolimus_mg_per_day"] = (_titrated_daily_dose(outcome, row["sirolimus_mg_total"])
+                                   if getattr(outcome, "titration", None) is not None
+                                   else mean_daily_dose(sc, "sirolimus"))
     for v in ("treg", "th17", "ratio"):
         for stat in ("median", "p05", "p95", "median_lower", "median_upper"):
             col = f"{v}_{stat}_cmp" if stat in ("median", "p05", "p95") else f"{v}_median_cmp_{stat[7:]}"
