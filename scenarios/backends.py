@@ -235,9 +235,13 @@ class DaskBackend(Backend):
                 # SIGINT/SIGTERM while the cluster starts are held until it has started (a few seconds), then
                 # raised: a half-built cluster cannot be closed cleanly and would be left to Dask's atexit hook
                 with hold_signals():
+                    # the worker processes' own logs are silenced below CRITICAL: a task's error reaches the
+                    # caller as an exception through the client, while a worker that loses the scheduler as the
+                    # cluster shuts down (e.g. after SIGTERM) would otherwise print tracebacks (not errors of
+                    # the run) on the shared stderr, where tregpd promises one line
                     self._cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
                                                  dashboard_address=":0" if dashboard else None,
-                                                 silence_logs=logging.ERROR, local_directory=local_directory)
+                                                 silence_logs=logging.CRITICAL, local_directory=local_directory)
                     self._client = Client(self._cluster)
                 self.address = self._cluster.scheduler_address
         except BaseException:  # an interrupt or an error while starting: no process left behind
