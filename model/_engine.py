@@ -17,6 +17,10 @@
 #   as most tools would write it.
 # ======================================================================================================
 
+from llvmlite import ir as llvm_ir
+from numba.core import types
+from numba.core.extending import intrinsic
+
 STATUS_OK = 0
 STATUS_MAX_STEPS = 1
 STATUS_STEP_TOO_SMALL = 2
@@ -97,6 +101,57 @@ STAT_REJECTED = 3
 STAT_SEGMENTS = 4
 STAT_EXP = 5
 N_STATS = 6
+
+
+# ================================================================================== exp for SIMD loops
+# exp() as straight-line arithmetic, so that loops over patients that call it vectorise (a call to the C
+# library's exp stops the compiler from vectorising the loop). Used for the DP5 stage concentrations of the
+# fast path (cf_stage_conc, one patient, and lanes_stage_conc, LANES patients: the same function, so a
+# population row still equals a single run bit for bit). Method: Cody & Waite's argument reduction
+# x = k ln2 + r, |r| <= ln2/2 (ln2 split in a high part with trailing zero bits and a low part), exp(r) by its
+# Taylor polynomial to degree 13 in Horner form (truncation < 2^-60 relative at |r| = ln2/2), times 2^k built
+# from the exponent bits. Accurate to a few ulp for -708 <= x <= 709 (tests/test_solvers.py compares it with
+# math.exp); returns 0.0 below -708 (exp(-708) = 3.3e-308: the subnormal range is dropped) and is not used
+# for larger x (the closed-form PK arguments are l_j h / 90 <= 0).
+EXP_LN2_HI = 6.93147180369123816490e-01
+EXP_LN2_LO = 1.90821492927058770002e-10
+EXP_INV_LN2 = 1.44269504088896338700e+00
+EXP_MIN_ARG = -708.0
+
+
+@intrinsic
+def _float_from_bits(typingctx, bits):
+    """The float64 whose IEEE-754 bit pattern is the int64 ``bits`` (an LLVM bitcast; vectorisable)."""
+    if not isinstance(bits, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], llvm_ir.DoubleType())
+    return types.float64(types.int64), codegen
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def exp_simd(x):
+    """exp(x) for -708 <= x <= 709 without a library call (see the section comment); 0.0 below -708."""
+    xc = max(x, EXP_MIN_ARG)
+    k = np.floor(xc * EXP_INV_LN2 + 0.5)
+    r = (xc - k * EXP_LN2_HI) - k * EXP_LN2_LO
+    p = 1.0 / 6227020800.0
+    p = p * r + 1.0 / 479001600.0
+    p = p * r + 1.0 / 39916800.0
+    p = p * r + 1.0 / 3628800.0
+    p = p * r + 1.0 / 362880.0
+    p = p * r + 1.0 / 40320.0
+    p = p * r + 1.0 / 5040.0
+    p = p * r + 1.0 / 720.0
+    p = p * r + 1.0 / 120.0
+    p = p * r + 1.0 / 24.0
+    p = p * r + 1.0 / 6.0
+    p = p * r + 0.5
+    p = p * r + 1.0
+    p = p * r + 1.0
+    scale = _float_from_bits((np.int64(k) + 1023) << 52)
+    return p * scale if x >= EXP_MIN_ARG else 0.0
 
 
 # ========================================================================================= linear PK
@@ -696,7 +751,7 @@ def cf_stage_conc(h, lam, coef, active, enow, sconc, ewh):
         if not active[b]:
             continue
         a = coef[j] * enow[j]
-        w = math.exp(lam[j] * h / 90.0)
+        w = exp_simd(lam[j] * h / 90.0)
         w2 = w * w
         w4 = w2 * w2
         w8 = w4 * w4
@@ -984,21 +1039,29 @@ def simulate_patient(theta, dose_t, dose_cmt, dose_amt, t_out, rtol, atol, metho
 
 @njit(cache=True, parallel=True)
 def population_fast_parallel(theta, dose_t, dose_cmt, dose_amt, t_out, rtol, atol, max_steps, out, status,
-                             t_reached, steps):
-    """The fast path for ``theta.shape[0]`` patients in parallel (prange); each writes its own rows."""
-    for i in prange(theta.shape[0]):
-        stats = np.zeros(N_STATS, dtype=np.int64)
-        s, tr, ns = simulate_patient_cf_dp5_stats(theta[i], dose_t, dose_cmt, dose_amt, t_out, rtol, atol,
-                                                  max_steps, out[i], stats)
-        status[i] = s
-        t_reached[i] = tr
-        steps[i] = ns
+                             t_reached, steps, n_blocks):
+    """The fast path for ``theta.shape[0]`` patients: ``n_blocks`` contiguous blocks of patients in parallel
+    (prange), each integrated LANES patients side by side (:func:`lanes_range`); each patient writes its own
+    rows."""
+    n = theta.shape[0]
+    for c in prange(n_blocks):
+        lanes_range(theta, c * n // n_blocks, (c + 1) * n // n_blocks, dose_t, dose_cmt, dose_amt, t_out, rtol,
+                    atol, max_steps, out, status, t_reached, steps)
 
 
 @njit(cache=True)
 def population_fast_serial(theta, dose_t, dose_cmt, dose_amt, t_out, rtol, atol, max_steps, out, status,
                            t_reached, steps):
     """Serial twin of :func:`population_fast_parallel` (same numbers, one thread)."""
+    lanes_range(theta, 0, theta.shape[0], dose_t, dose_cmt, dose_amt, t_out, rtol, atol, max_steps, out, status,
+                t_reached, steps)
+
+
+@njit(cache=True)
+def population_fast_one_by_one(theta, dose_t, dose_cmt, dose_amt, t_out, rtol, atol, max_steps, out, status,
+                               t_reached, steps):
+    """The fast path one patient after another (:func:`simulate_patient_cf_dp5_stats`), for tests and
+    benchmarks of :func:`lanes_range` against it."""
     for i in range(theta.shape[0]):
         stats = np.zeros(N_STATS, dtype=np.int64)
         s, tr, ns = simulate_patient_cf_dp5_stats(theta[i], dose_t, dose_cmt, dose_amt, t_out, rtol, atol,
@@ -1047,8 +1110,331 @@ def simulate_population_parallel(theta, dose_t, dose_cmt, dose_amt, t_out, rtol,
                                  max_steps, out, status, t_reached, steps):
     """Population entry point (prange over patients)."""
     if mode == MODE_CLOSED_FORM and method == METHOD_DOPRI5:
+        import numba
+        n = theta.shape[0]
+        n_blocks = max(1, min(2 * numba.get_num_threads(), n // (4 * LANES)))
         population_fast_parallel(theta, dose_t, dose_cmt, dose_amt, t_out, rtol, atol, max_steps, out, status,
-                                 t_reached, steps)
+                                 t_reached, steps, n_blocks)
     else:
         population_generic_parallel(theta, dose_t, dose_cmt, dose_amt, t_out, rtol, atol, method, mode,
                                     max_steps, out, status, t_reached, steps)
+
+
+
+# ========================================================================== interleaved patients (lanes)
+# The population fast path integrates LANES patients side by side on one core (LANES and the workspace rows
+# W_* are generated with the structure: tregpd.model.codegen._LaneRows). Each patient keeps its own step
+# sequence, dose segments and step sizes, and each lane does exactly the arithmetic of
+# :func:`simulate_patient_cf_dp5_stats`, operation for operation, so a population row equals a single run bit
+# for bit (tests/test_population.py). What changes is the order of the work: the forcing at the five stage
+# times and the DP5 stage chain (six right-hand sides, solution, error norm) run for all lanes at once, in
+# generated loops over the lanes (forcing_lanes, dp5_step_lanes) on a lanes-last workspace with a compile-time
+# stride, which the compiler turns into SIMD instructions. The rest -- closed-form PK exponentials,
+# accept/reject, dense output, dose segments -- runs per lane, and a lane whose patient ends loads the next.
+#: per-lane integer bookkeeping (columns of ``li``)
+LI_PATIENT = 0
+LI_DOSE = 1
+LI_KOUT = 2
+LI_STEPS = 3
+LI_SEG_STEPS = 4
+LI_CARRY = 5
+LI_LAST = 6
+N_LI = 7
+#: per-lane float bookkeeping (columns of ``lf``)
+LF_T = 0
+LF_T1 = 1
+N_LF = 2
+
+
+W_ROWS = W_P + N_P
+
+
+@njit(cache=True, error_model="numpy")
+def lanes_put_modes(w, l, lam, coef, enow, ewh, active):
+    """Copy lane ``l``'s closed-form PK (one-patient arrays) into its workspace rows."""
+    for j in range(N_MODES):
+        w[(W_LAM + j) * LANES + l] = lam[j]
+        w[(W_COEF + j) * LANES + l] = coef[j]
+        w[(W_ENOW + j) * LANES + l] = enow[j]
+        w[(W_EWH + j) * LANES + l] = ewh[j]
+    for b in range(N_BLOCKS):
+        w[(W_ACT + b) * LANES + l] = 1.0 if active[b] else 0.0
+
+
+@njit(cache=True, error_model="numpy")
+def lanes_segment_start(w, l, dose_t, dose_cmt, dose_amt, t_out, rtol, atol, out, li, lf, P, LAM_ALL, PROJ,
+                        SCALES, Y, A, COV, SEG, PKC, AUC, WS, LAM, COEF, ENOW, EWH, FRC, CC, SCR, ACTIVE, SENS):
+    """The head of the dose-segment loop of :func:`simulate_patient_cf_dp5_stats` for lane ``l`` (doses at t,
+    the segment's PK, outputs at t), then the set-up of :func:`dopri5_cf_segment` (first derivative into stage 0
+    of W_K, initial step into W_H). ``Y[l]`` holds the lane's state on entry. Returns False if the patient has
+    reached its last output time."""
+    t = lf[l, LF_T]
+    p = P[l]
+    y = Y[l]
+    cov = COV[l]
+    seg = SEG[l]
+    pkc = PKC[l]
+    n_dose = dose_t.size
+    n_out = t_out.size
+    i_dose = li[l, LI_DOSE]
+    cov_changed = False
+    while i_dose < n_dose and dose_t[i_dose] <= t:
+        if apply_dose_cf(dose_cmt[i_dose], dose_amt[i_dose], p, A[l], y, cov) == 2:
+            cov_changed = True
+        i_dose += 1
+    li[l, LI_DOSE] = i_dose
+    if cov_changed:
+        segment_values(p, cov, seg)
+    for q in range(seg.size):
+        w[(W_SEG + q) * LANES + l] = seg[q]
+    pk_set_segment(t, A[l], LAM_ALL[l], PROJ[l], SCALES[l], pkc)
+    k_out = li[l, LI_KOUT]
+    orow = out[li[l, LI_PATIENT]]
+    while k_out < n_out and t_out[k_out] <= t:
+        record_fast(orow[k_out], t, y, p, seg, pkc, AUC[l], SCR[l])
+        k_out += 1
+    li[l, LI_KOUT] = k_out
+    if k_out >= n_out:
+        return False
+    t_next = t_out[n_out - 1]
+    if i_dose < n_dose and dose_t[i_dose] < t_next:
+        t_next = dose_t[i_dose]
+    lf[l, LF_T1] = t_next
+    lam = LAM[l]
+    coef = COEF[l]
+    active = ACTIVE[l]
+    cc = CC[l]
+    frc = FRC[l]
+    ws = WS[l]
+    cf_segment_setup(pkc, seg, p, lam, coef, active, SENS[l])
+    cf_conc_now(t - pkc[PKC_T0], lam, coef, active, ENOW[l], cc)
+    r0 = frc.shape[0] - 1
+    forcing(cc, seg, p, frc, r0)
+    derivs_cf(y, frc, r0, seg, p, ws[0])
+    w[W_H * LANES + l] = cf_initial_step(y, ws[0], p, seg, lam, coef, active, t - pkc[PKC_T0], rtol, atol,
+                                         t_next - t, ws[1], ws[2], frc, cc)
+    for j in range(N_MODES):
+        EWH[l, j] = 0.0
+    lanes_put_modes(w, l, lam, coef, ENOW[l], EWH[l], active)
+    for q in range(N_Y_CF):
+        w[(W_Y + q) * LANES + l] = y[q]
+        w[(W_K + q) * LANES + l] = ws[0, q]
+    li[l, LI_CARRY] = 0
+    li[l, LI_SEG_STEPS] = 0
+    return True
+
+
+@njit(cache=True, error_model="numpy")
+def lanes_range(theta, lo, hi, dose_t, dose_cmt, dose_amt, t_out, rtol, atol, max_steps, out, status,
+                t_reached, steps_out):
+    """Patients ``lo..hi-1`` on the fast path, LANES side by side (see the section's comment); the same numbers
+    as :func:`population_fast_serial`, bit for bit."""
+    L = LANES
+    n = N_Y_CF
+    nb = max(N_BLOCKS, 1)
+    w = np.ones(W_ROWS * LANES)  # idle lanes compute on finite numbers
+    P = np.empty((L, N_P))
+    LAM_ALL = np.empty((L, N_MODES))
+    PROJ = np.empty((L, N_MODES, 3, 3))
+    SCALES = np.empty((L, N_BLOCKS))
+    Y = np.zeros((L, n))
+    Y0 = np.zeros((L, n))
+    A = np.zeros((L, max(N_PK_AMOUNTS, 1)))
+    COV = np.zeros((L, max(N_COV, 1)))
+    SEG = np.zeros((L, max(N_SEG, 1)))
+    PKC = np.zeros((L, N_PKC))
+    AUC = np.zeros((L, nb))
+    WS = np.zeros((L, 8, n))
+    LAM = np.empty((L, N_MODES))
+    COEF = np.empty((L, N_MODES))
+    ENOW = np.zeros((L, N_MODES))
+    EWH = np.zeros((L, N_MODES))
+    FRC = np.zeros((L, 6, max(N_FORCING, 1)))
+    CC = np.zeros((L, nb))
+    SCR = np.zeros((L, 2, nb))
+    ACTIVE = np.zeros((L, nb), dtype=np.bool_)
+    SENS = np.zeros((L, nb))
+    TMP = np.empty((L, 3))
+    li = np.zeros((L, N_LI), dtype=np.int64)
+    lf = np.zeros((L, N_LF))
+    busy = np.zeros(L, dtype=np.bool_)
+    next_patient = lo
+    n_out = t_out.size
+    while True:
+        # ---- per lane: a step to attempt (loading patients, crossing dose segments as needed)
+        n_busy = 0
+        for l in range(L):
+            while True:
+                if not busy[l]:
+                    if next_patient >= hi:
+                        break
+                    i = next_patient
+                    next_patient += 1
+                    p = derive(theta[i])
+                    for q in range(N_P):
+                        P[l, q] = p[q]
+                        w[(W_P + q) * LANES + l] = p[q]
+                    lam_all, proj = pk_modes(p)
+                    LAM_ALL[l] = lam_all
+                    PROJ[l] = proj
+                    pk_scales(p, SCALES[l])
+                    y = Y[l]
+                    for q in range(n):
+                        y[q] = 0.0
+                    initial_state_cf(p, y)
+                    for q in range(n):
+                        Y0[l, q] = y[q]
+                    for q in range(A.shape[1]):
+                        A[l, q] = 0.0
+                    for q in range(COV.shape[1]):
+                        COV[l, q] = 0.0
+                    initial_covariates(p, COV[l])
+                    for q in range(SEG.shape[1]):
+                        SEG[l, q] = 0.0
+                    segment_values(p, COV[l], SEG[l])
+                    for q in range(N_PKC):
+                        PKC[l, q] = 0.0
+                    for q in range(nb):
+                        AUC[l, q] = 0.0
+                    li[l, LI_PATIENT] = i
+                    li[l, LI_DOSE] = 0
+                    li[l, LI_KOUT] = 0
+                    li[l, LI_STEPS] = 0
+                    lf[l, LF_T] = 0.0
+                    busy[l] = True
+                    if not lanes_segment_start(w, l, dose_t, dose_cmt, dose_amt, t_out, rtol, atol, out, li, lf,
+                                               P, LAM_ALL, PROJ, SCALES, Y, A, COV, SEG, PKC, AUC, WS, LAM, COEF,
+                                               ENOW, EWH, FRC, CC, SCR, ACTIVE, SENS):
+                        status[i] = STATUS_OK
+                        t_reached[i] = lf[l, LF_T]
+                        steps_out[i] = 0
+                        busy[l] = False
+                        continue
+                # the checks at the top of dopri5_cf_segment's step loop
+                t = lf[l, LF_T]
+                t1 = lf[l, LF_T1]
+                h = w[W_H * LANES + l]
+                i = li[l, LI_PATIENT]
+                fail = STATUS_OK
+                if li[l, LI_SEG_STEPS] >= max_steps - li[l, LI_STEPS]:
+                    fail = STATUS_MAX_STEPS
+                elif h < 1e-12 * max(1.0, abs(t)) and t1 - t > 1e-12 * max(1.0, abs(t)):
+                    fail = STATUS_STEP_TOO_SMALL
+                if fail != STATUS_OK:
+                    status[i] = fail
+                    t_reached[i] = t
+                    steps_out[i] = li[l, LI_STEPS] + li[l, LI_SEG_STEPS]
+                    busy[l] = False
+                    continue
+                last = False
+                if t + 1.01 * h >= t1:
+                    h = t1 - t
+                    last = True
+                w[W_H * LANES + l] = h
+                li[l, LI_LAST] = 1 if last else 0
+                n_busy += 1
+                break
+        if n_busy == 0:
+            break
+        lanes_stage_conc(w)
+        # ---- every lane at once: forcing at the stage times, the stage chain, the error norm
+        forcing_lanes(w)
+        dp5_step_lanes(w, rtol, atol)
+        # ---- per lane: accept or reject (dopri5_cf_segment's logic)
+        for l in range(L):
+            if not busy[l]:
+                continue
+            li[l, LI_SEG_STEPS] += 1
+            en = w[W_EN * LANES + l]
+            h = w[W_H * LANES + l]
+            if not math.isfinite(en):
+                w[W_H * LANES + l] = h * MIN_FACTOR
+                continue
+            if en > 1.0:
+                w[W_H * LANES + l] = h * max(MIN_FACTOR, SAFETY * en ** -0.2)
+                continue
+            t = lf[l, LF_T]
+            t1 = lf[l, LF_T1]
+            last = li[l, LI_LAST] == 1
+            i = li[l, LI_PATIENT]
+            t_new = t1 if last else t + h
+            k_out = li[l, LI_KOUT]
+            if k_out < n_out and t_out[k_out] < t_new and t_out[k_out] < t1:
+                p = P[l]
+                seg = SEG[l]
+                pkc = PKC[l]
+                y = Y[l]
+                ws = WS[l]
+                for q in range(n):
+                    y[q] = w[(W_Y + q) * LANES + l]
+                    for r in range(7):
+                        ws[r, q] = w[(W_K + r * n + q) * LANES + l]
+                orow = out[i]
+                while k_out < n_out and t_out[k_out] < t_new and t_out[k_out] < t1:
+                    dp5_dense(y, ws[0:7], h, (t_out[k_out] - t) / h, ws[7])
+                    record_fast(orow[k_out], t_out[k_out], ws[7], p, seg, pkc, AUC[l], SCR[l])
+                    k_out += 1
+                li[l, LI_KOUT] = k_out
+            finite = True
+            for q in range(n):
+                if not math.isfinite(w[(W_YN + q) * LANES + l]):
+                    finite = False
+            if not finite:
+                status[i] = STATUS_NONFINITE
+                t_reached[i] = t
+                steps_out[i] = li[l, LI_STEPS] + li[l, LI_SEG_STEPS]
+                busy[l] = False
+                continue
+            for q in range(n):
+                w[(W_Y + q) * LANES + l] = w[(W_YN + q) * LANES + l]
+                w[(W_K + q) * LANES + l] = w[(W_K + 6 * n + q) * LANES + l]
+            if HAS_NEGLIGIBLE:
+                y = Y[l]
+                ws = WS[l]
+                for q in range(n):
+                    y[q] = w[(W_Y + q) * LANES + l]
+                    ws[0, q] = w[(W_K + q) * LANES + l]
+                if flush_negligible(y, ws[0], P[l], 0):
+                    for q in range(n):
+                        w[(W_Y + q) * LANES + l] = y[q]
+                    derivs_cf_lane(w, l)  # the forcing of stage row 4 is the forcing at t + h = t_new
+            lf[l, LF_T] = t_new
+            if not last:
+                n_carry = li[l, LI_CARRY] + 1
+                if n_carry >= CF_EXACT_EVERY:
+                    enow = ENOW[l]
+                    cf_conc_now(t_new - PKC[l, PKC_T0], LAM[l], COEF[l], ACTIVE[l], enow, CC[l])
+                    for j in range(N_MODES):
+                        w[(W_ENOW + j) * LANES + l] = enow[j]
+                    n_carry = 0
+                else:
+                    for j in range(N_MODES):
+                        w[(W_ENOW + j) * LANES + l] *= w[(W_EWH + j) * LANES + l]
+                li[l, LI_CARRY] = n_carry
+                fac = MAX_FACTOR if en == 0.0 else min(MAX_FACTOR, SAFETY * en ** -0.2)
+                w[W_H * LANES + l] = h * fac
+                continue
+            # ---- the segment is done: the tail of the dose-segment loop, then the next segment's head
+            li[l, LI_STEPS] += li[l, LI_SEG_STEPS]
+            li[l, LI_SEG_STEPS] = 0
+            pkc = PKC[l]
+            y = Y[l]
+            for q in range(n):
+                y[q] = w[(W_Y + q) * LANES + l]
+            if is_negative(y, Y0[l], 0, rtol, atol):
+                status[i] = STATUS_NEGATIVE
+                t_reached[i] = t1
+                steps_out[i] = li[l, LI_STEPS]
+                busy[l] = False
+                continue
+            pk_auc(t1, pkc, AUC[l])
+            pk_advance(A[l], LAM_ALL[l], PROJ[l], t1 - pkc[PKC_T0], TMP[l])
+            lf[l, LF_T] = t1
+            if not lanes_segment_start(w, l, dose_t, dose_cmt, dose_amt, t_out, rtol, atol, out, li, lf, P,
+                                       LAM_ALL, PROJ, SCALES, Y, A, COV, SEG, PKC, AUC, WS, LAM, COEF, ENOW, EWH,
+                                       FRC, CC, SCR, ACTIVE, SENS):
+                status[i] = STATUS_OK
+                t_reached[i] = lf[l, LF_T]
+                steps_out[i] = li[l, LI_STEPS]
+                busy[l] = False
+    return next_patient

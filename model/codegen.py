@@ -22,6 +22,7 @@ import ast
 import hashlib
 import importlib.util
 import os
+import re
 import sys
 import threading
 from dataclasses import dataclass
@@ -44,7 +45,7 @@ ENGINE_INTERFACE = (
     "NONNEGATIVE", "derive", "initial_covariates", "segment_values", "forcing", "derivs_cf", "derivs_ode",
     "jac_cf", "jac_ode", "pk_matrix", "pk_eigs", "pk_scales", "initial_state_cf", "initial_state_ode",
     "apply_dose_cf", "apply_dose_ode", "record_cf", "record_ode", "block_sensitivity", "flush_negligible",
-    "HAS_NEGLIGIBLE")
+    "HAS_NEGLIGIBLE", "LANES", "lanes_stage_conc", "forcing_lanes", "dp5_step_lanes", "derivs_cf_lane")
 
 
 def cache_dir() -> Path:
@@ -231,6 +232,135 @@ def _lines(body: list[str], indent: int = 4) -> str:
     return "\n".join(" " * indent + b for b in body) if body else " " * indent + "pass"
 
 
+#: Patients integrated side by side by the population fast path (the engine's lanes kernel): one SIMD register
+#: of float64 on AVX-512, two on AVX2.
+LANES = 8
+_ARRAY_REF = re.compile(r"\b(y|p|seg|c|frc|dy)\[(s, )?(\d+)\]")
+
+
+class _LaneRows:
+    """Row layout of the lanes workspace ``w`` (1-D float64, ``W_ROWS * LANES``; row ``r`` of lane ``l`` at
+    ``w[r * LANES + l]``, a compile-time stride, so that loops over the lanes vectorise without alias checks):
+    state at the step start (n), the seven DP5 stages (7n), the new solution (n), the step size, the error
+    norm, the forcing at the five stage times (5 x N_FORCING), the closed-form concentrations at the five
+    stage times (5 x N_BLOCKS), the segment values (N_SEG), the closed-form PK of the lane's dose segment
+    (eigenvalues, coefficients, exp(l_j t) at the step start, exp(l_j h) of the step: N_MODES rows each; 1.0
+    / 0.0 for an active / skipped block: N_BLOCKS rows) and the parameters (N_P, last)."""
+
+    def __init__(self, n: int, nf: int, nb: int, nseg: int, n_modes: int, mode_block: list[int]):
+        self.mode_block = mode_block
+        self.n, self.nf, self.nb = n, max(nf, 1), max(nb, 1)
+        self.rows = {"W_Y": 0, "W_K": n, "W_YN": 8 * n, "W_H": 9 * n, "W_EN": 9 * n + 1, "W_FRC": 9 * n + 2}
+        self.rows["W_SC"] = self.rows["W_FRC"] + 5 * self.nf
+        self.rows["W_SEG"] = self.rows["W_SC"] + 5 * self.nb
+        self.nm = n_modes
+        nmr = max(n_modes, 1)
+        self.rows["W_LAM"] = self.rows["W_SEG"] + max(nseg, 1)
+        self.rows["W_COEF"] = self.rows["W_LAM"] + nmr
+        self.rows["W_ENOW"] = self.rows["W_COEF"] + nmr
+        self.rows["W_EWH"] = self.rows["W_ENOW"] + nmr
+        self.rows["W_ACT"] = self.rows["W_EWH"] + nmr
+        self.rows["W_P"] = self.rows["W_ACT"] + self.nb
+
+    def at(self, row: int) -> str:
+        return f"w[{row * LANES} + l]"
+
+    def rewrite(self, line: str, stage: int, y: str | None = None, dy: str | None = None) -> str:
+        """``line`` of a one-patient body with its array references replaced: forcing and concentrations of
+        DP5 stage ``stage``, parameters and segment values from ``w``; states / derivatives from the local
+        names ``{y}{i}`` / ``{dy}{i}`` or, when None, from rows W_Y / stage 0 of W_K."""
+        r = self.rows
+
+        def sub(m: re.Match) -> str:
+            name, k = m.group(1), int(m.group(3))
+            if name == "frc":
+                return self.at(r["W_FRC"] + stage * self.nf + k)
+            if name == "c":
+                return self.at(r["W_SC"] + stage * self.nb + k)
+            if name == "p":
+                return self.at(r["W_P"] + k)
+            if name == "seg":
+                return self.at(r["W_SEG"] + k)
+            if name == "y":
+                return f"{y}{k}" if y is not None else self.at(r["W_Y"] + k)
+            return f"{dy}{k}" if dy is not None else self.at(r["W_K"] + k)
+
+        out = _ARRAY_REF.sub(sub, line)
+        if re.search(r"\b(y|p|seg|c|frc|dy)\[", out):
+            raise DeclarationError(f"codegen: cannot make a lanes form of the generated line {line!r}")
+        return out
+
+
+def _lanes_source(forcing_body: list[str], derivs_body: list[str], rows: _LaneRows) -> str:
+    """The lanes functions of the engine's population kernel (forcing_lanes, dp5_step_lanes, derivs_cf_lane):
+    per lane the statements of the one-patient forcing / derivs_cf and the engine's DP5 step, in their order
+    and with their operations (so each lane equals the one-patient kernel bit for bit), written out in loops
+    over the lanes that the compiler vectorises (arithmetic and selects only)."""
+    n = rows.n
+    r = rows.rows
+    at = rows.at
+    out = [f"LANES = {LANES}"] + [f"{k} = {v}" for k, v in r.items()]
+    # closed-form concentrations at the five stage times (the engine's cf_stage_conc, written out per mode)
+    body = ["for l in range(LANES):", f"    h = {at(r['W_H'])}"]
+    body += [f"    sc{s}_{b} = 0.0" for b in range(rows.nb) for s in range(5)]
+    for j, b in enumerate(rows.mode_block):
+        e = [f"e{m}_{j}" for m in (1, 2, 4, 8, 9, 18, 27, 36, 72, 80, 90)]
+        body += [f"    on = {at(r['W_ACT'] + b)} != 0.0",
+                 f"    a = {at(r['W_COEF'] + j)} * {at(r['W_ENOW'] + j)}",
+                 f"    e1 = exp_simd({at(r['W_LAM'] + j)} * h / 90.0)",
+                 "    e2 = e1 * e1", "    e4 = e2 * e2", "    e8 = e4 * e4", "    e9 = e8 * e1", "    e18 = e9 * e9",
+                 "    e27 = e18 * e9", "    e36 = e18 * e18", "    e72 = e36 * e36", "    e80 = e72 * e8",
+                 "    e90 = e72 * e18",
+                 f"    {at(r['W_EWH'] + j)} = e90 if on else {at(r['W_EWH'] + j)}"]
+        body += [f"    sc{s}_{b} += a * e{m} if on else 0.0" for s, m in enumerate((18, 27, 72, 80, 90))]
+    body += [f"    {at(r['W_SC'] + s * rows.nb + b)} = sc{s}_{b}" for b in range(rows.nb) for s in range(5)]
+    out.append("@njit(cache=True, error_model='numpy')\ndef lanes_stage_conc(w):\n"
+               "    \"\"\"The engine's cf_stage_conc for every lane: rows W_LAM, W_COEF, W_ENOW, W_ACT and the step size "
+               "W_H -> the stage concentrations (W_SC) and exp(l_j h) (W_EWH); per lane the same operations in the same "
+               "order (a skipped block adds 0.0 to a sum that starts at 0.0 and keeps its W_EWH).\"\"\"\n"
+               + _lines(body) + "\n")
+    # forcing at the five stage times
+    body = ["for l in range(LANES):"]
+    for s in range(5):
+        body += ["    " + rows.rewrite(line, s) for line in forcing_body]
+    out.append("@njit(cache=True, error_model='numpy')\ndef forcing_lanes(w):\n"
+               "    \"\"\"forcing at the five DP5 stage times of every lane, from the stage concentrations (rows "
+               "W_SC) into rows W_FRC of the lanes workspace w.\"\"\"\n" + _lines(body) + "\n")
+    # one DP5 step
+
+    def comb(coef: str, stages: range, i: int) -> str:
+        """0.0 + C[0] * k0_i + C[1] * k1_i + ...: the engine's accumulation order (acc = 0.0; acc += ...)."""
+        return "0.0" + "".join(f" + {coef.format(r=q)} * k{q}_{i}" for q in stages)
+
+    body = ["for l in range(LANES):", f"    h = {at(r['W_H'])}"]
+    body += [f"    y0_{i} = {at(r['W_Y'] + i)}" for i in range(n)]
+    body += [f"    k0_{i} = {at(r['W_K'] + i)}" for i in range(n)]
+    for s in range(1, 6):
+        body += [f"    ys_{i} = y0_{i} + h * ({comb('DP_A[' + str(s) + ', {r}]', range(s), i)})" for i in range(n)]
+        body += ["    " + rows.rewrite(line, s - 1, "ys_", f"k{s}_") for line in derivs_body]
+    body += [f"    yn_{i} = y0_{i} + h * ({comb('DP_B[{r}]', range(6), i)})" for i in range(n)]
+    body += ["    " + rows.rewrite(line, 4, "yn_", "k6_") for line in derivs_body]
+    body.append("    en = 0.0")
+    for i in range(n):
+        body.append(f"    e_{i} = h * ({comb('DP_E[{r}]', range(7), i)})")
+        body.append(f"    sc = atol + rtol * max(abs(y0_{i}), abs(yn_{i}))")
+        body.append(f"    en += (e_{i} / sc) ** 2")
+    body.append(f"    {at(r['W_EN'])} = math.sqrt(en / {n})")
+    body += [f"    {at(r['W_YN'] + i)} = yn_{i}" for i in range(n)]
+    body += [f"    {at(r['W_K'] + s * n + i)} = k{s}_{i}" for s in range(1, 7) for i in range(n)]
+    out.append("@njit(cache=True, error_model='numpy')\ndef dp5_step_lanes(w, rtol, atol):\n"
+               "    \"\"\"One Dormand-Prince 5(4) step of every lane, written out: from the state (W_Y), the first stage "
+               "(W_K row 0), the step size (W_H) and the stage forcing (W_FRC), the stages 1-6 into W_K, the solution "
+               "into W_YN and its error norm into W_EN -- per lane the operations of the engine's dp5_stage_state, "
+               "derivs_cf, dp5_solution, dp5_error and err_norm in their order.\"\"\"\n" + _lines(body) + "\n")
+    # the right-hand side of one lane at its state, with the forcing at t + h (after a flush of negligible states)
+    body = ["    " + rows.rewrite(line, 4) for line in derivs_body]
+    out.append("@njit(cache=True, error_model='numpy')\ndef derivs_cf_lane(w, l):\n"
+               "    \"\"\"derivs_cf of lane l at its state (W_Y) with the forcing of stage row 4 (t + h), into W_K row "
+               "0.\"\"\"\n" + _lines([b[4:] for b in body]) + "\n")
+    return "\n".join(out)
+
+
 def _sympy_parse(expr: str, symbols: dict):
     import sympy
     from sympy.parsing.sympy_parser import parse_expr
@@ -348,6 +478,7 @@ def generate_source(m: ModelStructure) -> str:
     w("@njit(cache=True, error_model='numpy')\ndef forcing(c, seg, p, frc, s):\n"
       "    \"\"\"Forcing quantities (depend on closed-form concentrations, not on states) into frc[s].\"\"\"\n"
       + _lines(body) + "\n")
+    forcing_body = body
     # ---- derivs_cf
     cscope = dict(seg_scope)
     cscope.update({n: f"frc[s, {k}]" for k, n in enumerate(L.frc)})
@@ -366,6 +497,8 @@ def generate_source(m: ModelStructure) -> str:
     w("@njit(cache=True, error_model='numpy')\ndef derivs_cf(y, frc, s, seg, p, dy):\n"
       "    \"\"\"d/dt of the closed-form layout (states, AUCs of state concentrations) given forcing frc[s].\"\"\"\n"
       + _lines(body) + "\n")
+    w(_lanes_source(forcing_body, body, _LaneRows(n_y_cf, len(L.frc), nb, len(L.seg) + len(L.covs), n_modes,
+                                                     [b for b in range(nb) for _ in range(sizes[b])])))
     # ---- derivs_ode
     oscope = dict(seg_scope)
     amount_idx = {a: i for i, a in enumerate(L.amounts)}
