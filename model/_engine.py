@@ -18,7 +18,7 @@
 # ======================================================================================================
 
 from llvmlite import ir as llvm_ir
-from numba.core import types
+from numba.core import cgutils, types
 from numba.core.extending import intrinsic
 
 STATUS_OK = 0
@@ -128,6 +128,25 @@ def _float_from_bits(typingctx, bits):
     def codegen(context, builder, signature, args):
         return builder.bitcast(args[0], llvm_ir.DoubleType())
     return types.float64(types.int64), codegen
+
+
+@intrinsic
+def _borrow(typingctx, arr):
+    """``arr`` without its reference-counted owner (meminfo and parent NULL). Taking a row of an array is cheap,
+    but numba counts references to it with atomic operations on the owner (measured: ~1,000 cycles per dose
+    segment of the lanes kernel, which takes a dozen rows of its per-lane arrays there); rows of a borrowed
+    array carry no owner, so nothing is counted. The caller keeps ``arr`` alive while the result is used (the
+    lanes kernel allocates in :func:`lanes_range` and borrows in :func:`lanes_core`, which returns first)."""
+    if not isinstance(arr, types.Array):
+        return None
+
+    def codegen(context, builder, signature, args):
+        src = context.make_array(signature.args[0])(context, builder, value=args[0])
+        dst = context.make_array(signature.return_type)(context, builder)
+        cgutils.copy_struct(dst, src, {"meminfo": cgutils.get_null_value(src.meminfo.type),
+                                       "parent": cgutils.get_null_value(src.parent.type)})
+        return dst._getvalue()
+    return arr(arr), codegen
 
 
 @njit(cache=True, error_model="numpy", inline="always")
@@ -1228,7 +1247,8 @@ def lanes_segment_start(w, l, dose_t, dose_cmt, dose_amt, t_out, rtol, atol, out
 def lanes_range(theta, lo, hi, dose_t, dose_cmt, dose_amt, t_out, rtol, atol, max_steps, out, status,
                 t_reached, steps_out):
     """Patients ``lo..hi-1`` on the fast path, LANES side by side (see the section's comment); the same numbers
-    as :func:`population_fast_serial`, bit for bit."""
+    as :func:`population_fast_serial`, bit for bit. Allocates the per-lane arrays and hands them to
+    :func:`lanes_core` borrowed (:func:`_borrow`): they outlive that call."""
     L = LANES
     n = N_Y_CF
     nb = max(N_BLOCKS, 1)
@@ -1258,6 +1278,20 @@ def lanes_range(theta, lo, hi, dose_t, dose_cmt, dose_amt, t_out, rtol, atol, ma
     li = np.zeros((L, N_LI), dtype=np.int64)
     lf = np.zeros((L, N_LF))
     busy = np.zeros(L, dtype=np.bool_)
+    return lanes_core(_borrow(theta), lo, hi, dose_t, dose_cmt, dose_amt, t_out, rtol, atol, max_steps, _borrow(out),
+                      status, t_reached, steps_out, w, li, lf, busy,
+                      _borrow(P), _borrow(LAM_ALL), _borrow(PROJ), _borrow(SCALES), _borrow(Y), _borrow(Y0), _borrow(A), _borrow(COV), _borrow(SEG), _borrow(PKC), _borrow(AUC), _borrow(WS), _borrow(LAM), _borrow(COEF), _borrow(ENOW), _borrow(EWH), _borrow(FRC), _borrow(CC), _borrow(SCR), _borrow(ACTIVE), _borrow(SENS), _borrow(TMP))
+
+
+@njit(cache=True, error_model="numpy")
+def lanes_core(theta, lo, hi, dose_t, dose_cmt, dose_amt, t_out, rtol, atol, max_steps, out, status, t_reached,
+               steps_out, w, li, lf, busy,
+               P, LAM_ALL, PROJ, SCALES, Y, Y0, A, COV, SEG, PKC, AUC, WS, LAM, COEF, ENOW, EWH, FRC, CC, SCR, ACTIVE, SENS, TMP):
+    """The loop of :func:`lanes_range` (its per-lane arrays borrowed: the one-patient functions take rows of
+    them as views, which then cost no reference counting)."""
+    L = LANES
+    n = N_Y_CF
+    nb = max(N_BLOCKS, 1)
     next_patient = lo
     n_out = t_out.size
     while True:
