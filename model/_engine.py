@@ -268,13 +268,15 @@ def pk_conc(t, pkc, conc):
     for j in range(N_MODES):
         c = pkc[1 + N_MODES + j]
         if c != 0.0:
-            conc[MODE_BLOCK[j]] += c * math.exp(pkc[1 + j] * tau)
+            conc[MODE_BLOCK[j]] += c * math.exp(pkc[1 + j] * tau) if tau != 0.0 else c  # exp(-0.0) = 1.0 exactly
 
 
 @njit(cache=True)
 def pk_auc(t, pkc, auc):
     """Adds the AUC of each closed-form concentration from the segment start to t to ``auc`` (N_BLOCKS,)."""
     tau = t - pkc[PKC_T0]
+    if tau == 0.0:  # every term is +-0.0 (expm1(-0.0) = -0.0) and leaves the sums as they are
+        return
     for j in range(N_MODES):
         lam = pkc[1 + j]
         auc[MODE_BLOCK[j]] += pkc[1 + N_MODES + j] * math.expm1(lam * tau) / lam
@@ -751,7 +753,7 @@ def cf_conc_now(tau, lam, coef, active, enow, cnow):
     for j in range(N_MODES):
         b = MODE_BLOCK[j]
         if active[b]:
-            e = math.exp(lam[j] * tau)
+            e = math.exp(lam[j] * tau) if tau != 0.0 else 1.0  # exp(-0.0) is exactly 1.0: the same number
             enow[j] = e
             cnow[b] += coef[j] * e
         else:
@@ -1158,7 +1160,8 @@ LI_STEPS = 3
 LI_SEG_STEPS = 4
 LI_CARRY = 5
 LI_LAST = 6
-N_LI = 7
+LI_START = 7
+N_LI = 8
 #: per-lane float bookkeeping (columns of ``lf``)
 LF_T = 0
 LF_T1 = 1
@@ -1178,69 +1181,6 @@ def lanes_put_modes(w, l, lam, coef, enow, ewh, active):
         w[(W_EWH + j) * LANES + l] = ewh[j]
     for b in range(N_BLOCKS):
         w[(W_ACT + b) * LANES + l] = 1.0 if active[b] else 0.0
-
-
-@njit(cache=True, error_model="numpy")
-def lanes_segment_start(w, l, dose_t, dose_cmt, dose_amt, t_out, rtol, atol, out, li, lf, P, LAM_ALL, PROJ,
-                        SCALES, Y, A, COV, SEG, PKC, AUC, WS, LAM, COEF, ENOW, EWH, FRC, CC, SCR, ACTIVE, SENS):
-    """The head of the dose-segment loop of :func:`simulate_patient_cf_dp5_stats` for lane ``l`` (doses at t,
-    the segment's PK, outputs at t), then the set-up of :func:`dopri5_cf_segment` (first derivative into stage 0
-    of W_K, initial step into W_H). ``Y[l]`` holds the lane's state on entry. Returns False if the patient has
-    reached its last output time."""
-    t = lf[l, LF_T]
-    p = P[l]
-    y = Y[l]
-    cov = COV[l]
-    seg = SEG[l]
-    pkc = PKC[l]
-    n_dose = dose_t.size
-    n_out = t_out.size
-    i_dose = li[l, LI_DOSE]
-    cov_changed = False
-    while i_dose < n_dose and dose_t[i_dose] <= t:
-        if apply_dose_cf(dose_cmt[i_dose], dose_amt[i_dose], p, A[l], y, cov) == 2:
-            cov_changed = True
-        i_dose += 1
-    li[l, LI_DOSE] = i_dose
-    if cov_changed:
-        segment_values(p, cov, seg)
-    for q in range(seg.size):
-        w[(W_SEG + q) * LANES + l] = seg[q]
-    pk_set_segment(t, A[l], LAM_ALL[l], PROJ[l], SCALES[l], pkc)
-    k_out = li[l, LI_KOUT]
-    orow = out[li[l, LI_PATIENT]]
-    while k_out < n_out and t_out[k_out] <= t:
-        record_fast(orow[k_out], t, y, p, seg, pkc, AUC[l], SCR[l])
-        k_out += 1
-    li[l, LI_KOUT] = k_out
-    if k_out >= n_out:
-        return False
-    t_next = t_out[n_out - 1]
-    if i_dose < n_dose and dose_t[i_dose] < t_next:
-        t_next = dose_t[i_dose]
-    lf[l, LF_T1] = t_next
-    lam = LAM[l]
-    coef = COEF[l]
-    active = ACTIVE[l]
-    cc = CC[l]
-    frc = FRC[l]
-    ws = WS[l]
-    cf_segment_setup(pkc, seg, p, lam, coef, active, SENS[l])
-    cf_conc_now(t - pkc[PKC_T0], lam, coef, active, ENOW[l], cc)
-    r0 = frc.shape[0] - 1
-    forcing(cc, seg, p, frc, r0)
-    derivs_cf(y, frc, r0, seg, p, ws[0])
-    w[W_H * LANES + l] = cf_initial_step(y, ws[0], p, seg, lam, coef, active, t - pkc[PKC_T0], rtol, atol,
-                                         t_next - t, ws[1], ws[2], frc, cc)
-    for j in range(N_MODES):
-        EWH[l, j] = 0.0
-    lanes_put_modes(w, l, lam, coef, ENOW[l], EWH[l], active)
-    for q in range(N_Y_CF):
-        w[(W_Y + q) * LANES + l] = y[q]
-        w[(W_K + q) * LANES + l] = ws[0, q]
-    li[l, LI_CARRY] = 0
-    li[l, LI_SEG_STEPS] = 0
-    return True
 
 
 @njit(cache=True, error_model="numpy")
@@ -1336,14 +1276,69 @@ def lanes_core(theta, lo, hi, dose_t, dose_cmt, dose_amt, t_out, rtol, atol, max
                     li[l, LI_STEPS] = 0
                     lf[l, LF_T] = 0.0
                     busy[l] = True
-                    if not lanes_segment_start(w, l, dose_t, dose_cmt, dose_amt, t_out, rtol, atol, out, li, lf,
-                                               P, LAM_ALL, PROJ, SCALES, Y, A, COV, SEG, PKC, AUC, WS, LAM, COEF,
-                                               ENOW, EWH, FRC, CC, SCR, ACTIVE, SENS):
-                        status[i] = STATUS_OK
-                        t_reached[i] = lf[l, LF_T]
-                        steps_out[i] = 0
+                    li[l, LI_START] = 1
+                if li[l, LI_START] == 1:
+                    # the head of the dose-segment loop of simulate_patient_cf_dp5_stats (doses at t, the
+                    # segment's PK, outputs at t), then the set-up of dopri5_cf_segment (first derivative into
+                    # stage 0 of W_K, initial step into W_H); Y[l] holds the lane's state
+                    li[l, LI_START] = 0
+                    t = lf[l, LF_T]
+                    p = P[l]
+                    y = Y[l]
+                    cov = COV[l]
+                    seg = SEG[l]
+                    pkc = PKC[l]
+                    n_dose = dose_t.size
+                    n_out = t_out.size
+                    i_dose = li[l, LI_DOSE]
+                    cov_changed = False
+                    while i_dose < n_dose and dose_t[i_dose] <= t:
+                        if apply_dose_cf(dose_cmt[i_dose], dose_amt[i_dose], p, A[l], y, cov) == 2:
+                            cov_changed = True
+                        i_dose += 1
+                    li[l, LI_DOSE] = i_dose
+                    if cov_changed:
+                        segment_values(p, cov, seg)
+                    for q in range(seg.size):
+                        w[(W_SEG + q) * LANES + l] = seg[q]
+                    pk_set_segment(t, A[l], LAM_ALL[l], PROJ[l], SCALES[l], pkc)
+                    k_out = li[l, LI_KOUT]
+                    orow = out[li[l, LI_PATIENT]]
+                    while k_out < n_out and t_out[k_out] <= t:
+                        record_fast(orow[k_out], t, y, p, seg, pkc, AUC[l], SCR[l])
+                        k_out += 1
+                    li[l, LI_KOUT] = k_out
+                    if k_out >= n_out:  # the patient's last output: done
+                        status[li[l, LI_PATIENT]] = STATUS_OK
+                        t_reached[li[l, LI_PATIENT]] = t
+                        steps_out[li[l, LI_PATIENT]] = li[l, LI_STEPS]
                         busy[l] = False
                         continue
+                    t_next = t_out[n_out - 1]
+                    if i_dose < n_dose and dose_t[i_dose] < t_next:
+                        t_next = dose_t[i_dose]
+                    lf[l, LF_T1] = t_next
+                    lam = LAM[l]
+                    coef = COEF[l]
+                    active = ACTIVE[l]
+                    cc = CC[l]
+                    frc = FRC[l]
+                    ws = WS[l]
+                    cf_segment_setup(pkc, seg, p, lam, coef, active, SENS[l])
+                    cf_conc_now(t - pkc[PKC_T0], lam, coef, active, ENOW[l], cc)
+                    r0 = frc.shape[0] - 1
+                    forcing(cc, seg, p, frc, r0)
+                    derivs_cf(y, frc, r0, seg, p, ws[0])
+                    w[W_H * LANES + l] = cf_initial_step(y, ws[0], p, seg, lam, coef, active, t - pkc[PKC_T0],
+                                                         rtol, atol, t_next - t, ws[1], ws[2], frc, cc)
+                    for j in range(N_MODES):
+                        EWH[l, j] = 0.0
+                    lanes_put_modes(w, l, lam, coef, ENOW[l], EWH[l], active)
+                    for q in range(N_Y_CF):
+                        w[(W_Y + q) * LANES + l] = y[q]
+                        w[(W_K + q) * LANES + l] = ws[0, q]
+                    li[l, LI_CARRY] = 0
+                    li[l, LI_SEG_STEPS] = 0
                 # the checks at the top of dopri5_cf_segment's step loop
                 t = lf[l, LF_T]
                 t1 = lf[l, LF_T1]
@@ -1464,11 +1459,5 @@ def lanes_core(theta, lo, hi, dose_t, dose_cmt, dose_amt, t_out, rtol, atol, max
             pk_auc(t1, pkc, AUC[l])
             pk_advance(A[l], LAM_ALL[l], PROJ[l], t1 - pkc[PKC_T0], TMP[l])
             lf[l, LF_T] = t1
-            if not lanes_segment_start(w, l, dose_t, dose_cmt, dose_amt, t_out, rtol, atol, out, li, lf, P,
-                                       LAM_ALL, PROJ, SCALES, Y, A, COV, SEG, PKC, AUC, WS, LAM, COEF, ENOW, EWH,
-                                       FRC, CC, SCR, ACTIVE, SENS):
-                status[i] = STATUS_OK
-                t_reached[i] = lf[l, LF_T]
-                steps_out[i] = li[l, LI_STEPS]
-                busy[l] = False
+            li[l, LI_START] = 1  # the next segment starts in the next pass
     return next_patient
