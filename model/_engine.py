@@ -19,6 +19,7 @@
 
 from llvmlite import ir as llvm_ir
 from numba.core import cgutils, types
+from numba.core import config as numba_config
 from numba.core.extending import intrinsic
 
 STATUS_OK = 0
@@ -119,34 +120,41 @@ EXP_INV_LN2 = 1.44269504088896338700e+00
 EXP_MIN_ARG = -708.0
 
 
-@intrinsic
-def _float_from_bits(typingctx, bits):
-    """The float64 whose IEEE-754 bit pattern is the int64 ``bits`` (an LLVM bitcast; vectorisable)."""
-    if not isinstance(bits, types.Integer):
-        return None
+if numba_config.DISABLE_JIT:  # pure-Python run of the kernels (NUMBA_DISABLE_JIT=1, `make test-nojit`)
+    def _float_from_bits(bits):
+        return np.array(bits, dtype=np.int64).view(np.float64)[()]
 
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], llvm_ir.DoubleType())
-    return types.float64(types.int64), codegen
+    def _borrow(arr):
+        return arr
+else:
+    @intrinsic
+    def _float_from_bits(typingctx, bits):
+        """The float64 whose IEEE-754 bit pattern is the int64 ``bits`` (an LLVM bitcast; vectorisable)."""
+        if not isinstance(bits, types.Integer):
+            return None
 
+        def codegen(context, builder, signature, args):
+            return builder.bitcast(args[0], llvm_ir.DoubleType())
+        return types.float64(types.int64), codegen
 
-@intrinsic
-def _borrow(typingctx, arr):
-    """``arr`` without its reference-counted owner (meminfo and parent NULL). Taking a row of an array is cheap,
-    but numba counts references to it with atomic operations on the owner (measured: ~1,000 cycles per dose
-    segment of the lanes kernel, which takes a dozen rows of its per-lane arrays there); rows of a borrowed
-    array carry no owner, so nothing is counted. The caller keeps ``arr`` alive while the result is used (the
-    lanes kernel allocates in :func:`lanes_range` and borrows in :func:`lanes_core`, which returns first)."""
-    if not isinstance(arr, types.Array):
-        return None
+    @intrinsic
+    def _borrow(typingctx, arr):
+        """``arr`` without its reference-counted owner (meminfo and parent NULL). numba counts references to
+        every row taken of an owned array with atomic operations on the owner; rows of a borrowed array carry
+        no owner, so nothing is counted (measured with cycle counters in the lanes kernel, which takes rows of
+        its per-lane arrays at every dose segment: ~40 of ~500 cycles per step of a lane). The caller keeps
+        ``arr`` alive while the result is used: :func:`lanes_range` allocates and :func:`lanes_core`, which
+        returns first, borrows."""
+        if not isinstance(arr, types.Array):
+            return None
 
-    def codegen(context, builder, signature, args):
-        src = context.make_array(signature.args[0])(context, builder, value=args[0])
-        dst = context.make_array(signature.return_type)(context, builder)
-        cgutils.copy_struct(dst, src, {"meminfo": cgutils.get_null_value(src.meminfo.type),
-                                       "parent": cgutils.get_null_value(src.parent.type)})
-        return dst._getvalue()
-    return arr(arr), codegen
+        def codegen(context, builder, signature, args):
+            src = context.make_array(signature.args[0])(context, builder, value=args[0])
+            dst = context.make_array(signature.return_type)(context, builder)
+            cgutils.copy_struct(dst, src, {"meminfo": cgutils.get_null_value(src.meminfo.type),
+                                           "parent": cgutils.get_null_value(src.parent.type)})
+            return dst._getvalue()
+        return arr(arr), codegen
 
 
 @njit(cache=True, error_model="numpy", inline="always")
@@ -1218,15 +1226,18 @@ def lanes_range(theta, lo, hi, dose_t, dose_cmt, dose_amt, t_out, rtol, atol, ma
     li = np.zeros((L, N_LI), dtype=np.int64)
     lf = np.zeros((L, N_LF))
     busy = np.zeros(L, dtype=np.bool_)
-    return lanes_core(_borrow(theta), lo, hi, dose_t, dose_cmt, dose_amt, t_out, rtol, atol, max_steps, _borrow(out),
-                      status, t_reached, steps_out, w, li, lf, busy,
-                      _borrow(P), _borrow(LAM_ALL), _borrow(PROJ), _borrow(SCALES), _borrow(Y), _borrow(Y0), _borrow(A), _borrow(COV), _borrow(SEG), _borrow(PKC), _borrow(AUC), _borrow(WS), _borrow(LAM), _borrow(COEF), _borrow(ENOW), _borrow(EWH), _borrow(FRC), _borrow(CC), _borrow(SCR), _borrow(ACTIVE), _borrow(SENS), _borrow(TMP))
+    return lanes_core(_borrow(theta), lo, hi, dose_t, dose_cmt, dose_amt, t_out, rtol, atol, max_steps,
+                      _borrow(out), status, t_reached, steps_out, w, li, lf, busy, _borrow(P), _borrow(LAM_ALL),
+                      _borrow(PROJ), _borrow(SCALES), _borrow(Y), _borrow(Y0), _borrow(A), _borrow(COV),
+                      _borrow(SEG), _borrow(PKC), _borrow(AUC), _borrow(WS), _borrow(LAM), _borrow(COEF),
+                      _borrow(ENOW), _borrow(EWH), _borrow(FRC), _borrow(CC), _borrow(SCR), _borrow(ACTIVE),
+                      _borrow(SENS), _borrow(TMP))
 
 
 @njit(cache=True, error_model="numpy")
 def lanes_core(theta, lo, hi, dose_t, dose_cmt, dose_amt, t_out, rtol, atol, max_steps, out, status, t_reached,
-               steps_out, w, li, lf, busy,
-               P, LAM_ALL, PROJ, SCALES, Y, Y0, A, COV, SEG, PKC, AUC, WS, LAM, COEF, ENOW, EWH, FRC, CC, SCR, ACTIVE, SENS, TMP):
+               steps_out, w, li, lf, busy, P, LAM_ALL, PROJ, SCALES, Y, Y0, A, COV, SEG, PKC, AUC, WS, LAM, COEF,
+               ENOW, EWH, FRC, CC, SCR, ACTIVE, SENS, TMP):
     """The loop of :func:`lanes_range` (its per-lane arrays borrowed: the one-patient functions take rows of
     them as views, which then cost no reference counting)."""
     L = LANES

@@ -315,9 +315,9 @@ def _lanes_source(forcing_body: list[str], derivs_body: list[str], rows: _LaneRo
         body += [f"    sc{s}_{b} += a * e{m} if on else 0.0" for s, m in enumerate((18, 27, 72, 80, 90))]
     body += [f"    {at(r['W_SC'] + s * rows.nb + b)} = sc{s}_{b}" for b in range(rows.nb) for s in range(5)]
     out.append("@njit(cache=True, error_model='numpy')\ndef lanes_stage_conc(w):\n"
-               "    \"\"\"The engine's cf_stage_conc for every lane: rows W_LAM, W_COEF, W_ENOW, W_ACT and the step size "
-               "W_H -> the stage concentrations (W_SC) and exp(l_j h) (W_EWH); per lane the same operations in the same "
-               "order (a skipped block adds 0.0 to a sum that starts at 0.0 and keeps its W_EWH).\"\"\"\n"
+               "    \"\"\"The engine's cf_stage_conc for every lane: rows W_LAM, W_COEF, W_ENOW, W_ACT and the step "
+               "size W_H -> the stage concentrations (W_SC) and exp(l_j h) (W_EWH); per lane the same operations in "
+               "the same order (a skipped block adds 0.0 to a sum that starts at 0.0 and keeps its W_EWH).\"\"\"\n"
                + _lines(body) + "\n")
     # forcing at the five stage times
     body = ["for l in range(LANES):"]
@@ -349,9 +349,10 @@ def _lanes_source(forcing_body: list[str], derivs_body: list[str], rows: _LaneRo
     body += [f"    {at(r['W_YN'] + i)} = yn_{i}" for i in range(n)]
     body += [f"    {at(r['W_K'] + s * n + i)} = k{s}_{i}" for s in range(1, 7) for i in range(n)]
     out.append("@njit(cache=True, error_model='numpy')\ndef dp5_step_lanes(w, rtol, atol):\n"
-               "    \"\"\"One Dormand-Prince 5(4) step of every lane, written out: from the state (W_Y), the first stage "
-               "(W_K row 0), the step size (W_H) and the stage forcing (W_FRC), the stages 1-6 into W_K, the solution "
-               "into W_YN and its error norm into W_EN -- per lane the operations of the engine's dp5_stage_state, "
+               "    \"\"\"One Dormand-Prince 5(4) step of every lane, written out: from the state (W_Y), the first "
+               "stage (W_K row 0), the step size (W_H) and the stage forcing (W_FRC), the stages 1-6 into W_K, the "
+               "solution into W_YN and its error norm into W_EN -- per lane the operations of the engine's "
+               "dp5_stage_state, "
                "derivs_cf, dp5_solution, dp5_error and err_norm in their order.\"\"\"\n" + _lines(body) + "\n")
     # the right-hand side of one lane at its state, with the forcing at t + h (after a flush of negligible states)
     body = ["    " + rows.rewrite(line, 4) for line in derivs_body]
