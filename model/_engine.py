@@ -142,9 +142,9 @@ else:
         """``arr`` without its reference-counted owner (meminfo and parent NULL). numba counts references to
         every row taken of an owned array with atomic operations on the owner; rows of a borrowed array carry
         no owner, so nothing is counted (measured with cycle counters in the lanes kernel, which takes rows of
-        its per-lane arrays at every dose segment: ~40 of ~500 cycles per step of a lane). The caller keeps
-        ``arr`` alive while the result is used: :func:`lanes_range` allocates and :func:`lanes_core`, which
-        returns first, borrows."""
+        its per-lane arrays at every dose segment). The caller keeps ``arr`` alive while the result is used:
+        numba frees an array after its last use, so the owner must be used again after the borrower is done
+        (:func:`_alive`; :func:`lanes_range` allocates, :func:`lanes_core` borrows)."""
         if not isinstance(arr, types.Array):
             return None
 
@@ -155,6 +155,13 @@ else:
                                            "parent": cgutils.get_null_value(src.parent.type)})
             return dst._getvalue()
         return arr(arr), codegen
+
+
+@njit(cache=True)
+def _alive(arr):
+    """A use of ``arr``: numba frees an array after its last use, so a call after the last use of a
+    :func:`_borrow` of it keeps the owner alive up to that point."""
+    return arr.size
 
 
 @njit(cache=True, error_model="numpy", inline="always")
@@ -1191,55 +1198,85 @@ def lanes_put_modes(w, l, lam, coef, enow, ewh, active):
         w[(W_ACT + b) * LANES + l] = 1.0 if active[b] else 0.0
 
 
+#: per-lane float storage of the lanes kernel: one row of ``ld`` ((LANES, LD_SIZE)) per lane, the one-patient
+#: arrays at constant offsets (LD_*), so that a lane's arrays share one row address
+LD_SIZE_0 = 0
+LD_P = LD_SIZE_0
+LN_P = N_P
+LD_LAM_ALL = LD_P + LN_P
+LN_LAM_ALL = N_MODES
+LD_PROJ = LD_LAM_ALL + LN_LAM_ALL
+LN_PROJ = N_MODES * 9
+LD_SCALES = LD_PROJ + LN_PROJ
+LN_SCALES = max(N_BLOCKS, 1)
+LD_Y = LD_SCALES + LN_SCALES
+LN_Y = N_Y_CF
+LD_Y0 = LD_Y + LN_Y
+LN_Y0 = N_Y_CF
+LD_A = LD_Y0 + LN_Y0
+LN_A = max(N_PK_AMOUNTS, 1)
+LD_COV = LD_A + LN_A
+LN_COV = max(N_COV, 1)
+LD_SEG = LD_COV + LN_COV
+LN_SEG = max(N_SEG, 1)
+LD_PKC = LD_SEG + LN_SEG
+LN_PKC = N_PKC
+LD_AUC = LD_PKC + LN_PKC
+LN_AUC = max(N_BLOCKS, 1)
+LD_WS = LD_AUC + LN_AUC
+LN_WS = 8 * N_Y_CF
+LD_LAM = LD_WS + LN_WS
+LN_LAM = N_MODES
+LD_COEF = LD_LAM + LN_LAM
+LN_COEF = N_MODES
+LD_ENOW = LD_COEF + LN_COEF
+LN_ENOW = N_MODES
+LD_EWH = LD_ENOW + LN_ENOW
+LN_EWH = N_MODES
+LD_FRC = LD_EWH + LN_EWH
+LN_FRC = 6 * max(N_FORCING, 1)
+LD_CC = LD_FRC + LN_FRC
+LN_CC = max(N_BLOCKS, 1)
+LD_SCR = LD_CC + LN_CC
+LN_SCR = 2 * max(N_BLOCKS, 1)
+LD_SENS = LD_SCR + LN_SCR
+LN_SENS = max(N_BLOCKS, 1)
+LD_TMP = LD_SENS + LN_SENS
+LN_TMP = 3
+LD_SIZE = LD_TMP + LN_TMP
+LS_PROJ = (N_MODES, 3, 3)
+LS_WS = (8, N_Y_CF)
+LS_FRC = (6, max(N_FORCING, 1))
+LS_SCR = (2, max(N_BLOCKS, 1))
+
+
 @njit(cache=True, error_model="numpy")
 def lanes_range(theta, lo, hi, dose_t, dose_cmt, dose_amt, t_out, rtol, atol, max_steps, out, status,
                 t_reached, steps_out):
     """Patients ``lo..hi-1`` on the fast path, LANES side by side (see the section's comment); the same numbers
     as :func:`population_fast_serial`, bit for bit. Allocates the per-lane arrays and hands them to
     :func:`lanes_core` borrowed (:func:`_borrow`): they outlive that call."""
-    L = LANES
-    n = N_Y_CF
-    nb = max(N_BLOCKS, 1)
     w = np.ones(W_ROWS * LANES)  # idle lanes compute on finite numbers
-    P = np.empty((L, N_P))
-    LAM_ALL = np.empty((L, N_MODES))
-    PROJ = np.empty((L, N_MODES, 3, 3))
-    SCALES = np.empty((L, N_BLOCKS))
-    Y = np.zeros((L, n))
-    Y0 = np.zeros((L, n))
-    A = np.zeros((L, max(N_PK_AMOUNTS, 1)))
-    COV = np.zeros((L, max(N_COV, 1)))
-    SEG = np.zeros((L, max(N_SEG, 1)))
-    PKC = np.zeros((L, N_PKC))
-    AUC = np.zeros((L, nb))
-    WS = np.zeros((L, 8, n))
-    LAM = np.empty((L, N_MODES))
-    COEF = np.empty((L, N_MODES))
-    ENOW = np.zeros((L, N_MODES))
-    EWH = np.zeros((L, N_MODES))
-    FRC = np.zeros((L, 6, max(N_FORCING, 1)))
-    CC = np.zeros((L, nb))
-    SCR = np.zeros((L, 2, nb))
-    ACTIVE = np.zeros((L, nb), dtype=np.bool_)
-    SENS = np.zeros((L, nb))
-    TMP = np.empty((L, 3))
-    li = np.zeros((L, N_LI), dtype=np.int64)
-    lf = np.zeros((L, N_LF))
-    busy = np.zeros(L, dtype=np.bool_)
-    return lanes_core(_borrow(theta), lo, hi, dose_t, dose_cmt, dose_amt, t_out, rtol, atol, max_steps,
-                      _borrow(out), status, t_reached, steps_out, w, li, lf, busy, _borrow(P), _borrow(LAM_ALL),
-                      _borrow(PROJ), _borrow(SCALES), _borrow(Y), _borrow(Y0), _borrow(A), _borrow(COV),
-                      _borrow(SEG), _borrow(PKC), _borrow(AUC), _borrow(WS), _borrow(LAM), _borrow(COEF),
-                      _borrow(ENOW), _borrow(EWH), _borrow(FRC), _borrow(CC), _borrow(SCR), _borrow(ACTIVE),
-                      _borrow(SENS), _borrow(TMP))
+    ld = np.zeros((LANES, LD_SIZE))
+    active = np.zeros((LANES, max(N_BLOCKS, 1)), dtype=np.bool_)
+    li = np.zeros((LANES, N_LI), dtype=np.int64)
+    lf = np.zeros((LANES, N_LF))
+    busy = np.zeros(LANES, dtype=np.bool_)
+    done = lanes_core(_borrow(theta), lo, hi, dose_t, dose_cmt, dose_amt, t_out, rtol, atol, max_steps,
+                      _borrow(out), status, t_reached, steps_out, w, li, lf, busy, _borrow(ld), _borrow(active))
+    # numba frees an array after its last use: these uses keep the owners of the borrowed arrays alive until
+    # lanes_core has returned (theta and out belong to the caller)
+    _alive(ld)
+    _alive(active)
+    return done
 
 
 @njit(cache=True, error_model="numpy")
 def lanes_core(theta, lo, hi, dose_t, dose_cmt, dose_amt, t_out, rtol, atol, max_steps, out, status, t_reached,
-               steps_out, w, li, lf, busy, P, LAM_ALL, PROJ, SCALES, Y, Y0, A, COV, SEG, PKC, AUC, WS, LAM, COEF,
-               ENOW, EWH, FRC, CC, SCR, ACTIVE, SENS, TMP):
+               steps_out, w, li, lf, busy, ld, ACTIVE):
     """The loop of :func:`lanes_range` (its per-lane arrays borrowed: the one-patient functions take rows of
-    them as views, which then cost no reference counting)."""
+    them as views, which then cost no reference counting). Per lane ``l``, ``ld[l]`` holds the one-patient arrays
+    at the offsets LD_* (``P`` = ld[l, LD_P:LD_P + LN_P], ...), ACTIVE[l] the active PK blocks."""
     L = LANES
     n = N_Y_CF
     nb = max(N_BLOCKS, 1)
@@ -1257,30 +1294,30 @@ def lanes_core(theta, lo, hi, dose_t, dose_cmt, dose_amt, t_out, rtol, atol, max
                     next_patient += 1
                     p = derive(theta[i])
                     for q in range(N_P):
-                        P[l, q] = p[q]
+                        ld[l, LD_P + q] = p[q]
                         w[(W_P + q) * LANES + l] = p[q]
                     lam_all, proj = pk_modes(p)
-                    LAM_ALL[l] = lam_all
-                    PROJ[l] = proj
-                    pk_scales(p, SCALES[l])
-                    y = Y[l]
+                    ld[l, LD_LAM_ALL:LD_LAM_ALL + LN_LAM_ALL] = lam_all
+                    ld[l, LD_PROJ:LD_PROJ + LN_PROJ] = proj.ravel()
+                    pk_scales(p, ld[l, LD_SCALES:LD_SCALES + LN_SCALES])
+                    y = ld[l, LD_Y:LD_Y + LN_Y]
                     for q in range(n):
                         y[q] = 0.0
                     initial_state_cf(p, y)
                     for q in range(n):
-                        Y0[l, q] = y[q]
-                    for q in range(A.shape[1]):
-                        A[l, q] = 0.0
-                    for q in range(COV.shape[1]):
-                        COV[l, q] = 0.0
-                    initial_covariates(p, COV[l])
-                    for q in range(SEG.shape[1]):
-                        SEG[l, q] = 0.0
-                    segment_values(p, COV[l], SEG[l])
+                        ld[l, LD_Y0 + q] = y[q]
+                    for q in range(LN_A):
+                        ld[l, LD_A + q] = 0.0
+                    for q in range(LN_COV):
+                        ld[l, LD_COV + q] = 0.0
+                    initial_covariates(p, ld[l, LD_COV:LD_COV + LN_COV])
+                    for q in range(LN_SEG):
+                        ld[l, LD_SEG + q] = 0.0
+                    segment_values(p, ld[l, LD_COV:LD_COV + LN_COV], ld[l, LD_SEG:LD_SEG + LN_SEG])
                     for q in range(N_PKC):
-                        PKC[l, q] = 0.0
+                        ld[l, LD_PKC + q] = 0.0
                     for q in range(nb):
-                        AUC[l, q] = 0.0
+                        ld[l, LD_AUC + q] = 0.0
                     li[l, LI_PATIENT] = i
                     li[l, LI_DOSE] = 0
                     li[l, LI_KOUT] = 0
@@ -1291,20 +1328,20 @@ def lanes_core(theta, lo, hi, dose_t, dose_cmt, dose_amt, t_out, rtol, atol, max
                 if li[l, LI_START] == 1:
                     # the head of the dose-segment loop of simulate_patient_cf_dp5_stats (doses at t, the
                     # segment's PK, outputs at t), then the set-up of dopri5_cf_segment (first derivative into
-                    # stage 0 of W_K, initial step into W_H); Y[l] holds the lane's state
+                    # stage 0 of W_K, initial step into W_H); ld[l, LD_Y:LD_Y + LN_Y] holds the lane's state
                     li[l, LI_START] = 0
                     t = lf[l, LF_T]
-                    p = P[l]
-                    y = Y[l]
-                    cov = COV[l]
-                    seg = SEG[l]
-                    pkc = PKC[l]
+                    p = ld[l, LD_P:LD_P + LN_P]
+                    y = ld[l, LD_Y:LD_Y + LN_Y]
+                    cov = ld[l, LD_COV:LD_COV + LN_COV]
+                    seg = ld[l, LD_SEG:LD_SEG + LN_SEG]
+                    pkc = ld[l, LD_PKC:LD_PKC + LN_PKC]
                     n_dose = dose_t.size
                     n_out = t_out.size
                     i_dose = li[l, LI_DOSE]
                     cov_changed = False
                     while i_dose < n_dose and dose_t[i_dose] <= t:
-                        if apply_dose_cf(dose_cmt[i_dose], dose_amt[i_dose], p, A[l], y, cov) == 2:
+                        if apply_dose_cf(dose_cmt[i_dose], dose_amt[i_dose], p, ld[l, LD_A:LD_A + LN_A], y, cov) == 2:
                             cov_changed = True
                         i_dose += 1
                     li[l, LI_DOSE] = i_dose
@@ -1312,11 +1349,11 @@ def lanes_core(theta, lo, hi, dose_t, dose_cmt, dose_amt, t_out, rtol, atol, max
                         segment_values(p, cov, seg)
                     for q in range(seg.size):
                         w[(W_SEG + q) * LANES + l] = seg[q]
-                    pk_set_segment(t, A[l], LAM_ALL[l], PROJ[l], SCALES[l], pkc)
+                    pk_set_segment(t, ld[l, LD_A:LD_A + LN_A], ld[l, LD_LAM_ALL:LD_LAM_ALL + LN_LAM_ALL], ld[l, LD_PROJ:LD_PROJ + LN_PROJ].reshape(LS_PROJ), ld[l, LD_SCALES:LD_SCALES + LN_SCALES], pkc)
                     k_out = li[l, LI_KOUT]
                     orow = out[li[l, LI_PATIENT]]
                     while k_out < n_out and t_out[k_out] <= t:
-                        record_fast(orow[k_out], t, y, p, seg, pkc, AUC[l], SCR[l])
+                        record_fast(orow[k_out], t, y, p, seg, pkc, ld[l, LD_AUC:LD_AUC + LN_AUC], ld[l, LD_SCR:LD_SCR + LN_SCR].reshape(LS_SCR))
                         k_out += 1
                     li[l, LI_KOUT] = k_out
                     if k_out >= n_out:  # the patient's last output: done
@@ -1329,22 +1366,22 @@ def lanes_core(theta, lo, hi, dose_t, dose_cmt, dose_amt, t_out, rtol, atol, max
                     if i_dose < n_dose and dose_t[i_dose] < t_next:
                         t_next = dose_t[i_dose]
                     lf[l, LF_T1] = t_next
-                    lam = LAM[l]
-                    coef = COEF[l]
+                    lam = ld[l, LD_LAM:LD_LAM + LN_LAM]
+                    coef = ld[l, LD_COEF:LD_COEF + LN_COEF]
                     active = ACTIVE[l]
-                    cc = CC[l]
-                    frc = FRC[l]
-                    ws = WS[l]
-                    cf_segment_setup(pkc, seg, p, lam, coef, active, SENS[l])
-                    cf_conc_now(t - pkc[PKC_T0], lam, coef, active, ENOW[l], cc)
+                    cc = ld[l, LD_CC:LD_CC + LN_CC]
+                    frc = ld[l, LD_FRC:LD_FRC + LN_FRC].reshape(LS_FRC)
+                    ws = ld[l, LD_WS:LD_WS + LN_WS].reshape(LS_WS)
+                    cf_segment_setup(pkc, seg, p, lam, coef, active, ld[l, LD_SENS:LD_SENS + LN_SENS])
+                    cf_conc_now(t - pkc[PKC_T0], lam, coef, active, ld[l, LD_ENOW:LD_ENOW + LN_ENOW], cc)
                     r0 = frc.shape[0] - 1
                     forcing(cc, seg, p, frc, r0)
                     derivs_cf(y, frc, r0, seg, p, ws[0])
                     w[W_H * LANES + l] = cf_initial_step(y, ws[0], p, seg, lam, coef, active, t - pkc[PKC_T0],
                                                          rtol, atol, t_next - t, ws[1], ws[2], frc, cc)
                     for j in range(N_MODES):
-                        EWH[l, j] = 0.0
-                    lanes_put_modes(w, l, lam, coef, ENOW[l], EWH[l], active)
+                        ld[l, LD_EWH + j] = 0.0
+                    lanes_put_modes(w, l, lam, coef, ld[l, LD_ENOW:LD_ENOW + LN_ENOW], ld[l, LD_EWH:LD_EWH + LN_EWH], active)
                     for q in range(N_Y_CF):
                         w[(W_Y + q) * LANES + l] = y[q]
                         w[(W_K + q) * LANES + l] = ws[0, q]
@@ -1400,11 +1437,11 @@ def lanes_core(theta, lo, hi, dose_t, dose_cmt, dose_amt, t_out, rtol, atol, max
             t_new = t1 if last else t + h
             k_out = li[l, LI_KOUT]
             if k_out < n_out and t_out[k_out] < t_new and t_out[k_out] < t1:
-                p = P[l]
-                seg = SEG[l]
-                pkc = PKC[l]
-                y = Y[l]
-                ws = WS[l]
+                p = ld[l, LD_P:LD_P + LN_P]
+                seg = ld[l, LD_SEG:LD_SEG + LN_SEG]
+                pkc = ld[l, LD_PKC:LD_PKC + LN_PKC]
+                y = ld[l, LD_Y:LD_Y + LN_Y]
+                ws = ld[l, LD_WS:LD_WS + LN_WS].reshape(LS_WS)
                 for q in range(n):
                     y[q] = w[(W_Y + q) * LANES + l]
                     for r in range(7):
@@ -1412,7 +1449,7 @@ def lanes_core(theta, lo, hi, dose_t, dose_cmt, dose_amt, t_out, rtol, atol, max
                 orow = out[i]
                 while k_out < n_out and t_out[k_out] < t_new and t_out[k_out] < t1:
                     dp5_dense(y, ws[0:7], h, (t_out[k_out] - t) / h, ws[7])
-                    record_fast(orow[k_out], t_out[k_out], ws[7], p, seg, pkc, AUC[l], SCR[l])
+                    record_fast(orow[k_out], t_out[k_out], ws[7], p, seg, pkc, ld[l, LD_AUC:LD_AUC + LN_AUC], ld[l, LD_SCR:LD_SCR + LN_SCR].reshape(LS_SCR))
                     k_out += 1
                 li[l, LI_KOUT] = k_out
             finite = True
@@ -1429,12 +1466,12 @@ def lanes_core(theta, lo, hi, dose_t, dose_cmt, dose_amt, t_out, rtol, atol, max
                 w[(W_Y + q) * LANES + l] = w[(W_YN + q) * LANES + l]
                 w[(W_K + q) * LANES + l] = w[(W_K + 6 * n + q) * LANES + l]
             if HAS_NEGLIGIBLE:
-                y = Y[l]
-                ws = WS[l]
+                y = ld[l, LD_Y:LD_Y + LN_Y]
+                ws = ld[l, LD_WS:LD_WS + LN_WS].reshape(LS_WS)
                 for q in range(n):
                     y[q] = w[(W_Y + q) * LANES + l]
                     ws[0, q] = w[(W_K + q) * LANES + l]
-                if flush_negligible(y, ws[0], P[l], 0):
+                if flush_negligible(y, ws[0], ld[l, LD_P:LD_P + LN_P], 0):
                     for q in range(n):
                         w[(W_Y + q) * LANES + l] = y[q]
                     derivs_cf_lane(w, l)  # the forcing of stage row 4 is the forcing at t + h = t_new
@@ -1442,8 +1479,8 @@ def lanes_core(theta, lo, hi, dose_t, dose_cmt, dose_amt, t_out, rtol, atol, max
             if not last:
                 n_carry = li[l, LI_CARRY] + 1
                 if n_carry >= CF_EXACT_EVERY:
-                    enow = ENOW[l]
-                    cf_conc_now(t_new - PKC[l, PKC_T0], LAM[l], COEF[l], ACTIVE[l], enow, CC[l])
+                    enow = ld[l, LD_ENOW:LD_ENOW + LN_ENOW]
+                    cf_conc_now(t_new - ld[l, LD_PKC + PKC_T0], ld[l, LD_LAM:LD_LAM + LN_LAM], ld[l, LD_COEF:LD_COEF + LN_COEF], ACTIVE[l], enow, ld[l, LD_CC:LD_CC + LN_CC])
                     for j in range(N_MODES):
                         w[(W_ENOW + j) * LANES + l] = enow[j]
                     n_carry = 0
@@ -1457,18 +1494,18 @@ def lanes_core(theta, lo, hi, dose_t, dose_cmt, dose_amt, t_out, rtol, atol, max
             # ---- the segment is done: the tail of the dose-segment loop, then the next segment's head
             li[l, LI_STEPS] += li[l, LI_SEG_STEPS]
             li[l, LI_SEG_STEPS] = 0
-            pkc = PKC[l]
-            y = Y[l]
+            pkc = ld[l, LD_PKC:LD_PKC + LN_PKC]
+            y = ld[l, LD_Y:LD_Y + LN_Y]
             for q in range(n):
                 y[q] = w[(W_Y + q) * LANES + l]
-            if is_negative(y, Y0[l], 0, rtol, atol):
+            if is_negative(y, ld[l, LD_Y0:LD_Y0 + LN_Y0], 0, rtol, atol):
                 status[i] = STATUS_NEGATIVE
                 t_reached[i] = t1
                 steps_out[i] = li[l, LI_STEPS]
                 busy[l] = False
                 continue
-            pk_auc(t1, pkc, AUC[l])
-            pk_advance(A[l], LAM_ALL[l], PROJ[l], t1 - pkc[PKC_T0], TMP[l])
+            pk_auc(t1, pkc, ld[l, LD_AUC:LD_AUC + LN_AUC])
+            pk_advance(ld[l, LD_A:LD_A + LN_A], ld[l, LD_LAM_ALL:LD_LAM_ALL + LN_LAM_ALL], ld[l, LD_PROJ:LD_PROJ + LN_PROJ].reshape(LS_PROJ), t1 - pkc[PKC_T0], ld[l, LD_TMP:LD_TMP + LN_TMP])
             lf[l, LF_T] = t1
             li[l, LI_START] = 1  # the next segment starts in the next pass
     return next_patient
