@@ -258,17 +258,19 @@ def first_call_seconds(timeout=900):
     return res
 
 
-def structure_rows(p0, reg, quick):
+def structure_rows(p0, reg, quick, only=None):
     """One row per registered model structure: single patient, 24 weeks, reference regimen; tregpd's
     default solver (DP5, closed-form PK where the structure allows) at the loosest rtol whose error is at most
     scipy LSODA's (Python RHS of that structure, peers.StructurePeer, rtol 1e-6) against a tight reference
-    (solve_ivp DOP853 rtol 1e-12 on the same Python RHS)."""
+    (solve_ivp DOP853 rtol 1e-12 on the same Python RHS). ``only``: structure names to run (default: all)."""
     rows = []
     ev = reg.events()
     # the criterion is "the loosest rtol whose error is at most LSODA's"; 2e-7, 1.5e-7, 2e-8, 1.5e-8 refine the
     # grid where the structures cross LSODA's error (added 2026-12-02; earlier records used the coarser grid)
     sweep = [1e-6, 3e-7, 2e-7, 1.5e-7, 1e-7, 3e-8, 2e-8, 1.5e-8, 1e-8, 3e-9, 1e-9, 3e-10, 1e-10]
     for name in models():
+        if only and name not in only:
+            continue
         m = get_model(name)
         state_pk = "c_il2" in m.concentrations_from_states
         t_c = time.perf_counter()
@@ -844,15 +846,15 @@ def print_structures(structs, first):
             f"{'MET' if w <= TARGET_WARM_S else 'MISSED by %.1fx' % (w / TARGET_WARM_S)}")
 
 
-def structures_only(out_dir, quick):
+def structures_only(out_dir, quick, only=None, first_call=True):
     """``--structures-only``: the per-structure rows and the first-call timings, printed and saved."""
     info = machine_info()
     log(f"tregpd benchmarks (structures only, {'quick' if quick else 'full'}) - {info['date_utc']} UTC, "
         f"{info['cpu']}, load {info['load_average_at_start']}")
     log("versions: " + ", ".join(f"{k} {v}" for k, v in info["versions"].items() if v))
-    structs = structure_rows(default_parameters(), reference_regimen(24, taper=False), quick)
+    structs = structure_rows(default_parameters(), reference_regimen(24, taper=False), quick, only)
     try:
-        first = first_call_seconds()
+        first = first_call_seconds() if first_call else None
     except Exception as exc:  # a measurement, not a feature: record and go on
         log(f"  first-call measurement failed: {exc}")
         first = None
@@ -879,10 +881,19 @@ def main(argv=None):
     ap.add_argument("--structures-only", action="store_true",
                     help="only the per-structure rows and the cold/warm first call (~2 min once the kernels are "
                          "cached); writes structures.csv and structures.json")
+    ap.add_argument("--models", default=None,
+                    help="with --structures-only: comma-separated structure names to run (default: all) and no "
+                         "first-call timing")
     args = ap.parse_args(argv)
     quick = args.quick
+    if args.models and not args.structures_only:
+        ap.error("--models needs --structures-only")
     if args.structures_only:
-        return structures_only(Path(args.out), quick)
+        only = [m.strip() for m in args.models.split(",")] if args.models else None
+        unknown = [m for m in only or () if m not in models()]
+        if unknown:
+            ap.error(f"unknown structure(s) {unknown}; known: {', '.join(models())}")
+        return structures_only(Path(args.out), quick, only, first_call=only is None)
     t_start = time.perf_counter()
     out_dir = Path(args.out)
     info = machine_info()
