@@ -1250,6 +1250,12 @@ LS_FRC = (6, max(N_FORCING, 1))
 LS_SCR = (2, max(N_BLOCKS, 1))
 
 
+@njit(cache=True)
+def _lane(ld, l, off, size):
+    """Lane ``l``'s one-patient array of ``size`` values at offset ``off`` of the per-lane storage ``ld``."""
+    return ld[l, off:off + size]
+
+
 @njit(cache=True, error_model="numpy")
 def lanes_range(theta, lo, hi, dose_t, dose_cmt, dose_amt, t_out, rtol, atol, max_steps, out, status,
                 t_reached, steps_out):
@@ -1276,7 +1282,7 @@ def lanes_core(theta, lo, hi, dose_t, dose_cmt, dose_amt, t_out, rtol, atol, max
                steps_out, w, li, lf, busy, ld, ACTIVE):
     """The loop of :func:`lanes_range` (its per-lane arrays borrowed: the one-patient functions take rows of
     them as views, which then cost no reference counting). Per lane ``l``, ``ld[l]`` holds the one-patient arrays
-    at the offsets LD_* (``P`` = ld[l, LD_P:LD_P + LN_P], ...), ACTIVE[l] the active PK blocks."""
+    at the offsets LD_* (``P`` = _lane(ld, l, LD_P, LN_P), ...), ACTIVE[l] the active PK blocks."""
     L = LANES
     n = N_Y_CF
     nb = max(N_BLOCKS, 1)
@@ -1297,10 +1303,10 @@ def lanes_core(theta, lo, hi, dose_t, dose_cmt, dose_amt, t_out, rtol, atol, max
                         ld[l, LD_P + q] = p[q]
                         w[(W_P + q) * LANES + l] = p[q]
                     lam_all, proj = pk_modes(p)
-                    ld[l, LD_LAM_ALL:LD_LAM_ALL + LN_LAM_ALL] = lam_all
-                    ld[l, LD_PROJ:LD_PROJ + LN_PROJ] = proj.ravel()
-                    pk_scales(p, ld[l, LD_SCALES:LD_SCALES + LN_SCALES])
-                    y = ld[l, LD_Y:LD_Y + LN_Y]
+                    _lane(ld, l, LD_LAM_ALL, LN_LAM_ALL)[:] = lam_all
+                    _lane(ld, l, LD_PROJ, LN_PROJ)[:] = proj.ravel()
+                    pk_scales(p, _lane(ld, l, LD_SCALES, LN_SCALES))
+                    y = _lane(ld, l, LD_Y, LN_Y)
                     for q in range(n):
                         y[q] = 0.0
                     initial_state_cf(p, y)
@@ -1310,10 +1316,10 @@ def lanes_core(theta, lo, hi, dose_t, dose_cmt, dose_amt, t_out, rtol, atol, max
                         ld[l, LD_A + q] = 0.0
                     for q in range(LN_COV):
                         ld[l, LD_COV + q] = 0.0
-                    initial_covariates(p, ld[l, LD_COV:LD_COV + LN_COV])
+                    initial_covariates(p, _lane(ld, l, LD_COV, LN_COV))
                     for q in range(LN_SEG):
                         ld[l, LD_SEG + q] = 0.0
-                    segment_values(p, ld[l, LD_COV:LD_COV + LN_COV], ld[l, LD_SEG:LD_SEG + LN_SEG])
+                    segment_values(p, _lane(ld, l, LD_COV, LN_COV), _lane(ld, l, LD_SEG, LN_SEG))
                     for q in range(N_PKC):
                         ld[l, LD_PKC + q] = 0.0
                     for q in range(nb):
@@ -1328,20 +1334,20 @@ def lanes_core(theta, lo, hi, dose_t, dose_cmt, dose_amt, t_out, rtol, atol, max
                 if li[l, LI_START] == 1:
                     # the head of the dose-segment loop of simulate_patient_cf_dp5_stats (doses at t, the
                     # segment's PK, outputs at t), then the set-up of dopri5_cf_segment (first derivative into
-                    # stage 0 of W_K, initial step into W_H); ld[l, LD_Y:LD_Y + LN_Y] holds the lane's state
+                    # stage 0 of W_K, initial step into W_H); the lane's LD_Y holds its state
                     li[l, LI_START] = 0
                     t = lf[l, LF_T]
-                    p = ld[l, LD_P:LD_P + LN_P]
-                    y = ld[l, LD_Y:LD_Y + LN_Y]
-                    cov = ld[l, LD_COV:LD_COV + LN_COV]
-                    seg = ld[l, LD_SEG:LD_SEG + LN_SEG]
-                    pkc = ld[l, LD_PKC:LD_PKC + LN_PKC]
+                    p = _lane(ld, l, LD_P, LN_P)
+                    y = _lane(ld, l, LD_Y, LN_Y)
+                    cov = _lane(ld, l, LD_COV, LN_COV)
+                    seg = _lane(ld, l, LD_SEG, LN_SEG)
+                    pkc = _lane(ld, l, LD_PKC, LN_PKC)
                     n_dose = dose_t.size
                     n_out = t_out.size
                     i_dose = li[l, LI_DOSE]
                     cov_changed = False
                     while i_dose < n_dose and dose_t[i_dose] <= t:
-                        if apply_dose_cf(dose_cmt[i_dose], dose_amt[i_dose], p, ld[l, LD_A:LD_A + LN_A], y, cov) == 2:
+                        if apply_dose_cf(dose_cmt[i_dose], dose_amt[i_dose], p, _lane(ld, l, LD_A, LN_A), y, cov) == 2:
                             cov_changed = True
                         i_dose += 1
                     li[l, LI_DOSE] = i_dose
@@ -1349,11 +1355,14 @@ def lanes_core(theta, lo, hi, dose_t, dose_cmt, dose_amt, t_out, rtol, atol, max
                         segment_values(p, cov, seg)
                     for q in range(seg.size):
                         w[(W_SEG + q) * LANES + l] = seg[q]
-                    pk_set_segment(t, ld[l, LD_A:LD_A + LN_A], ld[l, LD_LAM_ALL:LD_LAM_ALL + LN_LAM_ALL], ld[l, LD_PROJ:LD_PROJ + LN_PROJ].reshape(LS_PROJ), ld[l, LD_SCALES:LD_SCALES + LN_SCALES], pkc)
+                    pk_set_segment(t, _lane(ld, l, LD_A, LN_A), _lane(ld, l, LD_LAM_ALL, LN_LAM_ALL),
+                                   _lane(ld, l, LD_PROJ, LN_PROJ).reshape(LS_PROJ), _lane(ld, l, LD_SCALES, LN_SCALES),
+                                   pkc)
                     k_out = li[l, LI_KOUT]
                     orow = out[li[l, LI_PATIENT]]
                     while k_out < n_out and t_out[k_out] <= t:
-                        record_fast(orow[k_out], t, y, p, seg, pkc, ld[l, LD_AUC:LD_AUC + LN_AUC], ld[l, LD_SCR:LD_SCR + LN_SCR].reshape(LS_SCR))
+                        record_fast(orow[k_out], t, y, p, seg, pkc, _lane(ld, l, LD_AUC, LN_AUC),
+                                    _lane(ld, l, LD_SCR, LN_SCR).reshape(LS_SCR))
                         k_out += 1
                     li[l, LI_KOUT] = k_out
                     if k_out >= n_out:  # the patient's last output: done
@@ -1366,14 +1375,14 @@ def lanes_core(theta, lo, hi, dose_t, dose_cmt, dose_amt, t_out, rtol, atol, max
                     if i_dose < n_dose and dose_t[i_dose] < t_next:
                         t_next = dose_t[i_dose]
                     lf[l, LF_T1] = t_next
-                    lam = ld[l, LD_LAM:LD_LAM + LN_LAM]
-                    coef = ld[l, LD_COEF:LD_COEF + LN_COEF]
+                    lam = _lane(ld, l, LD_LAM, LN_LAM)
+                    coef = _lane(ld, l, LD_COEF, LN_COEF)
                     active = ACTIVE[l]
-                    cc = ld[l, LD_CC:LD_CC + LN_CC]
-                    frc = ld[l, LD_FRC:LD_FRC + LN_FRC].reshape(LS_FRC)
-                    ws = ld[l, LD_WS:LD_WS + LN_WS].reshape(LS_WS)
-                    cf_segment_setup(pkc, seg, p, lam, coef, active, ld[l, LD_SENS:LD_SENS + LN_SENS])
-                    cf_conc_now(t - pkc[PKC_T0], lam, coef, active, ld[l, LD_ENOW:LD_ENOW + LN_ENOW], cc)
+                    cc = _lane(ld, l, LD_CC, LN_CC)
+                    frc = _lane(ld, l, LD_FRC, LN_FRC).reshape(LS_FRC)
+                    ws = _lane(ld, l, LD_WS, LN_WS).reshape(LS_WS)
+                    cf_segment_setup(pkc, seg, p, lam, coef, active, _lane(ld, l, LD_SENS, LN_SENS))
+                    cf_conc_now(t - pkc[PKC_T0], lam, coef, active, _lane(ld, l, LD_ENOW, LN_ENOW), cc)
                     r0 = frc.shape[0] - 1
                     forcing(cc, seg, p, frc, r0)
                     derivs_cf(y, frc, r0, seg, p, ws[0])
@@ -1381,7 +1390,8 @@ def lanes_core(theta, lo, hi, dose_t, dose_cmt, dose_amt, t_out, rtol, atol, max
                                                          rtol, atol, t_next - t, ws[1], ws[2], frc, cc)
                     for j in range(N_MODES):
                         ld[l, LD_EWH + j] = 0.0
-                    lanes_put_modes(w, l, lam, coef, ld[l, LD_ENOW:LD_ENOW + LN_ENOW], ld[l, LD_EWH:LD_EWH + LN_EWH], active)
+                    lanes_put_modes(w, l, lam, coef, _lane(ld, l, LD_ENOW, LN_ENOW), _lane(ld, l, LD_EWH, LN_EWH),
+                                    active)
                     for q in range(N_Y_CF):
                         w[(W_Y + q) * LANES + l] = y[q]
                         w[(W_K + q) * LANES + l] = ws[0, q]
@@ -1437,11 +1447,11 @@ def lanes_core(theta, lo, hi, dose_t, dose_cmt, dose_amt, t_out, rtol, atol, max
             t_new = t1 if last else t + h
             k_out = li[l, LI_KOUT]
             if k_out < n_out and t_out[k_out] < t_new and t_out[k_out] < t1:
-                p = ld[l, LD_P:LD_P + LN_P]
-                seg = ld[l, LD_SEG:LD_SEG + LN_SEG]
-                pkc = ld[l, LD_PKC:LD_PKC + LN_PKC]
-                y = ld[l, LD_Y:LD_Y + LN_Y]
-                ws = ld[l, LD_WS:LD_WS + LN_WS].reshape(LS_WS)
+                p = _lane(ld, l, LD_P, LN_P)
+                seg = _lane(ld, l, LD_SEG, LN_SEG)
+                pkc = _lane(ld, l, LD_PKC, LN_PKC)
+                y = _lane(ld, l, LD_Y, LN_Y)
+                ws = _lane(ld, l, LD_WS, LN_WS).reshape(LS_WS)
                 for q in range(n):
                     y[q] = w[(W_Y + q) * LANES + l]
                     for r in range(7):
@@ -1449,7 +1459,8 @@ def lanes_core(theta, lo, hi, dose_t, dose_cmt, dose_amt, t_out, rtol, atol, max
                 orow = out[i]
                 while k_out < n_out and t_out[k_out] < t_new and t_out[k_out] < t1:
                     dp5_dense(y, ws[0:7], h, (t_out[k_out] - t) / h, ws[7])
-                    record_fast(orow[k_out], t_out[k_out], ws[7], p, seg, pkc, ld[l, LD_AUC:LD_AUC + LN_AUC], ld[l, LD_SCR:LD_SCR + LN_SCR].reshape(LS_SCR))
+                    record_fast(orow[k_out], t_out[k_out], ws[7], p, seg, pkc, _lane(ld, l, LD_AUC, LN_AUC),
+                                _lane(ld, l, LD_SCR, LN_SCR).reshape(LS_SCR))
                     k_out += 1
                 li[l, LI_KOUT] = k_out
             finite = True
@@ -1466,12 +1477,12 @@ def lanes_core(theta, lo, hi, dose_t, dose_cmt, dose_amt, t_out, rtol, atol, max
                 w[(W_Y + q) * LANES + l] = w[(W_YN + q) * LANES + l]
                 w[(W_K + q) * LANES + l] = w[(W_K + 6 * n + q) * LANES + l]
             if HAS_NEGLIGIBLE:
-                y = ld[l, LD_Y:LD_Y + LN_Y]
-                ws = ld[l, LD_WS:LD_WS + LN_WS].reshape(LS_WS)
+                y = _lane(ld, l, LD_Y, LN_Y)
+                ws = _lane(ld, l, LD_WS, LN_WS).reshape(LS_WS)
                 for q in range(n):
                     y[q] = w[(W_Y + q) * LANES + l]
                     ws[0, q] = w[(W_K + q) * LANES + l]
-                if flush_negligible(y, ws[0], ld[l, LD_P:LD_P + LN_P], 0):
+                if flush_negligible(y, ws[0], _lane(ld, l, LD_P, LN_P), 0):
                     for q in range(n):
                         w[(W_Y + q) * LANES + l] = y[q]
                     derivs_cf_lane(w, l)  # the forcing of stage row 4 is the forcing at t + h = t_new
@@ -1479,8 +1490,9 @@ def lanes_core(theta, lo, hi, dose_t, dose_cmt, dose_amt, t_out, rtol, atol, max
             if not last:
                 n_carry = li[l, LI_CARRY] + 1
                 if n_carry >= CF_EXACT_EVERY:
-                    enow = ld[l, LD_ENOW:LD_ENOW + LN_ENOW]
-                    cf_conc_now(t_new - ld[l, LD_PKC + PKC_T0], ld[l, LD_LAM:LD_LAM + LN_LAM], ld[l, LD_COEF:LD_COEF + LN_COEF], ACTIVE[l], enow, ld[l, LD_CC:LD_CC + LN_CC])
+                    enow = _lane(ld, l, LD_ENOW, LN_ENOW)
+                    cf_conc_now(t_new - ld[l, LD_PKC + PKC_T0], _lane(ld, l, LD_LAM, LN_LAM),
+                                _lane(ld, l, LD_COEF, LN_COEF), ACTIVE[l], enow, _lane(ld, l, LD_CC, LN_CC))
                     for j in range(N_MODES):
                         w[(W_ENOW + j) * LANES + l] = enow[j]
                     n_carry = 0
@@ -1494,18 +1506,19 @@ def lanes_core(theta, lo, hi, dose_t, dose_cmt, dose_amt, t_out, rtol, atol, max
             # ---- the segment is done: the tail of the dose-segment loop, then the next segment's head
             li[l, LI_STEPS] += li[l, LI_SEG_STEPS]
             li[l, LI_SEG_STEPS] = 0
-            pkc = ld[l, LD_PKC:LD_PKC + LN_PKC]
-            y = ld[l, LD_Y:LD_Y + LN_Y]
+            pkc = _lane(ld, l, LD_PKC, LN_PKC)
+            y = _lane(ld, l, LD_Y, LN_Y)
             for q in range(n):
                 y[q] = w[(W_Y + q) * LANES + l]
-            if is_negative(y, ld[l, LD_Y0:LD_Y0 + LN_Y0], 0, rtol, atol):
+            if is_negative(y, _lane(ld, l, LD_Y0, LN_Y0), 0, rtol, atol):
                 status[i] = STATUS_NEGATIVE
                 t_reached[i] = t1
                 steps_out[i] = li[l, LI_STEPS]
                 busy[l] = False
                 continue
-            pk_auc(t1, pkc, ld[l, LD_AUC:LD_AUC + LN_AUC])
-            pk_advance(ld[l, LD_A:LD_A + LN_A], ld[l, LD_LAM_ALL:LD_LAM_ALL + LN_LAM_ALL], ld[l, LD_PROJ:LD_PROJ + LN_PROJ].reshape(LS_PROJ), t1 - pkc[PKC_T0], ld[l, LD_TMP:LD_TMP + LN_TMP])
+            pk_auc(t1, pkc, _lane(ld, l, LD_AUC, LN_AUC))
+            pk_advance(_lane(ld, l, LD_A, LN_A), _lane(ld, l, LD_LAM_ALL, LN_LAM_ALL),
+                       _lane(ld, l, LD_PROJ, LN_PROJ).reshape(LS_PROJ), t1 - pkc[PKC_T0], _lane(ld, l, LD_TMP, LN_TMP))
             lf[l, LF_T] = t1
             li[l, LI_START] = 1  # the next segment starts in the next pass
     return next_patient
