@@ -1073,6 +1073,11 @@ def simulate_patient(theta, dose_t, dose_cmt, dose_amt, t_out, rtol, atol, metho
                                     max_steps, out)
 
 
+#: below this many patients the serial fast path runs them one after another (measured in
+#: benchmarks/README.md: one patient takes about as long in 8 lanes as 3 patients one after another)
+LANES_MIN_PATIENTS = 3
+
+
 @njit(cache=True, parallel=True)
 def population_fast_parallel(theta, dose_t, dose_cmt, dose_amt, t_out, rtol, atol, max_steps, out, status,
                              t_reached, steps, n_blocks):
@@ -1135,8 +1140,10 @@ def simulate_population_serial(theta, dose_t, dose_cmt, dose_amt, t_out, rtol, a
                                out, status, t_reached, steps):
     """Population entry point (serial): the fast path where it applies, else the reference path."""
     if mode == MODE_CLOSED_FORM and method == METHOD_DOPRI5:
-        population_fast_serial(theta, dose_t, dose_cmt, dose_amt, t_out, rtol, atol, max_steps, out, status,
-                               t_reached, steps)
+        # a few patients one after another: a lane computes for all LANES lanes, and a single simulation then
+        # compiles only the one-patient kernel (the numbers are the same either way)
+        fn = population_fast_one_by_one if theta.shape[0] < LANES_MIN_PATIENTS else population_fast_serial
+        fn(theta, dose_t, dose_cmt, dose_amt, t_out, rtol, atol, max_steps, out, status, t_reached, steps)
     else:
         population_generic_serial(theta, dose_t, dose_cmt, dose_amt, t_out, rtol, atol, method, mode,
                                   max_steps, out, status, t_reached, steps)
