@@ -1078,22 +1078,12 @@ def simulate_patient(theta, dose_t, dose_cmt, dose_amt, t_out, rtol, atol, metho
 LANES_MIN_PATIENTS = 3
 
 
-@njit(cache=True, parallel=True)
-def population_fast_parallel(theta, dose_t, dose_cmt, dose_amt, t_out, rtol, atol, max_steps, out, status,
-                             t_reached, steps, n_blocks):
-    """The fast path for ``theta.shape[0]`` patients: ``n_blocks`` contiguous blocks of patients in parallel
-    (prange), each integrated LANES patients side by side (:func:`lanes_range`); each patient writes its own
-    rows."""
-    n = theta.shape[0]
-    for c in prange(n_blocks):
-        lanes_range(theta, c * n // n_blocks, (c + 1) * n // n_blocks, dose_t, dose_cmt, dose_amt, t_out, rtol,
-                    atol, max_steps, out, status, t_reached, steps)
-
-
 @njit(cache=True)
 def population_fast_serial(theta, dose_t, dose_cmt, dose_amt, t_out, rtol, atol, max_steps, out, status,
                            t_reached, steps):
-    """Serial twin of :func:`population_fast_parallel` (same numbers, one thread)."""
+    """The fast path for ``theta.shape[0]`` patients, LANES side by side on one thread (:func:`lanes_range`;
+    the drivers below call that directly: a jitted wrapper would make numba re-optimise the whole lanes kernel
+    into it, ~6 s of compilation)."""
     lanes_range(theta, 0, theta.shape[0], dose_t, dose_cmt, dose_amt, t_out, rtol, atol, max_steps, out, status,
                 t_reached, steps)
 
@@ -1142,26 +1132,50 @@ def simulate_population_serial(theta, dose_t, dose_cmt, dose_amt, t_out, rtol, a
     if mode == MODE_CLOSED_FORM and method == METHOD_DOPRI5:
         # a few patients one after another: a lane computes for all LANES lanes, and a single simulation then
         # compiles only the one-patient kernel (the numbers are the same either way)
-        fn = population_fast_one_by_one if theta.shape[0] < LANES_MIN_PATIENTS else population_fast_serial
-        fn(theta, dose_t, dose_cmt, dose_amt, t_out, rtol, atol, max_steps, out, status, t_reached, steps)
+        if theta.shape[0] < LANES_MIN_PATIENTS:
+            population_fast_one_by_one(theta, dose_t, dose_cmt, dose_amt, t_out, rtol, atol, max_steps, out,
+                                       status, t_reached, steps)
+        else:
+            lanes_range(theta, 0, theta.shape[0], dose_t, dose_cmt, dose_amt, t_out, rtol, atol, max_steps, out,
+                        status, t_reached, steps)
     else:
         population_generic_serial(theta, dose_t, dose_cmt, dose_amt, t_out, rtol, atol, method, mode,
                                   max_steps, out, status, t_reached, steps)
 
 
+def fast_blocks(n, n_threads):
+    """Contiguous blocks (lo, hi) of ``n`` patients for ``n_threads`` threads of the lanes kernel: two per thread
+    (a thread that finishes early takes another), at least 4 x LANES patients each, one block for small ``n``."""
+    n_blocks = max(1, min(2 * n_threads, n // (4 * LANES)))
+    return [(c * n // n_blocks, (c + 1) * n // n_blocks) for c in range(n_blocks)]
+
+
 def simulate_population_parallel(theta, dose_t, dose_cmt, dose_amt, t_out, rtol, atol, method, mode,
                                  max_steps, out, status, t_reached, steps):
-    """Population entry point (prange over patients)."""
+    """Population entry point (parallel). Fast path: blocks of patients (:func:`fast_blocks`) on
+    ``numba.get_num_threads()`` threads, each block in :func:`lanes_range`, which releases the GIL (every
+    patient writes only its own rows, so the numbers equal the serial run's); reference path: prange."""
     if mode == MODE_CLOSED_FORM and method == METHOD_DOPRI5:
         import numba
-        n = theta.shape[0]
-        n_blocks = max(1, min(2 * numba.get_num_threads(), n // (4 * LANES)))
-        population_fast_parallel(theta, dose_t, dose_cmt, dose_amt, t_out, rtol, atol, max_steps, out, status,
-                                 t_reached, steps, n_blocks)
+        from concurrent.futures import ThreadPoolExecutor
+        n_threads = max(1, numba.get_num_threads())
+        blocks = fast_blocks(theta.shape[0], n_threads)
+
+        def run(block):
+            lanes_range(theta, block[0], block[1], dose_t, dose_cmt, dose_amt, t_out, rtol, atol, max_steps, out,
+                        status, t_reached, steps)
+        if len(blocks) == 1:
+            run(blocks[0])
+            return
+        # no patients: compiles (or loads) lanes_range once, before the threads start
+        lanes_range(theta, 0, 0, dose_t, dose_cmt, dose_amt, t_out, rtol, atol, max_steps, out, status, t_reached,
+                    steps)
+        with ThreadPoolExecutor(max_workers=min(n_threads, len(blocks))) as pool:
+            for _ in pool.map(run, blocks):
+                pass
     else:
         population_generic_parallel(theta, dose_t, dose_cmt, dose_amt, t_out, rtol, atol, method, mode,
                                     max_steps, out, status, t_reached, steps)
-
 
 
 # ========================================================================== interleaved patients (lanes)
@@ -1263,7 +1277,7 @@ def _lane(ld, l, off, size):
     return ld[l, off:off + size]
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", nogil=True)
 def lanes_range(theta, lo, hi, dose_t, dose_cmt, dose_amt, t_out, rtol, atol, max_steps, out, status,
                 t_reached, steps_out):
     """Patients ``lo..hi-1`` on the fast path, LANES side by side (see the section's comment); the same numbers

@@ -95,10 +95,16 @@ def test_lanes_equal_patient_after_patient_for_failures(params):
 
 
 def test_parallel_blocks_equal_serial(params):
+    """simulate_population_parallel: blocks of patients on threads (GIL released), the serial numbers."""
     kern = K.for_model(None)
-    theta = sample_population(params, n=37, seed=5, model="v2_lean")
+    n = 3 * 4 * kern.LANES + 5  # three blocks on two threads, uneven
+    assert len(kern.fast_blocks(n, 2)) == 3 and kern.fast_blocks(n, 2)[-1][1] == n
+    assert kern.fast_blocks(10, 2) == [(0, 10)] and kern.fast_blocks(1000, 2)[1][0] == 250
+    theta = sample_population(params, n=n, seed=5, model="v2_lean")
     events = reference_regimen(24).events()
-    t_out = _grid()
+    t_out = _grid(min(T_END, 28.0))
     serial = _run(kern.population_fast_serial, kern, theta, events, t_out)
-    blocks = _run(kern.population_fast_parallel, kern, theta, events, t_out, n_blocks=3)
-    _assert_same(blocks, serial)
+
+    def parallel(*args):
+        kern.simulate_population_parallel(*args[:7], kern.METHOD_DOPRI5, kern.MODE_CLOSED_FORM, *args[7:])
+    _assert_same(_run(parallel, kern, theta, events, t_out), serial)
