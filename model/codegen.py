@@ -3,9 +3,10 @@
 :func:`kernels_for` turns a :class:`~tregpd.model.declaration.ModelStructure` into a Python module of
 ``@njit(cache=True)`` functions: the generated, model-specific part (parameters -> derived constants,
 covariates, segment values, forcing, right-hand sides in both state layouts, their analytic Jacobians, PK rate
-matrices and eigenvalues, dose handling, output rows, the fast path's block sensitivities) followed by the
-model-independent engine (``_engine.py``: Dormand-Prince 5(4), Rosenbrock 2(3), the closed-form fast path and
-the patient/population drivers). The module is written once to ``<cache>/<name>_<key>.py``, where ``key``
+matrices and eigenvalues, dose handling, output rows, the fast path's block sensitivities, and the lanes form
+of the stage concentrations, forcing and Dormand-Prince step that the population kernel runs for LANES patients
+at once) followed by the model-independent engine (``_engine.py``: Dormand-Prince 5(4), Rosenbrock 2(3), the
+closed-form fast path, the lanes kernel and the patient/population drivers). The module is written once to ``<cache>/<name>_<key>.py``, where ``key``
 hashes the declaration, this generator and the engine, and imported from there; numba's cache sits beside it,
 so a kernel compiled for one declaration can never be served for another (no stale caches).
 
@@ -34,7 +35,7 @@ import numpy as np
 
 from .declaration import FUNCTIONS, DeclarationError, ModelStructure, expression_names
 
-GENERATOR_VERSION = "2"
+GENERATOR_VERSION = "3"
 _LOCK = threading.Lock()
 _LOADED: dict[str, ModuleType] = {}
 
