@@ -1182,11 +1182,13 @@ def simulate_population_parallel(theta, dose_t, dose_cmt, dose_amt, t_out, rtol,
 # W_* are generated with the structure: tregpd.model.codegen._LaneRows). Each patient keeps its own step
 # sequence, dose segments and step sizes, and each lane does exactly the arithmetic of
 # :func:`simulate_patient_cf_dp5_stats`, operation for operation, so a population row equals a single run bit
-# for bit (tests/test_population.py). What changes is the order of the work: the forcing at the five stage
-# times and the DP5 stage chain (six right-hand sides, solution, error norm) run for all lanes at once, in
-# generated loops over the lanes (forcing_lanes, dp5_step_lanes) on a lanes-last workspace with a compile-time
-# stride, which the compiler turns into SIMD instructions. The rest -- closed-form PK exponentials,
-# accept/reject, dense output, dose segments -- runs per lane, and a lane whose patient ends loads the next.
+# for bit (tests/test_lanes.py, tests/test_population.py). What changes is the order of the work: the
+# closed-form concentrations at the five stage times, the forcing there and the DP5 stage chain (six
+# right-hand sides, solution, error norm) run for all lanes at once, in generated loops over the lanes
+# (lanes_stage_conc, forcing_lanes, dp5_step_lanes) on a lanes-last workspace ``w`` with a compile-time stride,
+# which the compiler turns into SIMD instructions. The rest -- accept/reject, dense output, dose segments --
+# runs per lane on the lane's row of ``ld`` (the one-patient arrays at constant offsets LD_*), and a lane whose
+# patient ends loads the next. Measurements: benchmarks/README.md, "Lanes".
 #: per-lane integer bookkeeping (columns of ``li``)
 LI_PATIENT = 0
 LI_DOSE = 1
@@ -1201,8 +1203,7 @@ N_LI = 8
 LF_T = 0
 LF_T1 = 1
 N_LF = 2
-
-
+#: rows of the lanes workspace (the generated rows W_Y .. W_ACT, then the parameters)
 W_ROWS = W_P + N_P
 
 
