@@ -6,8 +6,8 @@ For every registered model structure, one typical patient on the reference regim
 with tregpd's default solver (Dormand-Prince 5(4), closed-form PK for the linear blocks): the fast path's work
 counters (``simulate_patient_cf_dp5_stats``: right-hand-side and forcing evaluations, accepted and rejected
 steps, dose segments, exp() calls), the CPU time per patient (``time.process_time`` of the serial population
-kernel over ``--patients`` copies, minimum of repeats; that kernel integrates LANES patients side by side, see
-model/_engine.py ``lanes_range``; the same patients one after another, ``population_fast_one_by_one``, are timed
+kernel ``lanes_range`` over ``--patients`` copies, minimum of repeats; it integrates LANES patients side by
+side; the same patients one after another, ``population_fast_one_by_one``, are timed
 beside it), the time per right-hand-side evaluation, and a **lower limit**:
 
     limit = flops / R_flop + exps x t_exp
@@ -185,13 +185,13 @@ def where_rows(rtol: float = 1e-6, atol: float = 1e-8, n_patients: int = 500, re
         status = np.zeros(n_patients, np.int64)
         t_r = np.zeros(n_patients)
         nst = np.zeros(n_patients, np.int64)
-        k.population_fast_serial(th[:1], ev.time_day, ev.cmt, ev.amount, t_out, rtol, atol, 10**7, outs[:1],
-                                 status[:1], t_r[:1], nst[:1])
+        k.lanes_range(th[:1], 0, 1, ev.time_day, ev.cmt, ev.amount, t_out, rtol, atol, 10**7, outs[:1],
+                      status[:1], t_r[:1], nst[:1])
         cpu = np.inf
         for _ in range(repeats):
             t0 = time.process_time()
-            k.population_fast_serial(th, ev.time_day, ev.cmt, ev.amount, t_out, rtol, atol, 10**7, outs, status,
-                                     t_r, nst)
+            k.lanes_range(th, 0, n_patients, ev.time_day, ev.cmt, ev.amount, t_out, rtol, atol, 10**7, outs,
+                          status, t_r, nst)
             cpu = min(cpu, (time.process_time() - t0) / n_patients)
         cpu_one = np.inf  # the same patients one after another (no lanes), for comparison
         for _ in range(repeats):

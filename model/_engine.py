@@ -452,6 +452,25 @@ def dp5_dense(y, k, h, x, out):
         out[i] = y[i] + h * q
 
 
+@njit(cache=True, error_model="numpy")
+def step_too_small(h, t, t1):
+    """True if the step ``h`` at ``t`` has underflowed relative to t while the segment still runs to ``t1`` (a
+    tiny segment is no failure). One rule for every solver and for the lanes kernel."""
+    return h < 1e-12 * max(1.0, abs(t)) and t1 - t > 1e-12 * max(1.0, abs(t))
+
+
+@njit(cache=True, error_model="numpy")
+def dp5_accept_factor(en):
+    """Step-size factor after an accepted DP5 step with error norm ``en`` (<= 1)."""
+    return MAX_FACTOR if en == 0.0 else min(MAX_FACTOR, SAFETY * en ** -0.2)
+
+
+@njit(cache=True, error_model="numpy")
+def dp5_reject_factor(en):
+    """Step-size factor after a rejected DP5 step with finite error norm ``en`` (> 1)."""
+    return max(MIN_FACTOR, SAFETY * en ** -0.2)
+
+
 @njit(cache=True)
 def dopri5_segment(t0, t1, y, p, seg, pkc, mode, rtol, atol, h, t_out, k_out, out, auc, max_steps, frc, cc,
                    scr):
@@ -473,7 +492,7 @@ def dopri5_segment(t0, t1, y, p, seg, pkc, mode, rtol, atol, h, t_out, k_out, ou
     while t < t1:
         if steps >= max_steps:
             return STATUS_MAX_STEPS, t, k_out, h, steps
-        if h < 1e-12 * max(1.0, abs(t)) and t1 - t > 1e-12 * max(1.0, abs(t)):  # a tiny segment is no failure
+        if step_too_small(h, t, t1):
             return STATUS_STEP_TOO_SMALL, t, k_out, h, steps
         last = False
         if t + h >= t1 or t + 1.01 * h >= t1:
@@ -505,11 +524,10 @@ def dopri5_segment(t0, t1, y, p, seg, pkc, mode, rtol, atol, h, t_out, k_out, ou
             if HAS_NEGLIGIBLE and flush_negligible(y, f, p, 0 if mode == MODE_CLOSED_FORM else N_PK_AMOUNTS):
                 rhs(t_new, y, p, seg, pkc, mode, frc, cc, f)
             t = t_new
-            fac = MAX_FACTOR if en == 0.0 else min(MAX_FACTOR, SAFETY * en ** -0.2)
             if not last:
-                h *= fac
+                h *= dp5_accept_factor(en)
         else:
-            h *= max(MIN_FACTOR, SAFETY * en ** -0.2)
+            h *= dp5_reject_factor(en)
     return STATUS_OK, t, k_out, h, steps
 
 
@@ -586,7 +604,7 @@ def rosenbrock23_segment(t0, t1, y, p, seg, pkc, mode, rtol, atol, h, t_out, k_o
     while t < t1:
         if steps >= max_steps:
             return STATUS_MAX_STEPS, t, k_out, h, steps
-        if h < 1e-12 * max(1.0, abs(t)) and t1 - t > 1e-12 * max(1.0, abs(t)):  # a tiny segment is no failure
+        if step_too_small(h, t, t1):
             return STATUS_STEP_TOO_SMALL, t, k_out, h, steps
         if need_jac:
             jacobian(t, y, p, seg, pkc, mode, frc, cc, jac)
@@ -774,6 +792,24 @@ def cf_conc_now(tau, lam, coef, active, enow, cnow):
             enow[j] = 0.0
 
 
+@njit(cache=True, error_model="numpy", inline="always")
+def stage_powers(w):
+    """w**18, w**27, w**72, w**80, w**90 by 10 multiplications: with w = exp(l h / 90), the factors exp(l c h)
+    of the DP5 stage times c = 1/5, 3/10, 4/5, 8/9, 1 (one function for the one-patient and the lanes kernel,
+    so that both round alike)."""
+    w2 = w * w
+    w4 = w2 * w2
+    w8 = w4 * w4
+    w9 = w8 * w
+    w18 = w9 * w9
+    w27 = w18 * w9
+    w36 = w18 * w18
+    w72 = w36 * w36
+    w80 = w72 * w8
+    w90 = w72 * w18
+    return w18, w27, w72, w80, w90
+
+
 @njit(cache=True, error_model="numpy")
 def cf_stage_conc(h, lam, coef, active, enow, sconc, ewh):
     """Concentrations at the five distinct DP5 stage times t + DP_C[s] h (s = 1..5) from exp(l_j t) in
@@ -786,17 +822,7 @@ def cf_stage_conc(h, lam, coef, active, enow, sconc, ewh):
         if not active[b]:
             continue
         a = coef[j] * enow[j]
-        w = exp_simd(lam[j] * h / 90.0)
-        w2 = w * w
-        w4 = w2 * w2
-        w8 = w4 * w4
-        w9 = w8 * w
-        w18 = w9 * w9
-        w27 = w18 * w9
-        w36 = w18 * w18
-        w72 = w36 * w36
-        w80 = w72 * w8
-        w90 = w72 * w18
+        w18, w27, w72, w80, w90 = stage_powers(exp_simd(lam[j] * h / 90.0))
         ewh[j] = w90
         sconc[0, b] += a * w18
         sconc[1, b] += a * w27
@@ -902,7 +928,7 @@ def dopri5_cf_segment(t0, t1, y, p, seg, pkc, rtol, atol, t_out, k_out, out, auc
     while t < t1:
         if steps >= max_steps:
             return STATUS_MAX_STEPS, t, k_out, steps
-        if h < 1e-12 * max(1.0, abs(t)) and t1 - t > 1e-12 * max(1.0, abs(t)):  # a tiny segment is no failure
+        if step_too_small(h, t, t1):
             return STATUS_STEP_TOO_SMALL, t, k_out, steps
         last = False
         if t + 1.01 * h >= t1:
@@ -954,11 +980,10 @@ def dopri5_cf_segment(t0, t1, y, p, seg, pkc, rtol, atol, t_out, k_out, out, auc
                 else:
                     for j in range(N_MODES):
                         enow[j] *= ewh[j]
-                fac = MAX_FACTOR if en == 0.0 else min(MAX_FACTOR, SAFETY * en ** -0.2)
-                h *= fac
+                h *= dp5_accept_factor(en)
         else:
             stats[STAT_REJECTED] += 1
-            h *= max(MIN_FACTOR, SAFETY * en ** -0.2)
+            h *= dp5_reject_factor(en)
     return STATUS_OK, t, k_out, steps
 
 
@@ -1075,16 +1100,6 @@ def simulate_patient(theta, dose_t, dose_cmt, dose_amt, t_out, rtol, atol, metho
 #: below this many patients the serial fast path runs them one after another (measured on this machine, v2_lean,
 #: 24 weeks: one patient 0.41 ms in the lanes kernel vs 0.23 ms alone; two 0.37 vs 0.46 ms; eight 0.75 vs 1.98)
 LANES_MIN_PATIENTS = 2
-
-
-@njit(cache=True)
-def population_fast_serial(theta, dose_t, dose_cmt, dose_amt, t_out, rtol, atol, max_steps, out, status,
-                           t_reached, steps):
-    """The fast path for ``theta.shape[0]`` patients, LANES side by side on one thread (:func:`lanes_range`;
-    the drivers below call that directly: a jitted wrapper would make numba re-optimise the whole lanes kernel
-    into it, ~6 s of compilation)."""
-    lanes_range(theta, 0, theta.shape[0], dose_t, dose_cmt, dose_amt, t_out, rtol, atol, max_steps, out, status,
-                t_reached, steps)
 
 
 @njit(cache=True)
@@ -1208,21 +1223,21 @@ W_ROWS = W_P + N_P
 
 
 @njit(cache=True, error_model="numpy")
-def lanes_put_modes(w, l, lam, coef, enow, ewh, active):
-    """Copy lane ``l``'s closed-form PK (one-patient arrays) into its workspace rows."""
+def lanes_put_modes(w, l, lam, coef, enow, active):
+    """Copy lane ``l``'s closed-form PK at a segment start (one-patient arrays) into its workspace rows; exp(l_j h)
+    starts at 0, as in :func:`dopri5_cf_segment`."""
     for j in range(N_MODES):
         w[(W_LAM + j) * LANES + l] = lam[j]
         w[(W_COEF + j) * LANES + l] = coef[j]
         w[(W_ENOW + j) * LANES + l] = enow[j]
-        w[(W_EWH + j) * LANES + l] = ewh[j]
+        w[(W_EWH + j) * LANES + l] = 0.0
     for b in range(N_BLOCKS):
         w[(W_ACT + b) * LANES + l] = 1.0 if active[b] else 0.0
 
 
 #: per-lane float storage of the lanes kernel: one row of ``ld`` ((LANES, LD_SIZE)) per lane, the one-patient
 #: arrays at constant offsets (LD_*), so that a lane's arrays share one row address
-LD_SIZE_0 = 0
-LD_P = LD_SIZE_0
+LD_P = 0
 LN_P = N_P
 LD_LAM_ALL = LD_P + LN_P
 LN_LAM_ALL = N_MODES
@@ -1252,9 +1267,7 @@ LD_COEF = LD_LAM + LN_LAM
 LN_COEF = N_MODES
 LD_ENOW = LD_COEF + LN_COEF
 LN_ENOW = N_MODES
-LD_EWH = LD_ENOW + LN_ENOW
-LN_EWH = N_MODES
-LD_FRC = LD_EWH + LN_EWH
+LD_FRC = LD_ENOW + LN_ENOW
 LN_FRC = 6 * max(N_FORCING, 1)
 LD_CC = LD_FRC + LN_FRC
 LN_CC = max(N_BLOCKS, 1)
@@ -1272,6 +1285,16 @@ LS_SCR = (2, max(N_BLOCKS, 1))
 
 
 @njit(cache=True)
+def lanes_finish(l, st, t, steps, li, busy, status, t_reached, steps_out):
+    """Lane ``l``'s patient ends with status ``st`` at ``t`` after ``steps`` steps; the lane is free."""
+    i = li[l, LI_PATIENT]
+    status[i] = st
+    t_reached[i] = t
+    steps_out[i] = steps
+    busy[l] = False
+
+
+@njit(cache=True)
 def _lane(ld, l, off, size):
     """Lane ``l``'s one-patient array of ``size`` values at offset ``off`` of the per-lane storage ``ld``."""
     return ld[l, off:off + size]
@@ -1281,8 +1304,10 @@ def _lane(ld, l, off, size):
 def lanes_range(theta, lo, hi, dose_t, dose_cmt, dose_amt, t_out, rtol, atol, max_steps, out, status,
                 t_reached, steps_out):
     """Patients ``lo..hi-1`` on the fast path, LANES side by side (see the section's comment); the same numbers
-    as :func:`population_fast_serial`, bit for bit. Allocates the per-lane arrays and hands them to
-    :func:`lanes_core` borrowed (:func:`_borrow`): they outlive that call."""
+    as :func:`population_fast_one_by_one`, bit for bit. Called directly by the drivers (a jitted wrapper would
+    make numba re-optimise the whole lanes kernel into it, ~6 s of compilation). Allocates the per-lane arrays
+    and hands them to :func:`lanes_core` borrowed (:func:`_borrow`), keeping their owners alive past that call
+    (:func:`_alive`)."""
     w = np.ones(W_ROWS * LANES)  # idle lanes compute on finite numbers
     ld = np.zeros((LANES, LD_SIZE))
     active = np.zeros((LANES, max(N_BLOCKS, 1)), dtype=np.bool_)
@@ -1364,7 +1389,6 @@ def lanes_core(theta, lo, hi, dose_t, dose_cmt, dose_amt, t_out, rtol, atol, max
                     seg = _lane(ld, l, LD_SEG, LN_SEG)
                     pkc = _lane(ld, l, LD_PKC, LN_PKC)
                     n_dose = dose_t.size
-                    n_out = t_out.size
                     i_dose = li[l, LI_DOSE]
                     cov_changed = False
                     while i_dose < n_dose and dose_t[i_dose] <= t:
@@ -1387,10 +1411,7 @@ def lanes_core(theta, lo, hi, dose_t, dose_cmt, dose_amt, t_out, rtol, atol, max
                         k_out += 1
                     li[l, LI_KOUT] = k_out
                     if k_out >= n_out:  # the patient's last output: done
-                        status[li[l, LI_PATIENT]] = STATUS_OK
-                        t_reached[li[l, LI_PATIENT]] = t
-                        steps_out[li[l, LI_PATIENT]] = li[l, LI_STEPS]
-                        busy[l] = False
+                        lanes_finish(l, STATUS_OK, t, li[l, LI_STEPS], li, busy, status, t_reached, steps_out)
                         continue
                     t_next = t_out[n_out - 1]
                     if i_dose < n_dose and dose_t[i_dose] < t_next:
@@ -1409,10 +1430,7 @@ def lanes_core(theta, lo, hi, dose_t, dose_cmt, dose_amt, t_out, rtol, atol, max
                     derivs_cf(y, frc, r0, seg, p, ws[0])
                     w[W_H * LANES + l] = cf_initial_step(y, ws[0], p, seg, lam, coef, active, t - pkc[PKC_T0],
                                                          rtol, atol, t_next - t, ws[1], ws[2], frc, cc)
-                    for j in range(N_MODES):
-                        ld[l, LD_EWH + j] = 0.0
-                    lanes_put_modes(w, l, lam, coef, _lane(ld, l, LD_ENOW, LN_ENOW), _lane(ld, l, LD_EWH, LN_EWH),
-                                    active)
+                    lanes_put_modes(w, l, lam, coef, _lane(ld, l, LD_ENOW, LN_ENOW), active)
                     for q in range(N_Y_CF):
                         w[(W_Y + q) * LANES + l] = y[q]
                         w[(W_K + q) * LANES + l] = ws[0, q]
@@ -1422,17 +1440,14 @@ def lanes_core(theta, lo, hi, dose_t, dose_cmt, dose_amt, t_out, rtol, atol, max
                 t = lf[l, LF_T]
                 t1 = lf[l, LF_T1]
                 h = w[W_H * LANES + l]
-                i = li[l, LI_PATIENT]
                 fail = STATUS_OK
                 if li[l, LI_SEG_STEPS] >= max_steps - li[l, LI_STEPS]:
                     fail = STATUS_MAX_STEPS
-                elif h < 1e-12 * max(1.0, abs(t)) and t1 - t > 1e-12 * max(1.0, abs(t)):
+                elif step_too_small(h, t, t1):
                     fail = STATUS_STEP_TOO_SMALL
                 if fail != STATUS_OK:
-                    status[i] = fail
-                    t_reached[i] = t
-                    steps_out[i] = li[l, LI_STEPS] + li[l, LI_SEG_STEPS]
-                    busy[l] = False
+                    lanes_finish(l, fail, t, li[l, LI_STEPS] + li[l, LI_SEG_STEPS], li, busy, status, t_reached,
+                                 steps_out)
                     continue
                 last = False
                 if t + 1.01 * h >= t1:
@@ -1459,7 +1474,7 @@ def lanes_core(theta, lo, hi, dose_t, dose_cmt, dose_amt, t_out, rtol, atol, max
                 w[W_H * LANES + l] = h * MIN_FACTOR
                 continue
             if en > 1.0:
-                w[W_H * LANES + l] = h * max(MIN_FACTOR, SAFETY * en ** -0.2)
+                w[W_H * LANES + l] = h * dp5_reject_factor(en)
                 continue
             t = lf[l, LF_T]
             t1 = lf[l, LF_T1]
@@ -1489,10 +1504,8 @@ def lanes_core(theta, lo, hi, dose_t, dose_cmt, dose_amt, t_out, rtol, atol, max
                 if not math.isfinite(w[(W_YN + q) * LANES + l]):
                     finite = False
             if not finite:
-                status[i] = STATUS_NONFINITE
-                t_reached[i] = t
-                steps_out[i] = li[l, LI_STEPS] + li[l, LI_SEG_STEPS]
-                busy[l] = False
+                lanes_finish(l, STATUS_NONFINITE, t, li[l, LI_STEPS] + li[l, LI_SEG_STEPS], li, busy, status,
+                             t_reached, steps_out)
                 continue
             for q in range(n):
                 w[(W_Y + q) * LANES + l] = w[(W_YN + q) * LANES + l]
@@ -1521,8 +1534,7 @@ def lanes_core(theta, lo, hi, dose_t, dose_cmt, dose_amt, t_out, rtol, atol, max
                     for j in range(N_MODES):
                         w[(W_ENOW + j) * LANES + l] *= w[(W_EWH + j) * LANES + l]
                 li[l, LI_CARRY] = n_carry
-                fac = MAX_FACTOR if en == 0.0 else min(MAX_FACTOR, SAFETY * en ** -0.2)
-                w[W_H * LANES + l] = h * fac
+                w[W_H * LANES + l] = h * dp5_accept_factor(en)
                 continue
             # ---- the segment is done: the tail of the dose-segment loop, then the next segment's head
             li[l, LI_STEPS] += li[l, LI_SEG_STEPS]
@@ -1532,10 +1544,7 @@ def lanes_core(theta, lo, hi, dose_t, dose_cmt, dose_amt, t_out, rtol, atol, max
             for q in range(n):
                 y[q] = w[(W_Y + q) * LANES + l]
             if is_negative(y, _lane(ld, l, LD_Y0, LN_Y0), 0, rtol, atol):
-                status[i] = STATUS_NEGATIVE
-                t_reached[i] = t1
-                steps_out[i] = li[l, LI_STEPS]
-                busy[l] = False
+                lanes_finish(l, STATUS_NEGATIVE, t1, li[l, LI_STEPS], li, busy, status, t_reached, steps_out)
                 continue
             pk_auc(t1, pkc, _lane(ld, l, LD_AUC, LN_AUC))
             pk_advance(_lane(ld, l, LD_A, LN_A), _lane(ld, l, LD_LAM_ALL, LN_LAM_ALL),

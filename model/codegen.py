@@ -6,9 +6,10 @@ covariates, segment values, forcing, right-hand sides in both state layouts, the
 matrices and eigenvalues, dose handling, output rows, the fast path's block sensitivities, and the lanes form
 of the stage concentrations, forcing and Dormand-Prince step that the population kernel runs for LANES patients
 at once) followed by the model-independent engine (``_engine.py``: Dormand-Prince 5(4), Rosenbrock 2(3), the
-closed-form fast path, the lanes kernel and the patient/population drivers). The module is written once to ``<cache>/<name>_<key>.py``, where ``key``
-hashes the declaration, this generator and the engine, and imported from there; numba's cache sits beside it,
-so a kernel compiled for one declaration can never be served for another (no stale caches).
+closed-form fast path, the lanes kernel and the patient/population drivers). The module is written once to
+``<cache>/<name>_<key>.py``, where ``key`` hashes the declaration, this generator and the engine, and imported
+from there; numba's cache sits beside it, so a kernel compiled for one declaration can never be served for
+another (no stale caches).
 
 Cache folder: ``$TREGPD_CACHE_DIR``, else ``$NUMBA_CACHE_DIR/tregpd``, else ``$XDG_CACHE_HOME/tregpd`` (default
 ``~/.cache/tregpd``). Generating needs sympy (Jacobian, eigenvalues, sensitivities); a warm start only reads
@@ -254,7 +255,6 @@ class _LaneRows:
         self.rows = {"W_Y": 0, "W_K": n, "W_YN": 8 * n, "W_H": 9 * n, "W_EN": 9 * n + 1, "W_FRC": 9 * n + 2}
         self.rows["W_SC"] = self.rows["W_FRC"] + 5 * self.nf
         self.rows["W_SEG"] = self.rows["W_SC"] + 5 * self.nb
-        self.nm = n_modes
         nmr = max(n_modes, 1)
         self.rows["W_LAM"] = self.rows["W_SEG"] + max(nseg, 1)
         self.rows["W_COEF"] = self.rows["W_LAM"] + nmr
@@ -293,10 +293,11 @@ class _LaneRows:
 
 
 def _lanes_source(forcing_body: list[str], derivs_body: list[str], rows: _LaneRows) -> str:
-    """The lanes functions of the engine's population kernel (forcing_lanes, dp5_step_lanes, derivs_cf_lane):
-    per lane the statements of the one-patient forcing / derivs_cf and the engine's DP5 step, in their order
-    and with their operations (so each lane equals the one-patient kernel bit for bit), written out in loops
-    over the lanes that the compiler vectorises (arithmetic and selects only)."""
+    """The lanes functions of the engine's population kernel (lanes_stage_conc, forcing_lanes, dp5_step_lanes,
+    derivs_cf_lane): per lane the statements of the engine's cf_stage_conc, the one-patient forcing / derivs_cf
+    and the engine's DP5 step, in their order and with their operations (so each lane equals the one-patient
+    kernel bit for bit), written out in loops over the lanes that the compiler vectorises (arithmetic, selects
+    and the inlined exp_simd / stage_powers only)."""
     n = rows.n
     r = rows.rows
     at = rows.at
@@ -305,13 +306,9 @@ def _lanes_source(forcing_body: list[str], derivs_body: list[str], rows: _LaneRo
     body = ["for l in range(LANES):", f"    h = {at(r['W_H'])}"]
     body += [f"    sc{s}_{b} = 0.0" for b in range(rows.nb) for s in range(5)]
     for j, b in enumerate(rows.mode_block):
-        e = [f"e{m}_{j}" for m in (1, 2, 4, 8, 9, 18, 27, 36, 72, 80, 90)]
         body += [f"    on = {at(r['W_ACT'] + b)} != 0.0",
                  f"    a = {at(r['W_COEF'] + j)} * {at(r['W_ENOW'] + j)}",
-                 f"    e1 = exp_simd({at(r['W_LAM'] + j)} * h / 90.0)",
-                 "    e2 = e1 * e1", "    e4 = e2 * e2", "    e8 = e4 * e4", "    e9 = e8 * e1", "    e18 = e9 * e9",
-                 "    e27 = e18 * e9", "    e36 = e18 * e18", "    e72 = e36 * e36", "    e80 = e72 * e8",
-                 "    e90 = e72 * e18",
+                 f"    e18, e27, e72, e80, e90 = stage_powers(exp_simd({at(r['W_LAM'] + j)} * h / 90.0))",
                  f"    {at(r['W_EWH'] + j)} = e90 if on else {at(r['W_EWH'] + j)}"]
         body += [f"    sc{s}_{b} += a * e{m} if on else 0.0" for s, m in enumerate((18, 27, 72, 80, 90))]
     body += [f"    {at(r['W_SC'] + s * rows.nb + b)} = sc{s}_{b}" for b in range(rows.nb) for s in range(5)]
@@ -353,8 +350,8 @@ def _lanes_source(forcing_body: list[str], derivs_body: list[str], rows: _LaneRo
                "    \"\"\"One Dormand-Prince 5(4) step of every lane, written out: from the state (W_Y), the first "
                "stage (W_K row 0), the step size (W_H) and the stage forcing (W_FRC), the stages 1-6 into W_K, the "
                "solution into W_YN and its error norm into W_EN -- per lane the operations of the engine's "
-               "dp5_stage_state, "
-               "derivs_cf, dp5_solution, dp5_error and err_norm in their order.\"\"\"\n" + _lines(body) + "\n")
+               "dp5_stage_state, derivs_cf, dp5_solution, dp5_error and err_norm in their order.\"\"\"\n"
+               + _lines(body) + "\n")
     # the right-hand side of one lane at its state, with the forcing at t + h (after a flush of negligible states)
     body = ["    " + rows.rewrite(line, 4) for line in derivs_body]
     out.append("@njit(cache=True, error_model='numpy')\ndef derivs_cf_lane(w, l):\n"
@@ -451,7 +448,8 @@ def generate_source(m: ModelStructure) -> str:
     w(f"BLOCK_START = np.array({starts or [0]}, dtype=np.int64)")
     w(f"BLOCK_OFFSET = np.array({starts or [0]}, dtype=np.int64)")
     w(f"BLOCK_OBSERVED = np.array({[b.compartments.index(b.observed) for b in L.blocks] or [0]}, dtype=np.int64)")
-    w(f"MODE_BLOCK = np.array({[b for b in range(nb) for _ in range(sizes[b])] or [0]}, dtype=np.int64)")
+    mode_block = [b for b in range(nb) for _ in range(sizes[b])]
+    w(f"MODE_BLOCK = np.array({mode_block or [0]}, dtype=np.int64)")
     w(f"NONNEGATIVE = np.array({[bool(s.nonnegative) for s in m.states]}, dtype=np.bool_)")
     w(f"OUTPUT_NAMES = {m.output_names!r}")
     w(f"I_SRC = {n_theta}  # first derived constant in p\n")
@@ -500,7 +498,7 @@ def generate_source(m: ModelStructure) -> str:
       "    \"\"\"d/dt of the closed-form layout (states, AUCs of state concentrations) given forcing frc[s].\"\"\"\n"
       + _lines(body) + "\n")
     w(_lanes_source(forcing_body, body, _LaneRows(n_y_cf, len(L.frc), nb, len(L.seg) + len(L.covs), n_modes,
-                                                     [b for b in range(nb) for _ in range(sizes[b])])))
+                                                     mode_block)))
     # ---- derivs_ode
     oscope = dict(seg_scope)
     amount_idx = {a: i for i, a in enumerate(L.amounts)}

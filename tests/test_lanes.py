@@ -39,6 +39,13 @@ def _run(fn, kern, theta, events, t_out, max_steps=100_000, **kw):
     return out, status, t_reached, steps
 
 
+def _lanes(kern):
+    """The lanes kernel over all patients of ``theta`` (the drivers call it the same way)."""
+    def run(theta, *args):
+        kern.lanes_range(theta, 0, theta.shape[0], *args)
+    return run
+
+
 def _assert_same(a, b):
     for x, y, name in zip(a, b, ("out", "status", "t_reached", "steps")):
         assert np.array_equal(x, y), f"{name} differs: max |diff| {np.max(np.abs(np.asarray(x) - y))}"
@@ -67,7 +74,7 @@ def test_lanes_equal_patient_after_patient(params, model, n):
     theta = sample_population(params, n=n, seed=11, model=model)
     events = reference_regimen(24, taper=model == "v1_gc_all").events()
     t_out = _grid()
-    lanes = _run(kern.population_fast_serial, kern, theta, events, t_out)
+    lanes = _run(_lanes(kern), kern, theta, events, t_out)
     single = _run(kern.population_fast_one_by_one, kern, theta, events, t_out)
     _assert_same(lanes, single)
     assert np.all(lanes[1] == K.STATUS_OK) and np.all(lanes[3] > 0)
@@ -86,7 +93,7 @@ def test_lanes_equal_patient_after_patient_for_failures(params):
     events = reference_regimen(24).events()
     t_out = _grid()
     with np.errstate(all="ignore"):
-        lanes = _run(kern.population_fast_serial, kern, theta, events, t_out, max_steps=3_000)
+        lanes = _run(_lanes(kern), kern, theta, events, t_out, max_steps=3_000)
         single = _run(kern.population_fast_one_by_one, kern, theta, events, t_out, max_steps=3_000)
     _assert_same(lanes, single)
     status = lanes[1]
@@ -103,7 +110,7 @@ def test_parallel_blocks_equal_serial(params):
     theta = sample_population(params, n=n, seed=5, model="v2_lean")
     events = reference_regimen(24).events()
     t_out = _grid(min(T_END, 28.0))
-    serial = _run(kern.population_fast_serial, kern, theta, events, t_out)
+    serial = _run(_lanes(kern), kern, theta, events, t_out)
 
     def parallel(*args):
         kern.simulate_population_parallel(*args[:7], kern.METHOD_DOPRI5, kern.MODE_CLOSED_FORM, *args[7:])
